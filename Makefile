@@ -1,0 +1,38 @@
+# One setup path for everyone: `make setup` builds .venv (idempotent), `make test` runs the suite,
+# `make demo` runs the end-to-end demo on procedural scenes. Override PYTHON or TORCH_SPEC if needed,
+# e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" on a GPU machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+TORCH_SPEC ?= torch==2.13.0
+SAM2_SPEC ?= rf-sam-2==1.0.3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-complete
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup test demo clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py Makefile
+	@echo "[setup] virtual environment $(VENV) (python: $(PYTHON))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] $(TORCH_SPEC) (CPU build here; never torchvision)"
+	@$(PIP) $(TORCH_SPEC)
+	@echo "[setup] sam2 modelling code ($(SAM2_SPEC), installed without its torchvision requirement)"
+	@$(PIP) --no-deps $(SAM2_SPEC)
+	@echo "[setup] pinned requirements (OpenCV, rosbags, rclpy Jazzy wheels, pytest, ...)"
+	@$(PIP) -r requirements.txt
+	@echo "[setup] mlesam_core + mlesam_ros (editable)"
+	@PYTHONWARNINGS=ignore $(PIP) --no-deps --no-build-isolation -e .
+	@$(PY) -c "import torch, sam2, cv2, rclpy, rosbags, mlesam_core, mlesam_ros; print('[setup] ok: torch', torch.__version__)"
+	@touch $(STAMP)
+
+test: setup
+	@echo "[test] running the test suite (CPU only, loopback-only DDS)"
+	@$(PY) -m pytest
+
+demo: setup
+	@$(PY) -m mlesam_ros.demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Data sets (DELIVER, MUSES, MCubeS), the procedural scene generator, transforms and collation."""

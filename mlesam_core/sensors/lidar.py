@@ -1,0 +1,91 @@
+"""LiDAR points -> camera image (range, intensity, height), z-buffered: the MUSES projection.
+
+The same function projects MUSES `.bin` scans, the procedural generator's beams and ROS PointCloud2
+messages, so a model sees the same encoding whichever way the points arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LidarEncoding:
+    """Scaling of the projected LiDAR channels to 0-255 (empty pixels stay 0)."""
+
+    max_range: float = 100.0  # metres -> 255
+    max_intensity: float = 255.0  # sensor intensity units -> 255
+    min_height: float = -3.0  # metres in the LiDAR frame (z up) -> 1
+    max_height: float = 12.0  # -> 255
+
+
+def project_points(points: np.ndarray, intensity: np.ndarray | None, cam_from_lidar: np.ndarray,
+                   projection: np.ndarray, size: tuple[int, int], min_depth: float = 1.0) -> np.ndarray:
+    """Project LiDAR points into a camera image; returns float32 HxWx3 (range m, intensity, height m).
+
+    points: [N, 3] x, y, z in the LiDAR frame; intensity: [N] or None (then 0);
+    cam_from_lidar: 4x4 extrinsic (camera <- LiDAR, camera z forward, optical frame);
+    projection: 3x3 K or 3x4 P (rectified) mapping camera coordinates to pixels; size: (H, W).
+    Points with camera depth < `min_depth`, non-finite values or outside the image are dropped;
+    where several points hit one pixel the nearest wins (z-buffer). Empty pixels are 0.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points: expected shape [N, 3], got {tuple(points.shape)}")
+    n = points.shape[0]
+    if intensity is None:
+        intensity = np.zeros(n)
+    intensity = np.asarray(intensity, dtype=np.float64).reshape(-1)
+    if intensity.shape[0] != n:
+        raise ValueError(f"intensity: expected {n} values, got {intensity.shape[0]}")
+    cam_from_lidar = np.asarray(cam_from_lidar, dtype=np.float64)
+    if cam_from_lidar.shape != (4, 4):
+        raise ValueError(f"cam_from_lidar: expected a 4x4 matrix, got shape {cam_from_lidar.shape}")
+    projection = np.asarray(projection, dtype=np.float64)
+    if projection.shape == (3, 3):
+        projection = np.concatenate([projection, np.zeros((3, 1))], axis=1)
+    if projection.shape != (3, 4):
+        raise ValueError(f"projection: expected K (3x3) or P (3x4), got shape {projection.shape}")
+    height, width = size
+    image = np.zeros((height, width, 3), dtype=np.float32)
+
+    finite = np.isfinite(points).all(axis=1) & np.isfinite(intensity)
+    points, intensity = points[finite], intensity[finite]
+    cam = points @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
+    pix = np.concatenate([cam, np.ones((cam.shape[0], 1))], axis=1) @ projection.T
+    depth = pix[:, 2]
+    valid = depth >= min_depth
+    u = np.floor(pix[valid, 0] / depth[valid]).astype(np.int64)
+    v = np.floor(pix[valid, 1] / depth[valid]).astype(np.int64)
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    idx = np.flatnonzero(valid)[inside]
+    u, v = u[inside], v[inside]
+    if idx.size == 0:
+        return image
+    order = np.argsort(depth[idx], kind="stable")  # nearest first
+    flat = (v * width + u)[order]
+    _, first = np.unique(flat, return_index=True)  # first occurrence = nearest point of each pixel
+    keep = idx[order][first]
+    rows, cols = v[order][first], u[order][first]
+    image[rows, cols, 0] = np.linalg.norm(points[keep], axis=1)
+    image[rows, cols, 1] = intensity[keep]
+    image[rows, cols, 2] = points[keep, 2]
+    return image
+
+
+def lidar_image_to_uint8(image: np.ndarray, encoding: LidarEncoding = LidarEncoding()) -> np.ndarray:
+    """Scale a projected float image (range, intensity, height) to uint8; empty pixels (range 0) stay 0."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"lidar image: expected HxWx3, got shape {tuple(image.shape)}")
+    hit = image[:, :, 0] > 0
+    out = np.zeros(image.shape, dtype=np.uint8)
+    rng = np.clip(image[:, :, 0] / encoding.max_range * 255.0, 1.0, 255.0)
+    inten = np.clip(image[:, :, 1] / encoding.max_intensity * 255.0, 1.0, 255.0)
+    span = encoding.max_height - encoding.min_height
+    hgt = np.clip(1.0 + (image[:, :, 2] - encoding.min_height) / span * 254.0, 1.0, 255.0)
+    for channel, values in enumerate((rng, inten, hgt)):
+        out[:, :, channel] = np.where(hit, np.rint(values), 0).astype(np.uint8)
+    return out

@@ -1,0 +1,9 @@
+"""Shared test setup: deterministic, CPU-only, small thread count (CI machines have 2 cores)."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(2)

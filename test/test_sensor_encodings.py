@@ -1,0 +1,69 @@
+"""Sensor encodings shared by the data sets, the generator and the ROS pipeline."""
+
+import numpy as np
+import pytest
+
+from mlesam_core.sensors import (depth_to_hha, depth_to_image, lidar_image_to_uint8, project_points,
+                                 render_event_frame)
+
+K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+# LiDAR frame: x forward, y left, z up -> camera optical frame: x right, y down, z forward
+CAM_FROM_LIDAR = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+
+
+def test_projection_lands_on_the_expected_pixel_and_nearest_point_wins():
+    points = np.array([[10.0, 0.0, 0.0], [20.0, 0.0, 0.0], [0.5, 0.0, 0.0], [-5.0, 0.0, 0.0]])
+    image = project_points(points, np.array([7.0, 9.0, 1.0, 1.0]), CAM_FROM_LIDAR, K, (48, 64))
+    hit = np.argwhere(image[:, :, 0] > 0)
+    assert hit.tolist() == [[24, 32]]  # principal point; the 0.5 m and behind-camera points are dropped
+    assert image[24, 32].tolist() == [10.0, 7.0, 0.0]  # nearest of the two wins
+
+
+def test_projection_height_and_offset_pixel():
+    # 10 m ahead, 1 m left, 2 m up: u = 32 + 50 * (-(1)/10) = 27, v = 24 + 50 * (-(2)/10) = 14
+    image = project_points(np.array([[10.0, 1.0, 2.0]]), None, CAM_FROM_LIDAR, K, (48, 64))
+    assert image[14, 27, 2] == pytest.approx(2.0)
+    assert image[14, 27, 0] == pytest.approx(np.sqrt(105.0))
+
+
+def test_projection_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="points: expected shape"):
+        project_points(np.zeros((3, 2)), None, CAM_FROM_LIDAR, K, (4, 4))
+    with pytest.raises(ValueError, match="cam_from_lidar"):
+        project_points(np.zeros((3, 3)), None, np.eye(3), K, (4, 4))
+
+
+def test_lidar_uint8_keeps_empty_pixels_zero():
+    image = np.zeros((2, 2, 3), dtype=np.float32)
+    image[0, 0] = [50.0, 255.0, -3.0]
+    out = lidar_image_to_uint8(image)
+    assert out[0, 0].tolist() == [128, 255, 1] and (out[1:] == 0).all() and (out[0, 1] == 0).all()
+
+
+def test_depth_encodings_mark_invalid_depth_as_zero():
+    depth = np.full((8, 8), 10.0, dtype=np.float32)
+    depth[0, 0], depth[0, 1], depth[0, 2] = 0.0, np.nan, np.inf
+    img = depth_to_image(depth)
+    assert img[0, :3].tolist() == [0, 0, 0] and img[4, 4] == round(10 / 100 * 255)
+    hha = depth_to_hha(depth, K)
+    assert (hha[0, :3] == 0).all() and (hha[4, 4] > 0).all()
+    # a fronto-parallel wall: normal is horizontal -> angle to gravity 90 degrees -> top of the scale
+    assert hha[4, 4, 2] == 255
+
+
+def test_hha_ground_plane_is_flat_and_low():
+    h, w = 48, 64
+    vs = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
+    with np.errstate(divide="ignore"):
+        depth = np.where(vs > 24, 1.5 * 50.0 / (vs - 24), 0.0)  # ground 1.5 m below a level camera
+    hha = depth_to_hha(depth.astype(np.float32), K)
+    ground = hha[30:46, 5:60]
+    assert ground[:, :, 2].max() <= 3  # normal parallel to gravity: angle ~ 0
+    assert np.abs(ground[:, :, 1].astype(int) - round(1 / 21 * 254 + 1)).max() <= 1  # height ~ 0 m
+
+
+def test_event_frame_counts_polarities():
+    frame = render_event_frame(np.array([1, 1, 2, 9]), np.array([0, 0, 1, 0]), np.array([1, 1, 0, 1]), (2, 3))
+    assert frame[0, 1].tolist() == [2, 0, 0] and frame[1, 2].tolist() == [0, 1, 0] and frame.sum() == 3
+    scaled = render_event_frame(np.array([0]), np.array([0]), np.array([-1]), (1, 1), count_scale=64)
+    assert scaled[0, 0].tolist() == [0, 64, 0]

@@ -1,0 +1,1 @@
+"""Training and evaluation entry points, run from the repository root (`python -m training.train`)."""
