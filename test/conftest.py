@@ -1,4 +1,7 @@
-"""Shared test setup: deterministic, CPU-only, small thread count (CI machines have 2 cores)."""
+"""Shared test setup: deterministic, CPU-only, small thread count (CI machines have 2 cores).
+
+Cross-area fixtures live in test/fixtures/ (one module per area) and are registered here.
+"""
 
 import os
 
@@ -7,3 +10,5 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+pytest_plugins = ["fixtures.data", "fixtures.model", "fixtures.ros"]
