@@ -1,0 +1,142 @@
+"""Training checkpoints: trainable tensors + optimiser + scheduler + RNG states + progress, written atomically.
+
+A checkpoint holds only what training changes (parameters that require grad and the model's buffers), so it
+stays adapter-sized; the frozen SAM2 weights come from the SAM2 checkpoint (or the seeded random init) again
+on resume. Files are written to a temporary name in the same folder, flushed and fsync'ed, then renamed over
+the target with `os.replace`, so a crash mid-write never leaves a truncated `last.pt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+FORMAT = "mlesam-train-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Progress:
+    """Where training stands: optimiser steps done, the epoch and the batches of it already consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds, fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def trainable_state_dict_keys(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters that require grad and of every persistent buffer, in state-dict order."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    buffers = {name for name, _ in model.named_buffers()}
+    return [k for k in model.state_dict() if k in trainable or k in buffers]
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes (see `trainable_state_dict_keys`), detached on CPU."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().clone() for k in trainable_state_dict_keys(model)}
+
+
+def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `trainable_state_dict` output; error naming `source` and the keys if it does not fit the model."""
+    expected = set(trainable_state_dict_keys(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{source}: checkpoint does not fit this model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}); was it written with another model config?")
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{source}: unexpected keys {result.unexpected_keys[:5]}")
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) generator states, in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, progress: Progress, config: dict, rng: list[dict[str, Any]]) -> None:
+    """Write a resumable training checkpoint atomically; `rng` holds one `rng_state()` per process."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "trainable": trainable_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+        "progress": asdict(progress),
+        "config": config,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/garbage files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an MLE-SAM training checkpoint")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {payload.get('version')}, this code reads {VERSION}")
+    return payload
+
+
+def restore(payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            source: str) -> Progress:
+    """Put model, optimiser and scheduler back as they were when the checkpoint was written (RNGs: caller)."""
+    load_trainable_state_dict(model, payload["trainable"], source)
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return Progress(**payload["progress"])

@@ -1,0 +1,181 @@
+"""The training configuration: model + data + optimisation in one YAML, typed and validated on load.
+
+`model` is a model-config mapping (see `mlesam_core.model.config.MLESAMConfig`); its optional key `config`
+names a model YAML that the other keys override, e.g. ``model: {config: config/model/mlesam_tiny.yaml,
+fusion: avg}``. Relative paths are taken from the current directory, then from the repository root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from mlesam_core.config_io import ConfigError, check, from_dict, load_config, load_yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ScheduleConfig:
+    """Warm-up polynomial LR (Table IX: power 0.9, 10 warm-up epochs, warm-up ratio 0.1)."""
+
+    power: float = 0.9
+    warmup_epochs: float = 10.0
+    warmup_steps: int | None = None  # when set, replaces warmup_epochs
+    warmup_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self.power >= 0, "power", f"must be >= 0, got {self.power}")
+        check(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps",
+              f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.warmup_ratio <= 1, "warmup_ratio", f"must lie in [0, 1], got {self.warmup_ratio}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the step budget; `batch_size` is per process (global batch = batch_size x processes x accum)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 6
+    epochs: int = 100
+    max_steps: int | None = None  # optimiser steps; when set, replaces epochs as the budget
+    grad_accum_steps: int = 1
+    grad_clip_norm: float | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    activation_checkpointing: bool = False
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
+        check(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be positive, got {self.max_steps}")
+        check(self.grad_accum_steps > 0, "grad_accum_steps", f"must be positive, got {self.grad_accum_steps}")
+        check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm",
+              f"must be positive, got {self.grad_clip_norm}")
+
+
+@dataclass
+class ModalityDropoutConfig:
+    """Randomly mark modalities absent during training (never all; optionally never the protected one)."""
+
+    p: float = 0.0
+    protect: str | None = None
+
+    def __post_init__(self) -> None:
+        check(0 <= self.p < 1, "p", f"must lie in [0, 1), got {self.p}")
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where, which splits and filters; modalities default to (and must equal) the model's."""
+
+    root: Path | None = None
+    format: Literal["deliver", "muses", "mcubes"] = "deliver"
+    train_split: str = "train"
+    val_split: str = "val"
+    modalities: tuple[str, ...] | None = None
+    depth_source: Literal["hha", "depth"] = "hha"  # DELIVER only
+    case: str | None = None  # DELIVER sensor-failure case filter (substring of the path)
+    conditions: tuple[str, ...] | None = None  # keep only samples whose meta condition is listed
+    options: dict[str, Any] = field(default_factory=dict)  # extra loader keywords (paper_protocol, split_list)
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    augment: bool = True
+    workers: int = 2
+    modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
+
+    def __post_init__(self) -> None:
+        check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        for name in ("max_train_samples", "max_val_samples"):
+            value = getattr(self, name)
+            check(value is None or value > 0, name, f"must be positive, got {value}")
+
+
+@dataclass
+class ValidationConfig:
+    """When to validate (mIoU on the val split) and with which batch size."""
+
+    every_epochs: int | None = 1
+    every_steps: int | None = None  # when set, replaces every_epochs
+    batch_size: int | None = None  # default: optim.batch_size
+    metric: Literal["all_classes", "present_classes"] = "all_classes"  # which mIoU picks `best`
+
+    def __post_init__(self) -> None:
+        for name in ("every_epochs", "every_steps", "batch_size"):
+            value = getattr(self, name)
+            check(value is None or value > 0, name, f"must be positive, got {value}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs."""
+
+    model: dict[str, Any]
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    sam2_checkpoint: Path | None = None
+    allow_random_init: bool = False
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = None  # torch intra-op threads (CPU); default: torch's choice
+    out_dir: Path = Path("runs/train")
+    log_every_steps: int = 10
+    save_every_steps: int | None = None  # extra `last` checkpoints between validations
+
+    def __post_init__(self) -> None:
+        check(self.log_every_steps > 0, "log_every_steps", f"must be positive, got {self.log_every_steps}")
+        check(self.save_every_steps is None or self.save_every_steps > 0, "save_every_steps",
+              f"must be positive, got {self.save_every_steps}")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """`path` as given if it exists (or is absolute), else relative to the repository root if it exists there."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
+        return path
+    return REPO_ROOT / path
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
+                      data: dict | None = None) -> TrainConfig:
+    """Load a TrainConfig from YAML (or a mapping) plus `dotted.key=value` overrides."""
+    return load_config(TrainConfig, resolve_path(path) if path is not None else None, overrides, data)
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    merged = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def model_config_mapping(section: dict[str, Any]) -> dict[str, Any]:
+    """The model mapping of a train config with its `config` file (if any) read and overridden inline."""
+    section = dict(section)
+    base_path = section.pop("config", None)
+    if base_path is None:
+        return section
+    if not isinstance(base_path, (str, Path)):
+        raise ConfigError(f"model.config: expected a path to a model YAML, got {base_path!r}")
+    try:
+        base = load_yaml(resolve_path(base_path))
+    except ConfigError as exc:
+        raise ConfigError(f"model.config: {exc}") from None
+    return _merge(base, section)
+
+
+def build_model_config(section: dict[str, Any]) -> Any:
+    """The typed model config (`MLESAMConfig`) of a train config's `model` section; errors name `model.<key>`."""
+    from mlesam_core.model.config import MLESAMConfig
+
+    return from_dict(MLESAMConfig, model_config_mapping(section), key="model")
