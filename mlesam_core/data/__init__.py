@@ -1,1 +1,6 @@
 """Data sets (DELIVER, MUSES, MCubeS), the procedural scene generator, transforms and collation."""
+
+from mlesam_core.data.collate import ModalityCollate, collate_modalities
+from mlesam_core.data.deliver import DeliverDataset, deliver_camera_matrix
+
+__all__ = ["DeliverDataset", "deliver_camera_matrix", "collate_modalities", "ModalityCollate"]

@@ -1,0 +1,34 @@
+"""Reading and writing image files in RGB order, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def read_image(path: str | Path, any_depth: bool = False) -> np.ndarray:
+    """Read an image file as HxW or HxWxC in RGB(A) order; uint8, or uint16 when `any_depth` and stored so."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot decode image file: {path}")
+    if image.dtype != np.uint8 and not any_depth:
+        # 16-bit files read as 8-bit keep their most significant byte, as an 8-bit reader would
+        image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an HxW or HxWx3 (RGB) uint8/uint16 array as PNG, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"cannot write image file: {path}")
