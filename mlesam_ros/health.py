@@ -1,0 +1,179 @@
+"""Per-sensor and inference health (rate, age, frames missing, last error) as ROS-free diagnostics content.
+
+The node turns `DiagnosticEntry`s into diagnostic_msgs/DiagnosticArray; the replay writes them to its
+summary. Levels follow diagnostic_msgs: OK 0, WARN 1, ERROR 2, STALE 3. Times are on the caller's clock
+(the node's monotonic clock live, header stamps in a replay).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class DiagnosticEntry:
+    """One diagnostic_msgs/DiagnosticStatus worth of content."""
+
+    level: int
+    name: str
+    message: str
+    hardware_id: str
+    values: dict[str, str]
+
+
+@dataclass
+class SensorHealth:
+    """Counters of one input sensor."""
+
+    topic: str
+    stale_after: float
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=50))
+    frames: dict[str, int] = field(default_factory=lambda: {"ok": 0, "stale": 0, "missing": 0, "invalid": 0})
+    consecutive_absent: int = 0
+    last_status: str = ""
+    errors: int = 0
+    last_error: str = ""
+    last_error_time: float | None = None
+
+    def rate(self) -> float:
+        """Messages per second over the recent arrivals (0 with fewer than two)."""
+        if len(self.arrivals) < 2 or self.arrivals[-1] <= self.arrivals[0]:
+            return 0.0
+        return (len(self.arrivals) - 1) / (self.arrivals[-1] - self.arrivals[0])
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the last message (None if none arrived)."""
+        return now - self.arrivals[-1] if self.arrivals else None
+
+
+class HealthMonitor:
+    """Collects arrivals, per-frame statuses, conversion errors and latency; reports DiagnosticEntry lists."""
+
+    def __init__(self, topics: dict[str, str], stale_after: dict[str, float], node_name: str = "mlesam_segmenter",
+                 error_hold: float = 2.0) -> None:
+        """`topics` and `stale_after` per sensor; errors keep a sensor at WARN for `error_hold` seconds."""
+        self.node_name = node_name
+        self.error_hold = error_hold
+        self.sensors = {name: SensorHealth(topic, stale_after[name]) for name, topic in topics.items()}
+        self._lock = threading.Lock()
+        self.latencies: deque = deque(maxlen=200)
+        self.frames_out = 0
+        self.frames_failed = 0
+        self.last_inference_error = ""
+        self.driver: str | None = None
+
+    def message(self, sensor: str, now: float) -> None:
+        """A message of `sensor` arrived at `now`."""
+        with self._lock:
+            self.sensors[sensor].arrivals.append(now)
+
+    def error(self, sensor: str, problem: str, now: float) -> None:
+        """A message of `sensor` was unusable (conversion or stamp problem)."""
+        with self._lock:
+            health = self.sensors[sensor]
+            health.errors += 1
+            health.last_error, health.last_error_time = problem, now
+
+    def frame(self, status: dict[str, str], driver: str) -> None:
+        """Record each sensor's status in one processed frame (ok, stale, missing or invalid)."""
+        with self._lock:
+            self.driver = driver
+            for sensor, state in status.items():
+                health = self.sensors[sensor]
+                health.frames[state] += 1
+                health.last_status = state
+                health.consecutive_absent = 0 if state == "ok" else health.consecutive_absent + 1
+
+    def inference(self, latency: float | None, error: str = "") -> None:
+        """Record one inference: its latency in seconds, or the error that stopped it."""
+        with self._lock:
+            if error:
+                self.frames_failed += 1
+                self.last_inference_error = error
+            else:
+                self.frames_out += 1
+                self.latencies.append(latency)
+
+    def latency_percentile(self, q: float) -> float | None:
+        """Percentile `q` (0-100) of recent inference latencies in seconds."""
+        with self._lock:
+            values = sorted(self.latencies)
+        if not values:
+            return None
+        return values[min(len(values) - 1, int(round(q / 100.0 * (len(values) - 1))))]
+
+    def sensor_level(self, sensor: str, now: float) -> tuple[int, str]:
+        """Diagnostic level and one-line message of one sensor at `now`."""
+        health = self.sensors[sensor]
+        age = health.age(now)
+        if age is None:
+            return ERROR, "no message received"
+        if age > health.stale_after:
+            return ERROR, f"silent for {age:.1f} s"
+        if health.last_error_time is not None and now - health.last_error_time <= self.error_hold:
+            return WARN, f"unusable input: {health.last_error}"
+        if health.last_status in ("stale", "missing", "invalid"):
+            return WARN, f"{health.last_status} in the last frame"
+        return OK, "ok"
+
+    def entries(self, now: float) -> list[DiagnosticEntry]:
+        """One entry per sensor plus one for inference."""
+        with self._lock:
+            result = []
+            for sensor, health in self.sensors.items():
+                level, message = self.sensor_level(sensor, now)
+                age = health.age(now)
+                values = {"topic": health.topic, "rate_hz": f"{health.rate():.2f}",
+                          "age_s": "none" if age is None else f"{age:.3f}",
+                          "frames_ok": str(health.frames["ok"]), "frames_stale": str(health.frames["stale"]),
+                          "frames_missing": str(health.frames["missing"]),
+                          "frames_invalid": str(health.frames["invalid"]),
+                          "consecutive_absent": str(health.consecutive_absent), "errors": str(health.errors),
+                          "last_error": health.last_error}
+                result.append(DiagnosticEntry(level, f"{self.node_name}: {sensor}", message, sensor, values))
+            latencies = sorted(self.latencies)
+        p50 = latencies[len(latencies) // 2] if latencies else None
+        if self.frames_out == 0 and self.frames_failed == 0:
+            level, message = STALE, "no frame segmented yet"
+        elif self.last_inference_error and self.frames_failed and not latencies:
+            level, message = ERROR, f"inference failing: {self.last_inference_error}"
+        else:
+            level, message = OK, f"driven by {self.driver}"
+        values = {"frames_out": str(self.frames_out), "frames_failed": str(self.frames_failed),
+                  "latency_p50_ms": "none" if p50 is None else f"{p50 * 1000:.1f}",
+                  "driver": self.driver or "none", "last_error": self.last_inference_error}
+        result.append(DiagnosticEntry(level, f"{self.node_name}: inference", message, "inference", values))
+        return result
+
+
+class ProblemLog:
+    """Logs each (sensor, problem kind) at most once per `period` seconds, counting what it held back."""
+
+    def __init__(self, logger: logging.Logger, period: float = 5.0) -> None:
+        """Throttle warnings to `logger` to one per `period` per key."""
+        self.logger = logger
+        self.period = period
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: tuple[str, str], text: str, now: float) -> bool:
+        """Log `text` unless `key` was logged less than `period` ago; returns whether it logged."""
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            held = self._held.pop(key, 0)
+            self._last[key] = now
+        suffix = f" ({held} more since the last report)" if held else ""
+        self.logger.warning("%s%s", text, suffix)
+        return True
+
+
+__all__ = ["OK", "WARN", "ERROR", "STALE", "DiagnosticEntry", "SensorHealth", "HealthMonitor", "ProblemLog"]

@@ -1,0 +1,145 @@
+"""Sensor messages -> the model's HxWx3 uint8 input image of each modality.
+
+Colour cameras give RGB; depth (16UC1 mm / 32FC1 m) becomes HHA or a depth image with the shared
+`mlesam_core.sensors` encodings (a 3-channel 8-bit depth message is taken as already encoded); event frames
+(positive, negative counts) get a zero third channel; LiDAR arrives as a projected image (8-bit, already
+encoded, or 32FC3 range/intensity/height) or as a PointCloud2 projected with the camera model. Every problem
+raises `InputError` naming it; the pipeline then treats that modality as absent for the frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from mlesam_core.modalities import to_three_channels
+from mlesam_core.sensors import DepthEncoding, depth_to_hha, depth_to_image, lidar_image_to_uint8
+from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, encoding_info, image_msg_to_array,
+                                         to_rgb8)
+from mlesam_ros.params import SegmentConfig
+from mlesam_ros.pointcloud import PointCloudError, pointcloud_to_lidar_image
+
+
+class InputError(ValueError):
+    """A sensor message cannot become a model input; the message names the problem."""
+
+
+@dataclass
+class CameraModel:
+    """Intrinsics K (3x3) and the image size (H, W) they belong to."""
+
+    k: np.ndarray
+    size: tuple[int, int]
+
+
+def camera_model_from_info(msg: Any) -> CameraModel:
+    """CameraModel from a sensor_msgs/CameraInfo (rclpy or rosbags)."""
+    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise InputError(f"camera_info: K is not a valid camera matrix: {k.reshape(-1).tolist()}")
+    return CameraModel(k, (int(msg.height), int(msg.width)))
+
+
+class InputDecoder:
+    """Turns the messages of one synchronised frame into model images, one modality at a time."""
+
+    def __init__(self, config: SegmentConfig) -> None:
+        """Decoder following `config` (depth encoding, LiDAR input mode, camera settings)."""
+        self.config = config
+        self.depth_encoding = DepthEncoding(camera_height=config.depth.camera_height)
+        self.cam_from_lidar = np.asarray(config.lidar.cam_from_lidar, dtype=np.float64).reshape(4, 4)
+        fixed_k = config.camera.intrinsics
+        self.fixed_k = np.asarray(fixed_k, dtype=np.float64).reshape(3, 3) if fixed_k else None
+        self.camera_info: CameraModel | None = None
+        self._decoders: dict[str, Callable[[Any, tuple[int, int]], np.ndarray]] = {
+            "depth": self._depth, "event": self._event, "lidar": self._lidar}
+
+    def set_camera_info(self, msg: Any) -> None:
+        """Take the newest CameraInfo (intrinsics for HHA and LiDAR projection; expected size)."""
+        self.camera_info = camera_model_from_info(msg)
+
+    def reference_size(self, driver_message: Any) -> tuple[int, int]:
+        """Expected (H, W) of every input: the image_size parameter, else camera_info, else the driver's."""
+        if self.config.camera.image_size:
+            return tuple(self.config.camera.image_size)
+        if self.camera_info is not None:
+            return self.camera_info.size
+        return int(driver_message.height), int(driver_message.width)
+
+    def intrinsics(self) -> np.ndarray:
+        """K from the `camera.intrinsics` parameter or the newest camera_info."""
+        if self.fixed_k is not None:
+            return self.fixed_k
+        if self.camera_info is None:
+            raise InputError(f"no camera intrinsics yet (nothing on {self.config.camera.info_topic} "
+                             f"and camera.intrinsics is empty)")
+        return self.camera_info.k
+
+    def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> np.ndarray:
+        """The model image (HxWx3 uint8) of `modality` from its message; `size` is the expected (H, W)."""
+        try:
+            image = self._decoders.get(modality, self._color)(msg, size)
+        except (ImageConversionError, PointCloudError) as exc:
+            raise InputError(str(exc)) from None
+        if image.shape[:2] != tuple(size):
+            raise InputError(f"size {image.shape[1]}x{image.shape[0]} does not match the expected "
+                             f"{size[1]}x{size[0]}")
+        return image
+
+    def _color(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
+        info = encoding_info(msg.encoding)
+        array = image_msg_to_array(msg)
+        if info.order is None and info.channels == 2:
+            return to_three_channels(_to_uint8(array, msg.encoding))  # generic 2-channel (e.g. AoLP sin/cos)
+        return to_rgb8(array, msg.encoding)
+
+    def _depth(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
+        info = encoding_info(msg.encoding)
+        array = image_msg_to_array(msg)
+        if info.channels == 3 and info.dtype == np.uint8:
+            return array  # already encoded (HHA or depth image)
+        metres = depth_to_metres(array, msg.encoding)
+        valid = float(np.isfinite(metres).mean())
+        if valid < self.config.depth.min_valid_fraction:
+            raise InputError(f"only {valid:.1%} of depth pixels are valid (NaN/Inf/0 elsewhere); "
+                             f"depth.min_valid_fraction is {self.config.depth.min_valid_fraction:.1%}")
+        if self.config.depth.encoding == "depth":
+            return to_three_channels(depth_to_image(metres, self.depth_encoding))
+        return depth_to_hha(metres, self.intrinsics(), self.depth_encoding)
+
+    def _event(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
+        info = encoding_info(msg.encoding)
+        if info.channels not in (2, 3) or info.dtype not in (np.uint8, np.uint16):
+            raise InputError(f"an event frame needs 2 or 3 channels of 8/16-bit counts (positive, negative), "
+                             f"got {msg.encoding}")
+        frame = to_three_channels(_to_uint8(image_msg_to_array(msg), msg.encoding, saturate=True))
+        frame[:, :, 2] = 0  # the third channel of an event frame is 0 by convention
+        return frame
+
+    def _lidar(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
+        if hasattr(msg, "fields"):  # sensor_msgs/PointCloud2
+            return pointcloud_to_lidar_image(msg, self.cam_from_lidar, self.intrinsics(), size)
+        info = encoding_info(msg.encoding)
+        array = image_msg_to_array(msg)
+        if info.channels == 3 and info.dtype == np.uint8:
+            return array  # already encoded (range, intensity, height)
+        if info.channels == 3 and info.dtype.kind == "f":
+            return lidar_image_to_uint8(np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0))
+        raise InputError(f"a LiDAR image needs 3 channels (8-bit encoded or 32FC3 range/intensity/height), "
+                         f"got {msg.encoding}")
+
+
+def _to_uint8(array: np.ndarray, encoding: str, saturate: bool = False) -> np.ndarray:
+    """8-bit data as is; 16-bit counts clipped (`saturate`) or scaled to 0-255."""
+    info = encoding_info(encoding)
+    if info.dtype == np.uint8:
+        return array
+    if info.dtype == np.uint16:
+        scaled = array if saturate else np.rint(array.astype(np.float32) * (255.0 / 65535.0))
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    raise InputError(f"expected 8- or 16-bit unsigned data, got {encoding}")
+
+
+__all__ = ["InputError", "CameraModel", "camera_model_from_info", "InputDecoder"]

@@ -1,0 +1,227 @@
+"""Typed configuration of the segmentation pipeline, shared by the node (ROS parameters) and the replay (YAML).
+
+`config/segment.yaml` is a ROS 2 parameters file (`mlesam_segmenter: ros__parameters: ...`); the replay
+reads it with `load_segment_config`, the node declares one ROS parameter per leaf of `SegmentConfig`
+(dotted names, descriptions from the field metadata) and rebuilds the same dataclass from their values,
+so both validate it the same way (`ConfigError` naming the dotted key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence, get_type_hints
+
+from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml
+from mlesam_core.modalities import check_modalities, get_modality
+from mlesam_ros.sync import SensorTiming
+
+NODE_NAME = "mlesam_segmenter"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# LiDAR frame (x forward, y left, z up) -> camera optical frame (x right, y down, z forward), same origin.
+LIDAR_TO_OPTICAL = (0.0, -1.0, 0.0, 0.0,
+                    0.0, 0.0, -1.0, 0.0,
+                    1.0, 0.0, 0.0, 0.0,
+                    0.0, 0.0, 0.0, 1.0)
+
+
+def _doc(default: Any, doc: str, **kwargs: Any) -> Any:
+    """A dataclass field with a description (becomes the ROS ParameterDescriptor's description)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kwargs})
+    return field(default=default, metadata={"doc": doc, **kwargs})
+
+
+@dataclass
+class ModelParams:
+    """Which model to run and where."""
+
+    config: str = _doc("config/model/mlesam_hiera_b+.yaml", "model config YAML (relative: cwd, repo, package share)")
+    sam2_checkpoint: str = _doc("", "official SAM2 checkpoint (.pt); empty = none")
+    adapters: str = _doc("", "trained adapters (.safetensors); empty = none")
+    device: str = _doc("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    precision: Literal["fp32", "fp16", "bf16"] = _doc("fp32", "inference precision")
+    allow_random_init: bool = _doc(False, "run without weights (testing only: predictions are meaningless)")
+
+
+@dataclass
+class SensorConfig(SensorTiming):
+    """One input sensor: its topic and synchronisation timing."""
+
+    topic: str = _doc("", "input topic; empty = the modality's default topic")
+
+
+@dataclass
+class SyncParams:
+    """Synchroniser settings shared by all sensors."""
+
+    primary_timeout: float = _doc(0.3, "primary silent this long (data time) -> the next sensor drives")
+    use_stale: bool = _doc(True, "use a stale auxiliary message (older than slop, within stale_after)")
+    buffer_size: int = _doc(16, "messages kept per sensor and frames waiting, at most")
+
+    def __post_init__(self) -> None:
+        check(self.primary_timeout > 0, "primary_timeout", f"must be > 0, got {self.primary_timeout}")
+        check(self.buffer_size >= 1, "buffer_size", f"must be >= 1, got {self.buffer_size}")
+
+
+@dataclass
+class DepthParams:
+    """How depth messages become the model's depth image."""
+
+    encoding: Literal["hha", "depth"] = _doc("hha", "the model's depth input: hha (needs intrinsics) or depth")
+    camera_height: float = _doc(1.5, "camera height above ground in metres (HHA height channel)")
+    min_valid_fraction: float = _doc(0.01, "depth frames with fewer valid pixels count as invalid")
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.min_valid_fraction <= 1.0, "min_valid_fraction",
+              f"must lie in [0, 1], got {self.min_valid_fraction}")
+
+
+@dataclass
+class LidarParams:
+    """LiDAR input: a projected image, or a PointCloud2 projected here."""
+
+    input: Literal["image", "points"] = _doc("image", "image: projected LiDAR image topic; points: PointCloud2")
+    points_topic: str = _doc("/lidar/points", "PointCloud2 topic (input: points)")
+    cam_from_lidar: tuple[float, ...] = _doc(LIDAR_TO_OPTICAL, "4x4 camera<-LiDAR extrinsic, row-major")
+
+    def __post_init__(self) -> None:
+        check(len(self.cam_from_lidar) == 16, "cam_from_lidar", f"needs 16 values, got {len(self.cam_from_lidar)}")
+
+
+@dataclass
+class CameraParams:
+    """Camera model used for HHA depth and LiDAR projection, and the expected image size."""
+
+    info_topic: str = _doc("/camera/camera_info", "CameraInfo of the primary camera (depth registered to it)")
+    intrinsics: tuple[float, ...] = _doc((), "3x3 K row-major; empty = from camera_info")
+    image_size: tuple[int, ...] = _doc((), "expected [H, W] of every input; empty = camera_info, else driver's")
+
+    def __post_init__(self) -> None:
+        check(len(self.intrinsics) in (0, 9), "intrinsics", f"needs 9 values or none, got {len(self.intrinsics)}")
+        check(len(self.image_size) in (0, 2) and all(v > 0 for v in self.image_size), "image_size",
+              f"needs [H, W] > 0 or nothing, got {list(self.image_size)}")
+
+
+@dataclass
+class OutputParams:
+    """Which outputs to produce."""
+
+    labels: bool = _doc(True, "publish /mlesam/labels (mono8 class ids, 255 = unlabeled)")
+    labels_color: bool = _doc(True, "publish /mlesam/labels_color (rgb8, class palette)")
+    confidence: bool = _doc(True, "publish /mlesam/confidence (32FC1)")
+    routing: bool = _doc(True, "publish /mlesam/routing (Float32MultiArray level x modality)")
+
+
+@dataclass
+class QosParams:
+    """Quality of service of inputs and outputs."""
+
+    input_reliability: Literal["best_effort", "reliable"] = _doc("best_effort", "input QoS (sensor data)")
+    input_depth: int = _doc(5, "input queue depth")
+    output_reliability: Literal["best_effort", "reliable"] = _doc("reliable", "output QoS reliability")
+    output_depth: int = _doc(2, "output queue depth")
+
+
+@dataclass
+class SegmentConfig:
+    """Everything the segmentation node and the replay need besides the model weights."""
+
+    model: ModelParams = field(default_factory=ModelParams)
+    modalities: tuple[str, ...] = _doc(("rgb", "depth", "event", "lidar"),
+                                       "sensors to use, in fallback-driver order (subset of the model's)")
+    primary: str = _doc("rgb", "the sensor whose frames drive the output")
+    sensors: dict[str, SensorConfig] = field(default_factory=dict)
+    sync: SyncParams = field(default_factory=SyncParams)
+    depth: DepthParams = field(default_factory=DepthParams)
+    lidar: LidarParams = field(default_factory=LidarParams)
+    camera: CameraParams = field(default_factory=CameraParams)
+    outputs: OutputParams = field(default_factory=OutputParams)
+    qos: QosParams = field(default_factory=QosParams)
+    diagnostics_period: float = _doc(1.0, "seconds between /diagnostics messages")
+    log_period: float = _doc(5.0, "the same input problem is logged at most once per this many seconds")
+
+    def __post_init__(self) -> None:
+        try:
+            check_modalities(self.modalities)
+        except ValueError as exc:
+            raise ConfigError(f"modalities: {exc}") from None
+        check(self.primary in self.modalities, "primary",
+              f"{self.primary!r} is not one of the modalities {list(self.modalities)}")
+        unknown = sorted(set(self.sensors) - set(self.modalities))
+        check(not unknown, f"sensors.{unknown[0] if unknown else ''}", "is not one of the configured modalities")
+        for name in self.modalities:
+            sensor = self.sensors.setdefault(name, SensorConfig())
+            if not sensor.topic:
+                sensor.topic = get_modality(name).topic
+
+    @property
+    def priority(self) -> tuple[str, ...]:
+        """Sensors in driving order: the primary, then the others as configured."""
+        return (self.primary,) + tuple(m for m in self.modalities if m != self.primary)
+
+    def input_topic(self, sensor: str) -> str:
+        """The topic a sensor's messages come from (the PointCloud2 topic for LiDAR points)."""
+        if sensor == "lidar" and self.lidar.input == "points":
+            return self.lidar.points_topic
+        return self.sensors[sensor].topic
+
+
+def resolve_path(path: str, bases: Sequence[Path] = ()) -> Path:
+    """An existing file: `path` as given, else relative to each of `bases`, the cwd and the repository root."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    for base in (Path.cwd(), *bases, REPO_ROOT):
+        if (base / candidate).exists():
+            return base / candidate
+    return candidate
+
+
+def parameters_section(data: dict, source: str = "") -> dict:
+    """The `ros__parameters` mapping of our node in a ROS 2 parameters file (node name or /** root)."""
+    for root in (NODE_NAME, f"/{NODE_NAME}", "/**"):
+        section = data.get(root)
+        if isinstance(section, dict) and "ros__parameters" in section:
+            return section["ros__parameters"] or {}
+    raise ConfigError(f"{source or 'parameters'}: no '{NODE_NAME}: ros__parameters:' section "
+                      f"(found: {', '.join(map(str, data)) or 'nothing'})")
+
+
+def load_segment_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SegmentConfig:
+    """SegmentConfig from a ROS 2 parameters file (or defaults) plus `dotted.key=value` overrides."""
+    data = parameters_section(load_yaml(path), str(path)) if path is not None else {}
+    return from_dict(SegmentConfig, apply_overrides(data, overrides), source=str(path) if path else None)
+
+
+def iter_parameters(config: Any, prefix: str = "") -> Iterator[tuple[str, Any, str, Any]]:
+    """(dotted name, value, description, type hint) for every leaf of a config dataclass."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        name = f"{prefix}{f.name}"
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from iter_parameters(value, f"{name}.")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from iter_parameters(item, f"{name}.{key}.")
+        else:
+            yield name, value, f.metadata.get("doc", ""), hints[f.name]
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    """{'a.b': 1} -> {'a': {'b': 1}} (ROS parameter names to the nested mapping of the YAML)."""
+    nested: dict = {}
+    for name, value in flat.items():
+        node = nested
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return nested
+
+
+__all__ = ["NODE_NAME", "LIDAR_TO_OPTICAL", "ModelParams", "SensorConfig", "SyncParams", "DepthParams",
+           "LidarParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig", "resolve_path",
+           "parameters_section", "load_segment_config", "iter_parameters", "nest"]
