@@ -1,0 +1,105 @@
+"""Adapter files: only the trainable tensors of a model (LoRA experts, routers, heads), as safetensors, with the
+model config and the identity of the frozen backbone they were trained on in the metadata.
+
+Loading refuses a file made for another model config (naming the differing keys; `RUNTIME_KEYS` such as
+`image_size` or `lora.dropout` may differ) and, unless `allow_backbone_mismatch=True`, a file trained on other
+frozen SAM2 weights (another checkpoint, or random init vs checkpoint): LoRA experts and heads are only
+meaningful on the backbone they were trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mlesam_core.config_io import ConfigError, from_dict, to_dict
+from mlesam_core.model.base import LoRASam2Model
+from mlesam_core.model.build import same_backbone
+from mlesam_core.model.config import MLESAMConfig, config_differences
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mlesam-adapters/1"
+
+
+class AdapterError(ValueError):
+    """An adapter file cannot be read or was made for another model or backbone; the message names the file."""
+
+
+def save_adapters(model: LoRASam2Model, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's trainable tensors + config + backbone identity to a safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.adapter_state_dict().items()}
+    metadata = {**(extra_metadata or {}), "format": FORMAT, "backbone": model.backbone_id,
+                "config": json.dumps(to_dict(model.config), sort_keys=True)}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def read_adapter_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an adapter file (format, backbone, config JSON, anything extra the trainer stored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: adapter file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"{path}: not a readable safetensors adapter file ({exc})") from exc
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise AdapterError(f"{path}: not an MLE-SAM adapter file (format {metadata.get('format')!r}, "
+                           f"expected {FORMAT!r})")
+    return metadata
+
+
+def adapter_config(path: str | Path) -> MLESAMConfig:
+    """The model config embedded in an adapter file."""
+    metadata = read_adapter_metadata(path)
+    try:
+        return from_dict(MLESAMConfig, json.loads(metadata["config"]), source=str(path))
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise AdapterError(f"{path}: embedded model config is invalid: {exc}") from exc
+
+
+def load_adapters(model: LoRASam2Model, path: str | Path, allow_backbone_mismatch: bool = False) -> dict[str, str]:
+    """Load an adapter file into `model` (strict: same config, same backbone, same tensors); returns its metadata."""
+    path = Path(path)
+    metadata = read_adapter_metadata(path)
+    try:
+        file_config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path}: embedded model config is not JSON: {exc}") from exc
+    differences = config_differences(model.config, file_config)
+    if differences:
+        raise AdapterError(f"{path}: made for another model config: " + "; ".join(differences))
+    backbone = metadata.get("backbone", "<unknown>")
+    if not same_backbone(backbone, model.backbone_id):
+        message = (f"{path}: adapters were trained on backbone '{backbone}' but the model has '{model.backbone_id}'; "
+                   f"LoRA experts and heads only work on the frozen weights they were trained with")
+        if not allow_backbone_mismatch:
+            raise AdapterError(message + " (pass allow_backbone_mismatch=True to load anyway)")
+        log.warning("LOADING MISMATCHED ADAPTERS: %s", message)
+    expected = model.adapter_state_dict()
+    with safe_open(str(path), framework="pt") as handle:
+        found = set(handle.keys())
+        missing, unexpected = sorted(set(expected) - found), sorted(found - set(expected))
+        if missing or unexpected:
+            raise AdapterError(f"{path}: tensors do not match the model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for key, target in expected.items():
+                tensor = handle.get_tensor(key)
+                if tensor.shape != target.shape:
+                    raise AdapterError(f"{path}: {key} has shape {tuple(tensor.shape)}, "
+                                       f"the model expects {tuple(target.shape)}")
+                target.copy_(tensor)
+    return metadata
+
+
+__all__ = ["AdapterError", "save_adapters", "load_adapters", "read_adapter_metadata", "adapter_config", "FORMAT"]

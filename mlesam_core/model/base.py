@@ -1,0 +1,194 @@
+"""What MLE-SAM and the SAM-LoRA baseline share: the frozen SAM2 encoder with per-modality LoRA experts, the
+modality-major encoder batch, the frozen prompt-free SAM2 decoder core, input checks and the SAM2 key map."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mlesam_core.model.build import build_sam2_parts, random_backbone_id
+from mlesam_core.model.config import MLESAMConfig
+from mlesam_core.model.decoder import ClassMaskHead, PromptFreeSamDecoder
+from mlesam_core.model.lora import LoRAQKV, ModalityContext, add_lora
+
+
+@dataclass
+class SegmentationOutput:
+    """What a forward pass returns; all logits are [B, C, H, W] at the input resolution."""
+
+    logits: torch.Tensor  # output.sam_weight * sam_logits + output.aux_weight * aux_logits
+    sam_logits: torch.Tensor
+    aux_logits: torch.Tensor | None  # None without an aux head
+    routing: dict[str, torch.Tensor]  # per level (or "logits" for SAM-LoRA): modality weights [B, M]
+
+
+class LoRASam2Model(nn.Module):
+    """Frozen SAM2 image encoder + LoRA experts, and the frozen SAM2 decoder core; subclasses add the heads."""
+
+    def __init__(self, config: MLESAMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.modalities = tuple(config.modalities)
+        parts = build_sam2_parts(config)
+        self.image_encoder = parts.image_encoder
+        self.context = ModalityContext()
+        self.lora_layers: list[LoRAQKV] = add_lora(
+            self.image_encoder.trunk, len(self.modalities), config.lora.rank, config.lora.scale,
+            config.lora.dropout, self.context)
+        self.sam_decoder = PromptFreeSamDecoder(parts.prompt_encoder, parts.mask_decoder,
+                                                config.decoder.sam_tokens, config.decoder.not_a_point_tokens)
+        self.requires_grad_(False)
+        for layer in self.lora_layers:
+            layer.lora_A.requires_grad_(True)
+            layer.lora_B.requires_grad_(True)
+        self.activation_checkpointing = config.activation_checkpointing
+        self.lora_grouped = config.lora.grouped
+        self.backbone_id = random_backbone_id(config.random_init_seed)
+        self.size_multiple = math.lcm(32, 4 * self.image_encoder.trunk.window_spec[0])
+        self.build_heads(parts.mask_decoder)
+
+    def build_heads(self, mask_decoder: nn.Module) -> None:
+        """Create the trainable heads (subclasses); `mask_decoder` is SAM2's, for weights to start from."""
+        raise NotImplementedError
+
+    def new_mask_head(self, mask_decoder: nn.Module) -> ClassMaskHead:
+        """A trainable class-token head whose upscaling/conv_s0/conv_s1 start from SAM2's weights."""
+        return ClassMaskHead(mask_decoder, self.config.num_classes)
+
+    # ----------------------------------------------------------------------------------------------- encoder
+    def check_inputs(self, images: torch.Tensor, present: torch.Tensor) -> None:
+        """ValueError unless images is float [B, M, 3, H, W] (H, W multiples of size_multiple), present bool [B, M]."""
+        m = len(self.modalities)
+        if images.ndim != 5 or images.shape[1] != m or images.shape[2] != 3 or not images.is_floating_point():
+            raise ValueError(f"images: expected a float tensor [B, {m}, 3, H, W] for modalities "
+                             f"{list(self.modalities)}, got {images.dtype} {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"images: height and width must be multiples of {self.size_multiple}, got {h}x{w}")
+        if present.dtype != torch.bool or tuple(present.shape) != (images.shape[0], m):
+            raise ValueError(f"present: expected a bool tensor [{images.shape[0]}, {m}], "
+                             f"got {present.dtype} {tuple(present.shape)}")
+
+    def encode(self, images: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+        """Per-modality FPN maps before fusion, as SAM2's `backbone_fpn` (before conv_s0/conv_s1): 3 tensors
+        [B, M, 256, h, w], stride 4 to 16. Absent modalities are zero; their input content is never read."""
+        self.check_inputs(images, present)
+        return self._encode(images, present)
+
+    def _encode(self, images: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+        batch, m, _, h, w = images.shape
+        mask = present[:, :, None, None, None]
+        images = torch.where(mask, images, 0)  # NaN/Inf in an absent modality stays out of every sum
+        # Training runs every modality chunk (no host sync, every expert in the graph for DDP); inference runs
+        # only the modalities present in some sample (a tiny host sync when `present` lives on a GPU).
+        active = None if self.training else [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
+        if active is not None and len(active) == m:
+            active = None
+        ids = list(range(m)) if active is None else active
+        index = None if active is None else torch.tensor(active, device=images.device)
+        chunks = (images if index is None else images.index_select(1, index)).transpose(0, 1)  # [M', B, 3, H, W]
+        if self.lora_grouped:
+            with self.context.use(index):
+                levels = self._run_encoder(chunks.reshape(len(ids) * batch, 3, h, w))
+            levels = [f.view(len(ids), batch, *f.shape[1:]) for f in levels]
+        else:  # reference path: one encoder pass per modality
+            runs = []
+            for j, modality in enumerate(ids):
+                with self.context.use(torch.tensor([modality], device=images.device)):
+                    runs.append(self._run_encoder(chunks[j]))
+            levels = [torch.stack(per_level) for per_level in zip(*runs)]
+        out = []
+        for f in levels:
+            f = f.transpose(0, 1)  # [B, M', C, h, w]
+            if index is not None:
+                f = f.new_zeros(batch, m, *f.shape[2:]).index_copy(1, index, f)
+            out.append(torch.where(mask, f, 0))
+        return out
+
+    def _run_encoder(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """SAM2's ImageEncoder (trunk + FPN neck, scalp 1) on a modality-major batch -> backbone_fpn, finest first.
+
+        The trunk loop is Hiera.forward spelled out so that blocks can be activation-checkpointed; the tests
+        compare it with sam2's own `image_encoder(x)["backbone_fpn"]`.
+        """
+        trunk = self.image_encoder.trunk
+        x = trunk.patch_embed(x)
+        x = x + trunk._get_pos_embed(x.shape[1:3])
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
+        stages = []
+        for i, block in enumerate(trunk.blocks):
+            x = self._checkpointed(block, x) if recompute else block(x)
+            if i in trunk.stage_ends:
+                stages.append(x.permute(0, 3, 1, 2))
+        features, _ = self.image_encoder.neck(stages)
+        return features[: -self.image_encoder.scalp]
+
+    def _checkpointed(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        index = self.context.index  # recomputation in backward must see the same modality chunks
+
+        def run(t: torch.Tensor) -> torch.Tensor:
+            with self.context.use(index):
+                return block(t)
+
+        return checkpoint(run, x, use_reentrant=False)
+
+    # ------------------------------------------------------------------------------------------------ output
+    def combine(self, sam: torch.Tensor, aux: torch.Tensor | None, size: tuple[int, int],
+                routing: dict[str, torch.Tensor]) -> SegmentationOutput:
+        """Upsample stride-4 logits to `size` and weight them (Eq. 13)."""
+        sam = F.interpolate(sam, size=size, mode="bilinear", align_corners=False)
+        logits = self.config.output.sam_weight * sam
+        if aux is not None:
+            aux = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+            logits = logits + self.config.output.aux_weight * aux
+        return SegmentationOutput(logits=logits, sam_logits=sam, aux_logits=aux, routing=routing)
+
+    # ---------------------------------------------------------------------------------------------- weights
+    def mask_head_prefixes(self) -> list[str]:
+        """State-dict prefixes of the class-token heads (subclasses)."""
+        raise NotImplementedError
+
+    def sam2_key_map(self) -> dict[str, list[str]]:
+        """Official SAM2 checkpoint key -> this model's state-dict keys it fills (LoRA tensors excluded)."""
+        pairs = [
+            ("image_encoder.", "image_encoder."),
+            ("sam_mask_decoder.transformer.", "sam_decoder.transformer."),
+            ("sam_mask_decoder.iou_token.", "sam_decoder.iou_token."),
+            ("sam_mask_decoder.obj_score_token.", "sam_decoder.obj_score_token."),
+            ("sam_prompt_encoder.pe_layer.", "sam_decoder.pe_layer."),
+            ("sam_prompt_encoder.no_mask_embed.", "sam_decoder.no_mask_embed."),
+            ("sam_prompt_encoder.not_a_point_embed.", "sam_decoder.not_a_point_embed."),
+        ]
+        for head in self.mask_head_prefixes():
+            pairs += [(f"sam_mask_decoder.{name}.", f"{head}.{name}.")
+                      for name in ("output_upscaling", "conv_s0", "conv_s1")]
+        key_map: dict[str, list[str]] = {}
+        for key in self.state_dict():
+            if ".lora_" in key:
+                continue
+            for ckpt_prefix, own_prefix in pairs:
+                if key.startswith(own_prefix):
+                    ckpt_key = ckpt_prefix + key[len(own_prefix):].replace(".qkv.base_layer.", ".qkv.")
+                    key_map.setdefault(ckpt_key, []).append(key)
+                    break
+        return key_map
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors: parameters that require grad plus the buffers of modules that own such
+        parameters (BatchNorm running statistics of the aux head)."""
+        keys = set()
+        for module_name, module in self.named_modules():
+            own = list(module.named_parameters(recurse=False))
+            if any(p.requires_grad for _, p in own):
+                prefix = f"{module_name}." if module_name else ""
+                keys.update(prefix + n for n, p in own if p.requires_grad)
+                keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+        return {k: v for k, v in self.state_dict().items() if k in keys}
+
+
+__all__ = ["LoRASam2Model", "SegmentationOutput"]

@@ -1,0 +1,180 @@
+"""The typed MLE-SAM model configuration (YAML -> `MLESAMConfig`), validated on load with errors naming the key.
+
+Where PAPER.md leaves a choice open, the option is here with the paper-derived default; docs/model.md lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from mlesam_core.config_io import ConfigError, check, load_config, to_dict
+from mlesam_core.modalities import check_modalities
+
+# Config keys that do not change the model's tensors or their meaning: adapters trained with other values of
+# these keys load without complaint (image_size: the Segmenter's working size; the rest: training-time switches).
+RUNTIME_KEYS = frozenset({
+    "image_size", "activation_checkpointing", "random_init_seed", "lora.grouped", "lora.dropout",
+    "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
+})
+
+
+@dataclass
+class Sam2Config:
+    """Which SAM2 to build: a config inside the `sam2` package plus hydra overrides (e.g. a tiny Hiera)."""
+
+    config_name: str = "configs/sam2.1/sam2.1_hiera_b+.yaml"
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass
+class LoRAConfig:
+    """Per-modality LoRA on q and v of every Hiera block's qkv (Eq. 4-5); alpha null means alpha = rank."""
+
+    rank: int = 32
+    alpha: float | None = None
+    dropout: float = 0.0
+    grouped: bool = True  # false: the reference per-modality loop (one encoder pass per modality; for checking)
+
+    def __post_init__(self) -> None:
+        check(self.rank > 0, "rank", f"must be positive, got {self.rank}")
+        check(self.alpha is None or self.alpha > 0, "alpha", f"must be positive, got {self.alpha}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must lie in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank."""
+        return (self.rank if self.alpha is None else self.alpha) / self.rank
+
+
+@dataclass
+class RouterConfig:
+    """The per-level mixture-of-experts router (Eq. 8-10)."""
+
+    top_k: int = 2
+    renormalize: bool = False  # rescale the kept top-k weights to sum to 1
+
+    def __post_init__(self) -> None:
+        check(self.top_k > 0, "top_k", f"must be positive, got {self.top_k}")
+
+
+@dataclass
+class DecoderConfig:
+    """The prompt-free SAM2 decoder pathway (Eq. 11)."""
+
+    sam_tokens: bool = True  # keep SAM2's frozen object-score and IoU tokens in front of the class tokens
+    not_a_point_tokens: int = 2  # SAM2's own prompt-free call feeds two "not a point" sparse tokens
+
+    def __post_init__(self) -> None:
+        check(self.not_a_point_tokens >= 0, "not_a_point_tokens", f"must be >= 0, got {self.not_a_point_tokens}")
+
+
+@dataclass
+class AuxHeadConfig:
+    """The SegFormer-style all-MLP auxiliary head (Eq. 12)."""
+
+    enabled: bool = True
+    dim: int = 256
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self.dim > 0, "dim", f"must be positive, got {self.dim}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class OutputConfig:
+    """Prediction = sam_weight * Y_sam + aux_weight * Y_aux (Eq. 13); aux_weight is unused without an aux head."""
+
+    sam_weight: float = 1.0
+    aux_weight: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    """L = sam_weight * OHEM(Y_sam) + aux_weight * OHEM(Y_aux) (Eq. 14; the paper gives no weights)."""
+
+    sam_weight: float = 1.0
+    aux_weight: float = 0.4
+    ohem_keep_prob: float = 0.7  # keep pixels whose true-class probability is below this (loss > -log p)
+    ohem_min_kept_fraction: float = 1.0 / 16.0  # ... but at least this fraction of the valid pixels
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.ohem_keep_prob <= 1.0, "ohem_keep_prob", f"must lie in (0, 1], got {self.ohem_keep_prob}")
+        check(0.0 <= self.ohem_min_kept_fraction <= 1.0, "ohem_min_kept_fraction",
+              f"must lie in [0, 1], got {self.ohem_min_kept_fraction}")
+
+
+@dataclass
+class MLESAMConfig:
+    """Everything that defines an MLE-SAM (or SAM-LoRA baseline) model."""
+
+    modalities: tuple[str, ...]
+    num_classes: int
+    architecture: Literal["mlesam", "sam_lora"] = "mlesam"
+    sam2: Sam2Config = field(default_factory=Sam2Config)
+    image_size: int = 1024
+    ignore_index: int = 255
+    fusion: Literal["avg", "moe", "avg+moe"] = "avg+moe"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    random_init_seed: int = 0  # seed of the frozen SAM2 weights when no checkpoint is loaded
+    activation_checkpointing: bool = False  # recompute Hiera blocks in backward (saves memory at 1024^2)
+
+    def __post_init__(self) -> None:
+        try:
+            self.modalities = check_modalities(self.modalities)
+        except ValueError as exc:
+            raise ConfigError(f"modalities: {exc}") from None
+        check(0 < self.num_classes <= 255, "num_classes", f"must lie in 1..255 (labels are uint8), "
+              f"got {self.num_classes}")
+        check(not 0 <= self.ignore_index < self.num_classes, "ignore_index",
+              f"{self.ignore_index} is a class id (num_classes is {self.num_classes})")
+        check(self.image_size > 0 and self.image_size % 32 == 0, "image_size",
+              f"must be a positive multiple of 32, got {self.image_size}")
+
+    @property
+    def num_modalities(self) -> int:
+        """M, the number of configured modalities."""
+        return len(self.modalities)
+
+
+def load_model_config(config: MLESAMConfig | str | Path, overrides: Sequence[str] = ()) -> MLESAMConfig:
+    """An `MLESAMConfig` from a YAML path (plus `dotted.key=value` overrides) or an existing config."""
+    if isinstance(config, MLESAMConfig):
+        if not overrides:
+            return config
+        return load_config(MLESAMConfig, data=to_dict(config), overrides=overrides)
+    return load_config(MLESAMConfig, config, overrides)
+
+
+def flat_config(config: MLESAMConfig | dict) -> dict[str, object]:
+    """A config (or its plain-data form) as {dotted.key: value}, lists for tuples."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            flat[prefix] = node
+
+    walk("", config if isinstance(config, dict) else to_dict(config))
+    return flat
+
+
+def config_differences(model_config: MLESAMConfig, other: MLESAMConfig | dict) -> list[str]:
+    """The keys outside RUNTIME_KEYS whose values differ, each as 'key: other-value (file) != model-value (model)'."""
+    mine, theirs = flat_config(model_config), flat_config(other)
+    keys = sorted((set(mine) | set(theirs)) - RUNTIME_KEYS)
+    return [f"{k}: {theirs.get(k, '<absent>')!r} (file) != {mine.get(k, '<absent>')!r} (model)"
+            for k in keys if mine.get(k, "<absent>") != theirs.get(k, "<absent>")]
+
+
+__all__ = ["MLESAMConfig", "Sam2Config", "LoRAConfig", "RouterConfig", "DecoderConfig", "AuxHeadConfig",
+           "OutputConfig", "LossConfig", "RUNTIME_KEYS", "load_model_config", "flat_config", "config_differences"]

@@ -1,0 +1,108 @@
+"""Per-modality LoRA experts on the q and v projections of SAM2 Hiera's fused `qkv` layers (PAPER.md Eq. 4-5).
+
+Grouped LoRA: the encoder batch is ordered modality-major (M' chunks of equal size, chunk j holding modality
+`context.index[j]`). Hiera keeps that order through window partitioning and q-pooling (all windows of a sample
+stay contiguous), so every `qkv` input splits into M' equal contiguous chunks along dim 0, and each chunk's
+expert is applied with one batched matmul -- no per-modality Python loop and no index bookkeeping per block.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class ModalityContext:
+    """Which modality each chunk of the encoder batch holds; the model sets it around every encoder call.
+
+    `index` None means "all configured modalities, in config order" (the training path; it skips a gather).
+    """
+
+    def __init__(self) -> None:
+        self.index: torch.Tensor | None = None
+
+    @contextmanager
+    def use(self, index: torch.Tensor | None) -> Iterator[None]:
+        """Set `index` (a LongTensor of modality ids, one per chunk) for the duration of the block."""
+        previous = self.index
+        self.index = index
+        try:
+            yield
+        finally:
+            self.index = previous
+
+
+class LoRAQKV(nn.Module):
+    """Wraps a frozen `qkv` nn.Linear (peft-style `base_layer`, never copied) with one (A_q, B_q, A_v, B_v) per modality.
+
+    Parameters are stacked: `lora_A` [M, 2, r, d_in] and `lora_B` [M, 2, d_out, r], index 1 = (q, v). d_out is
+    `qkv.out_features // 3`, which differs from d_in in Hiera's stage-transition blocks. B starts at zero so the
+    wrapped layer starts equal to SAM2's.
+    """
+
+    def __init__(self, base_layer: nn.Linear, num_modalities: int, rank: int, scale: float, dropout: float,
+                 context: ModalityContext) -> None:
+        super().__init__()
+        if base_layer.out_features % 3:
+            raise ValueError(f"qkv out_features {base_layer.out_features} is not divisible by 3")
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.head_features = base_layer.out_features // 3
+        self.num_modalities = num_modalities
+        self.rank = rank
+        self.scale = scale
+        self.lora_A = nn.Parameter(torch.empty(num_modalities, 2, rank, self.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(num_modalities, 2, self.head_features, rank))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._context = context  # shared, not a submodule
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A: Kaiming-uniform per expert (as peft / nn.Linear), B: zero."""
+        bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)) on a [r, d_in] matrix
+        with torch.no_grad():
+            self.lora_A.uniform_(-bound, bound)
+            self.lora_B.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.base_layer(x)
+        index = self._context.index
+        a, b = (self.lora_A, self.lora_B) if index is None else (self.lora_A[index], self.lora_B[index])
+        chunks = a.shape[0]
+        rows = x.reshape(chunks, -1, self.in_features)  # [M', N, d_in], modality-major chunks
+        # [M', N, 2r] in one batched matmul for q and v together, then [M', N, 2, d_out].
+        low = torch.bmm(self.dropout(rows), a.reshape(chunks, 2 * self.rank, self.in_features).transpose(1, 2))
+        low = low.view(chunks, -1, 2, self.rank) * self.scale
+        delta = torch.einsum("mnsr,msdr->mnsd", low, b)
+        # Add into the q and v thirds of the frozen output in place (the linear's backward does not need it).
+        qkv.view(chunks, -1, 3, self.head_features)[:, :, 0::2].add_(delta.to(qkv.dtype))
+        return qkv
+
+    def extra_repr(self) -> str:
+        return (f"modalities={self.num_modalities}, rank={self.rank}, scale={self.scale:g}, "
+                f"in={self.in_features}, out=3x{self.head_features}")
+
+
+def add_lora(trunk: nn.Module, num_modalities: int, rank: int, scale: float, dropout: float,
+             context: ModalityContext) -> list[LoRAQKV]:
+    """Wrap every Hiera block's `attn.qkv` in place with a `LoRAQKV`; returns the wrappers in block order."""
+    wrappers = []
+    for block in trunk.blocks:
+        qkv = block.attn.qkv
+        if isinstance(qkv, LoRAQKV):
+            raise ValueError("this Hiera trunk already carries LoRA wrappers")
+        block.attn.qkv = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context)
+        wrappers.append(block.attn.qkv)
+    return wrappers
+
+
+def lora_parameters_per_modality(wrappers: list[LoRAQKV]) -> int:
+    """Trainable LoRA parameters one modality's expert holds across all blocks."""
+    return sum((w.lora_A.numel() + w.lora_B.numel()) // w.num_modalities for w in wrappers)
+
+
+__all__ = ["ModalityContext", "LoRAQKV", "add_lora", "lora_parameters_per_modality"]

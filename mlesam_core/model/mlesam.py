@@ -1,0 +1,49 @@
+"""MLE-SAM: SAM2 + per-modality LoRA experts, router/average fusion at three levels, SAM decoder and aux head.
+
+Data flow for images [B, M, 3, H, W] (config modality order) and present [B, M]:
+  grouped LoRA encoder on the modality-major batch [M*B, 3, H, W]  -> FFP/IFP/SFM [B, M, 256, ...]
+  fusion (avg | moe | avg+moe, absent modalities masked)             -> fused FFP/IFP/SFM [B, 256, ...]
+  SAM pathway (frozen two-way transformer, C class tokens)           -> Y_sam
+  aux pathway (all-MLP head)                                         -> Y_aux
+  logits = sam_weight * Y_sam + aux_weight * Y_aux at H x W.
+Trainable: LoRA experts, routers, the class-token head (tokens, hypernetworks, upscaling, conv_s0/conv_s1) and
+the aux head; everything from SAM2 else is frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlesam_core.model.aux_head import AuxHead
+from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
+from mlesam_core.model.router import FeatureFusion
+
+
+class MLESAM(LoRASam2Model):
+    """The MLE-SAM model (`architecture: mlesam`)."""
+
+    def build_heads(self, mask_decoder: nn.Module) -> None:
+        config = self.config
+        dim = mask_decoder.transformer_dim
+        self.fusion = FeatureFusion(len(self.modalities), dim, config.fusion, config.router.top_k,
+                                    config.router.renormalize)
+        self.mask_head = self.new_mask_head(mask_decoder)
+        self.aux_head = (AuxHead(dim, config.aux_head.dim, config.num_classes, config.aux_head.dropout)
+                         if config.aux_head.enabled else None)
+
+    def mask_head_prefixes(self) -> list[str]:
+        return ["mask_head"]
+
+    def forward(self, images: torch.Tensor, present: torch.Tensor) -> SegmentationOutput:
+        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput."""
+        self.check_inputs(images, present)
+        levels = self._encode(images, present)
+        fused, routing = self.fusion(levels, present)
+        ffp, ifp, sfm = fused
+        sam = self.mask_head(self.sam_decoder, sfm, ifp, ffp)
+        aux = self.aux_head(fused) if self.aux_head is not None else None
+        return self.combine(sam, aux, tuple(images.shape[-2:]), routing)
+
+
+__all__ = ["MLESAM"]

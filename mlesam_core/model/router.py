@@ -1,0 +1,78 @@
+"""Fusion of the per-modality FPN maps at SFM, IFP and FFP (PAPER.md Eq. 7-10), with missing modalities masked.
+
+Per level l, with P the present modalities of a sample:
+  F_avg = (1/|P|) sum_{m in P} F_m                                        (Eq. 7)
+  e_m = spatial mean of F_m;  w = softmax(W_r [e_1 ... e_M] + b_r)          (Eq. 8-9; absent e_m are zero,
+        absent logits are pushed to the float32 minimum, so their weight is exactly 0)
+  F_moe = sum_{m in TopK(w)} w_m F_m                                      (Eq. 10; top-k among present only)
+  fusion avg | moe | avg+moe gives F_avg, F_moe or F_avg + F_moe.
+Choices the paper leaves open (docs/model.md): the router reads the concatenated 256-channel FPN embeddings
+(one linear layer per level); fusion happens on the 256-channel FPN maps, and the decoder's conv_s1/conv_s0
+are applied after fusion (once per sample instead of once per modality). All fusions are one einsum with
+per-modality weights, computed in float32 (softmax and top-k included) and applied in the features' dtype.
+The caller zeroes absent modalities' maps first (NaN-safe `torch.where`), so their content cannot leak.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LEVELS = ("ffp", "ifp", "sfm")  # finest (stride 4) to coarsest (stride 16), the order of `encode`
+
+
+class ModalityRouter(nn.Module):
+    """One level's router: a linear layer over the concatenated per-modality embeddings, masked softmax, top-k."""
+
+    def __init__(self, num_modalities: int, channels: int, top_k: int, renormalize: bool) -> None:
+        super().__init__()
+        self.num_modalities = num_modalities
+        self.top_k = min(top_k, num_modalities)
+        self.renormalize = renormalize
+        self.linear = nn.Linear(num_modalities * channels, num_modalities)
+
+    def forward(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """features [B, M, C, h, w] (absent ones zero), present bool [B, M] -> kept weights [B, M] (float32)."""
+        embeddings = features.float().mean(dim=(-2, -1)).flatten(1)  # [B, M*C]
+        with torch.autocast(features.device.type, enabled=False):
+            logits = nn.functional.linear(embeddings, self.linear.weight.float(), self.linear.bias.float())
+        logits = torch.where(present, logits, torch.finfo(torch.float32).min)
+        probs = torch.softmax(logits, dim=1)
+        kept = torch.zeros_like(probs).scatter_(1, probs.topk(self.top_k, dim=1).indices, 1.0)
+        weights = probs * kept * present
+        if self.renormalize:
+            weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return weights
+
+
+class FeatureFusion(nn.Module):
+    """Fuses [B, M, C, h, w] maps per level into [B, C, h, w]; reports per-level modality weights [B, M]."""
+
+    def __init__(self, num_modalities: int, channels: int, mode: str, top_k: int, renormalize: bool) -> None:
+        super().__init__()
+        if mode not in ("avg", "moe", "avg+moe"):
+            raise ValueError(f"fusion must be avg, moe or avg+moe, got {mode!r}")
+        self.mode = mode
+        self.routers = nn.ModuleDict(
+            {level: ModalityRouter(num_modalities, channels, top_k, renormalize) for level in LEVELS}
+        ) if mode != "avg" else None
+
+    def forward(self, levels: list[torch.Tensor], present: torch.Tensor
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """levels: [B, M, C, h, w] finest first -> (fused maps finest first, routing {level: [B, M]}).
+
+        Routing is the router's kept top-k weights for moe and avg+moe, and the averaging weights for avg.
+        """
+        average = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
+        fused, routing = [], {}
+        for level, features in zip(LEVELS, levels):
+            if self.routers is None:
+                weights = routing[level] = average
+            else:
+                routing[level] = self.routers[level](features, present)
+                weights = routing[level] if self.mode == "moe" else average + routing[level]
+            fused.append(torch.einsum("bm,bmchw->bchw", weights.to(features.dtype), features))
+        return fused, routing
+
+
+__all__ = ["LEVELS", "ModalityRouter", "FeatureFusion"]

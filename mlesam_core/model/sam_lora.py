@@ -1,0 +1,50 @@
+"""The paper's SAM-LoRA baseline (`architecture: sam_lora`): one LoRA model per modality, predictions averaged.
+
+Per modality: the same LoRA experts on the shared frozen SAM2 encoder (grouped, exactly as MLE-SAM), its own
+class-token head and aux head (separate weights), no fusion; the logits of the present modalities are averaged.
+Unlike the paper's separately trained models, this one is trained end to end through the average (late
+fusion); the heads are evaluated one modality at a time (M separate decoders are what this baseline is).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlesam_core.model.aux_head import AuxHead
+from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
+
+
+class SAMLoRA(LoRASam2Model):
+    """Per-modality LoRA SAM2 models with logit averaging over the present modalities."""
+
+    def build_heads(self, mask_decoder: nn.Module) -> None:
+        config = self.config
+        dim = mask_decoder.transformer_dim
+        self.mask_heads = nn.ModuleList(self.new_mask_head(mask_decoder) for _ in self.modalities)
+        self.aux_heads = (nn.ModuleList(AuxHead(dim, config.aux_head.dim, config.num_classes, config.aux_head.dropout)
+                                        for _ in self.modalities) if config.aux_head.enabled else None)
+
+    def mask_head_prefixes(self) -> list[str]:
+        return [f"mask_heads.{i}" for i in range(len(self.modalities))]
+
+    def forward(self, images: torch.Tensor, present: torch.Tensor) -> SegmentationOutput:
+        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput."""
+        self.check_inputs(images, present)
+        levels = self._encode(images, present)
+        weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
+        ids = range(len(self.modalities)) if self.training else \
+            [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
+        sam = aux = None
+        for m in ids:
+            ffp, ifp, sfm = (level[:, m] for level in levels)
+            w = weights[:, m, None, None, None]
+            sam_m = self.mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
+            sam = w.to(sam_m.dtype) * sam_m if sam is None else sam + w.to(sam_m.dtype) * sam_m
+            if self.aux_heads is not None:
+                aux_m = self.aux_heads[m]([ffp, ifp, sfm])
+                aux = w.to(aux_m.dtype) * aux_m if aux is None else aux + w.to(aux_m.dtype) * aux_m
+        return self.combine(sam, aux, tuple(images.shape[-2:]), {"logits": weights})
+
+
+__all__ = ["SAMLoRA"]
