@@ -1,0 +1,136 @@
+"""Forward pass: shapes, missing modalities masked (content never leaks, routing weight 0), router top-k,
+only the trainable parts receive gradients, inference skips absent modalities without changing the result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures.model import random_batch, randomize_lora, tiny_config
+
+from mlesam_core.losses import total_loss
+from mlesam_core.model import build_model
+from mlesam_core.model.router import ModalityRouter
+
+ARCHITECTURES = ["mlesam", "sam_lora"]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_forward_returns_logits_at_input_resolution_and_routing_per_level(architecture):
+    model = build_model(tiny_config(f"architecture={architecture}"))
+    images, present = random_batch(model.config, batch=2)
+    out = model(images, present)
+    for logits in (out.logits, out.sam_logits, out.aux_logits):
+        assert logits.shape == (2, 25, 64, 64) and torch.isfinite(logits).all()
+    torch.testing.assert_close(out.logits, out.sam_logits + out.aux_logits)  # output weights 1 and 1
+    expected_levels = {"ffp", "ifp", "sfm"} if architecture == "mlesam" else {"logits"}
+    assert set(out.routing) == expected_levels
+    assert all(w.shape == (2, 4) for w in out.routing.values())
+
+
+@pytest.mark.parametrize("fusion", ["avg", "moe", "avg+moe"])
+@pytest.mark.parametrize("train", [False, True])
+def test_absent_modality_content_does_not_change_logits_and_gets_zero_weight(fusion, train):
+    model = build_model(tiny_config(f"fusion={fusion}", "router.top_k=1"))
+    randomize_lora(model)
+    model.train(train)
+    images, present = random_batch(model.config, batch=2, seed=3)
+    present[0, 2] = False  # sample 0 has no event camera, sample 1 has one
+    present[1, 0] = False  # sample 1 has no RGB
+    outputs, routings = [], []
+    for content in ("zeros", "random", "nan", "inf"):
+        x = images.clone()
+        x[0, 2] = {"zeros": 0.0, "random": torch.randn(3, 64, 64) * 100, "nan": float("nan"),
+                   "inf": float("inf")}[content]
+        x[1, 0] = {"zeros": 0.0, "random": 7.0, "nan": float("nan"), "inf": -float("inf")}[content]
+        torch.manual_seed(0)  # identical dropout masks in train mode
+        with torch.no_grad():
+            out = model(x, present)
+        outputs.append(out.logits)
+        routings.append(out.routing)
+    for logits in outputs[1:]:
+        assert torch.equal(logits, outputs[0])
+    x = images.clone()
+    x[0, 1] += 1.0  # a present modality's content does matter
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.allclose(model(x, present).logits[0], outputs[0][0])
+    for routing in routings:
+        for level, weights in routing.items():
+            assert weights[0, 2] == 0 and weights[1, 0] == 0, level
+            assert torch.isfinite(weights).all()
+
+
+def test_routing_keeps_top_k_among_present_modalities():
+    torch.manual_seed(0)
+    router = ModalityRouter(num_modalities=4, channels=8, top_k=2, renormalize=False)
+    features = torch.randn(3, 4, 8, 2, 2)
+    present = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, True, False]])
+    features = torch.where(present[:, :, None, None, None], features, 0)
+    weights = router(features, present)
+    assert weights.dtype == torch.float32
+    assert ((weights > 0).sum(dim=1) == torch.tensor([2, 1, 2])).all()
+    assert (weights[~present] == 0).all()
+    assert (weights.sum(dim=1) <= 1 + 1e-6).all()
+    renormalized = ModalityRouter(4, 8, 2, renormalize=True)
+    renormalized.load_state_dict(router.state_dict())
+    torch.testing.assert_close(renormalized(features, present).sum(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("architecture, trainable_prefixes", [
+    ("mlesam", ("fusion.routers.", "mask_head.", "aux_head.")),
+    ("sam_lora", ("mask_heads.", "aux_heads.")),
+])
+def test_gradients_reach_only_the_trainable_parts(architecture, trainable_prefixes):
+    model = build_model(tiny_config(f"architecture={architecture}", "router.top_k=1"))
+    randomize_lora(model)
+    model.train()
+    images, present = random_batch(model.config, batch=2)
+    present[0, 1] = False
+    labels = torch.randint(0, 25, (2, 64, 64))
+    labels[:, :8] = 255
+    total_loss(model(images, present), labels, model.config)["loss"].backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    for name in trainable:
+        is_lora = name.startswith("image_encoder.") and name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")
+        assert is_lora or name.startswith(trainable_prefixes), f"{name} should be frozen"
+    for name, param in model.named_parameters():
+        if param.requires_grad:  # DDP-safe: every trainable tensor is in the graph (top-1 routing included)
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        else:
+            assert param.grad is None, name
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("image_encoder.trunk.blocks.0.attn.qkv.base_layer") for n in frozen)
+    assert any(n.startswith("sam_decoder.transformer.") for n in frozen)
+
+
+def test_inference_skips_modalities_absent_from_the_whole_batch_without_changing_the_result():
+    model = build_model(tiny_config("aux_head.enabled=false"))  # no BN/dropout: train == eval numerically
+    randomize_lora(model)
+    images, present = random_batch(model.config, batch=2, seed=5)
+    present[:, 1] = False
+    calls = []
+    model.image_encoder.trunk.patch_embed.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        model.train()
+        computed = model(images, present).logits
+        model.eval()
+        skipped = model(images, present).logits
+    assert calls == [8, 6]  # 4 modality chunks of 2 in training, 3 at inference
+    torch.testing.assert_close(skipped, computed, rtol=0, atol=1e-5)
+
+
+def test_the_tiny_model_learns_a_batch():
+    torch.manual_seed(0)
+    model = build_model(tiny_config("lora.rank=4", "aux_head.dropout=0"))
+    model.train()
+    images, present = random_batch(model.config, batch=2, seed=7)
+    labels = (images[:, 0, 0] > 0).long() + 2 * (images[:, 1, 0] > 0.5).long()  # classes from rgb and depth
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = total_loss(model(images, present), labels, model.config)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
