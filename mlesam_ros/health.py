@@ -64,7 +64,9 @@ class HealthMonitor:
         self.latencies: deque = deque(maxlen=200)
         self.frames_out = 0
         self.frames_failed = 0
+        self.frames_replaced = 0
         self.last_inference_error = ""
+        self.last_inference_failed = False
         self.driver: str | None = None
 
     def message(self, sensor: str, now: float) -> None:
@@ -92,6 +94,7 @@ class HealthMonitor:
     def inference(self, latency: float | None, error: str = "") -> None:
         """Record one inference: its latency in seconds, or the error that stopped it."""
         with self._lock:
+            self.last_inference_failed = bool(error)
             if error:
                 self.frames_failed += 1
                 self.last_inference_error = error
@@ -99,13 +102,10 @@ class HealthMonitor:
                 self.frames_out += 1
                 self.latencies.append(latency)
 
-    def latency_percentile(self, q: float) -> float | None:
-        """Percentile `q` (0-100) of recent inference latencies in seconds."""
+    def replaced(self) -> None:
+        """A waiting frame was replaced by a newer one while inference was busy."""
         with self._lock:
-            values = sorted(self.latencies)
-        if not values:
-            return None
-        return values[min(len(values) - 1, int(round(q / 100.0 * (len(values) - 1))))]
+            self.frames_replaced += 1
 
     def sensor_level(self, sensor: str, now: float) -> tuple[int, str]:
         """Diagnostic level and one-line message of one sensor at `now`."""
@@ -124,31 +124,35 @@ class HealthMonitor:
     def entries(self, now: float) -> list[DiagnosticEntry]:
         """One entry per sensor plus one for inference."""
         with self._lock:
-            result = []
-            for sensor, health in self.sensors.items():
-                level, message = self.sensor_level(sensor, now)
-                age = health.age(now)
-                values = {"topic": health.topic, "rate_hz": f"{health.rate():.2f}",
-                          "age_s": "none" if age is None else f"{age:.3f}",
-                          "frames_ok": str(health.frames["ok"]), "frames_stale": str(health.frames["stale"]),
-                          "frames_missing": str(health.frames["missing"]),
-                          "frames_invalid": str(health.frames["invalid"]),
-                          "consecutive_absent": str(health.consecutive_absent), "errors": str(health.errors),
-                          "last_error": health.last_error}
-                result.append(DiagnosticEntry(level, f"{self.node_name}: {sensor}", message, sensor, values))
-            latencies = sorted(self.latencies)
+            result = [self._sensor_entry(sensor, now) for sensor in self.sensors]
+            result.append(self._inference_entry())
+        return result
+
+    def _sensor_entry(self, sensor: str, now: float) -> DiagnosticEntry:
+        health = self.sensors[sensor]
+        level, message = self.sensor_level(sensor, now)
+        age = health.age(now)
+        values = {"topic": health.topic, "rate_hz": f"{health.rate():.2f}",
+                  "age_s": "none" if age is None else f"{age:.3f}",
+                  **{f"frames_{state}": str(count) for state, count in health.frames.items()},
+                  "consecutive_absent": str(health.consecutive_absent), "errors": str(health.errors),
+                  "last_error": health.last_error}
+        return DiagnosticEntry(level, f"{self.node_name}: {sensor}", message, sensor, values)
+
+    def _inference_entry(self) -> DiagnosticEntry:
+        latencies = sorted(self.latencies)
         p50 = latencies[len(latencies) // 2] if latencies else None
         if self.frames_out == 0 and self.frames_failed == 0:
             level, message = STALE, "no frame segmented yet"
-        elif self.last_inference_error and self.frames_failed and not latencies:
-            level, message = ERROR, f"inference failing: {self.last_inference_error}"
+        elif self.last_inference_failed:
+            level, message = ERROR, f"last frame not segmented: {self.last_inference_error}"
         else:
             level, message = OK, f"driven by {self.driver}"
         values = {"frames_out": str(self.frames_out), "frames_failed": str(self.frames_failed),
+                  "frames_replaced_while_busy": str(self.frames_replaced),
                   "latency_p50_ms": "none" if p50 is None else f"{p50 * 1000:.1f}",
                   "driver": self.driver or "none", "last_error": self.last_inference_error}
-        result.append(DiagnosticEntry(level, f"{self.node_name}: inference", message, "inference", values))
-        return result
+        return DiagnosticEntry(level, f"{self.node_name}: inference", message, "inference", values)
 
 
 class ProblemLog:

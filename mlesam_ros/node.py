@@ -1,0 +1,221 @@
+"""The segmentation node: thin rclpy wiring around `SegmentationPipeline` (Humble and Jazzy APIs only).
+
+Subscriptions feed the synchroniser on the executor thread; complete frames go to a single-slot mailbox
+that a worker thread drains (a newer frame replaces one still waiting, so latency stays bounded while
+inference is busy). A timer flushes frames whose auxiliaries never came and publishes /diagnostics, also
+when every sensor is silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, get_args
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Float32MultiArray, String
+
+from mlesam_core.config_io import ConfigError, from_dict
+from mlesam_ros.messages import MessageKit
+from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json,
+                                enabled_outputs, output_messages)
+from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest, resolve_path
+from mlesam_ros.pipeline import SegmentationPipeline
+from mlesam_ros.sync import SyncedFrame
+
+FLUSH_PERIOD = 0.02  # seconds between synchroniser flushes on the node's clock
+_ARRAY_TYPES = {float: Parameter.Type.DOUBLE_ARRAY, int: Parameter.Type.INTEGER_ARRAY,
+                str: Parameter.Type.STRING_ARRAY}
+_RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+
+
+class RosLogHandler(logging.Handler):
+    """Forwards Python logging records of the library to the node's ROS logger."""
+
+    def __init__(self, ros_logger: Any) -> None:
+        """Handler writing to `ros_logger`."""
+        super().__init__()
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Send one record at the matching ROS severity."""
+        text = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(text)
+        else:
+            self.ros_logger.info(text)
+
+
+class SegmentationNode(Node):
+    """Synchronised multi-sensor segmentation: sensor topics in, labels/colour/confidence/routing out."""
+
+    def __init__(self) -> None:
+        """Declare parameters, load the model, wire topics, start the worker."""
+        super().__init__(NODE_NAME)
+        self._log_handler = RosLogHandler(self.get_logger())
+        logging.getLogger("mlesam_ros").addHandler(self._log_handler)
+        logging.getLogger("mlesam_ros").setLevel(logging.INFO)
+        config = self._declare_config()
+        from mlesam_core import Segmenter  # torch import after parameters are validated
+
+        model_path = resolve_path(config.model.config, self._share_dirs())
+        self.get_logger().info(f"loading model {model_path} on {config.model.device} ({config.model.precision})")
+        segmenter = Segmenter.from_files(
+            model_path, sam2_checkpoint=config.model.sam2_checkpoint or None,
+            adapters=config.model.adapters or None, device=config.model.device,
+            precision=config.model.precision, allow_random_init=config.model.allow_random_init)
+        self.pipeline = SegmentationPipeline(config, segmenter, log=logging.getLogger("mlesam_ros.node"))
+        self.kit = MessageKit.rclpy()
+        self._wire(config)
+        self._slot: SyncedFrame | None = None
+        self._slot_ready = threading.Condition()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="mlesam_inference", daemon=True)
+        self._worker.start()
+        self.create_timer(FLUSH_PERIOD, self._flush)
+        self.create_timer(config.diagnostics_period, self._publish_diagnostics)
+        self.get_logger().info(f"segmenting {', '.join(config.modalities)} (primary {config.primary}); outputs: "
+                               f"{', '.join(enabled_outputs(config.outputs))}")
+
+    def _share_dirs(self) -> list[Path]:
+        try:
+            from ament_index_python.packages import get_package_share_directory
+            return [Path(get_package_share_directory("mlesam_ros"))]
+        except Exception:  # not in an ament workspace (source checkout): the repository root is searched
+            return []
+
+    def _declare_config(self) -> SegmentConfig:
+        """Declare one read-only parameter per config leaf and build the validated SegmentConfig."""
+        defaults = SegmentConfig()
+        first = {"modalities": list(defaults.modalities), "primary": defaults.primary}
+        for name, default in first.items():
+            first[name] = self._declare(name, default, SegmentConfig.__dataclass_fields__[name].metadata["doc"],
+                                        type(default))
+        template = from_dict(SegmentConfig, first)
+        flat: dict[str, Any] = dict(first)
+        for name, default, doc, hint in iter_parameters(template):
+            if name in flat:
+                continue
+            value = self._declare(name, default, doc, hint)
+            if value is not None:
+                flat[name] = value
+        return from_dict(SegmentConfig, nest(flat), source="parameters")
+
+    def _declare(self, name: str, default: Any, doc: str, hint: Any) -> Any:
+        """Declare one parameter; returns its value, or None when an empty-list default stays unset."""
+        constraints = ""
+        if get_args(hint) and all(isinstance(a, str) for a in get_args(hint)):  # Literal choices
+            constraints = "one of: " + ", ".join(get_args(hint))
+        descriptor = ParameterDescriptor(description=doc, read_only=True, additional_constraints=constraints)
+        if isinstance(default, tuple) and not default:
+            element = next((a for a in get_args(hint) if a is not Ellipsis), float)
+            value: Any = _ARRAY_TYPES[element]  # typed but unset: ROS cannot infer a type from []
+        else:
+            value = list(default) if isinstance(default, (tuple, list)) else default
+        try:
+            parameter = self.declare_parameter(name, value, descriptor)
+            return parameter.value
+        except InvalidParameterTypeException as exc:
+            raise ConfigError(f"{name}: wrong parameter type ({exc})") from None
+        except ParameterUninitializedException:
+            return None
+
+    def _wire(self, config: SegmentConfig) -> None:
+        sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos.input_depth,
+                                reliability=_RELIABILITY[config.qos.input_reliability],
+                                durability=DurabilityPolicy.VOLATILE)
+        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos.output_depth,
+                                reliability=_RELIABILITY[config.qos.output_reliability])
+        for sensor in config.modalities:
+            msg_type = PointCloud2 if sensor == "lidar" and config.lidar.input == "points" else Image
+            self.create_subscription(msg_type, config.input_topic(sensor),
+                                     lambda msg, s=sensor: self._on_message(s, msg), sensor_qos)
+        self.create_subscription(CameraInfo, config.camera.info_topic, self.pipeline.set_camera_info, sensor_qos)
+        types = {"labels": Image, "labels_color": Image, "confidence": Image, "routing": Float32MultiArray}
+        self.publishers_by_output = {name: self.create_publisher(types[name], OUTPUT_TOPICS[name], output_qos)
+                                     for name in enabled_outputs(config.outputs)}
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.class_names_pub = self.create_publisher(String, CLASS_NAMES_TOPIC, latched)
+        self.class_names_pub.publish(String(data=class_names_json(self.pipeline.class_table)))
+
+    def _on_message(self, sensor: str, msg: Any) -> None:
+        for frame in self.pipeline.add(sensor, msg, received=time.monotonic()):
+            self._post(frame)
+
+    def _flush(self) -> None:
+        for frame in self.pipeline.tick(time.monotonic()):
+            self._post(frame)
+
+    def _post(self, frame: SyncedFrame) -> None:
+        """Put a frame in the mailbox, replacing one the worker has not taken yet."""
+        with self._slot_ready:
+            if self._slot is not None:
+                self.pipeline.health.replaced()
+            self._slot = frame
+            self._slot_ready.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._slot_ready:
+                while self._slot is None and self._running:
+                    self._slot_ready.wait()
+                if not self._running:
+                    return
+                frame, self._slot = self._slot, None
+            result = self.pipeline.process(frame, now=time.monotonic())
+            for name, msg in output_messages(self.kit, self.pipeline, result).items():
+                self.publishers_by_output[name].publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        header = self.kit.header(self.get_clock().now().nanoseconds, "")
+        entries = self.pipeline.health.entries(time.monotonic())
+        self.diagnostics_pub.publish(self.kit.diagnostic_array(entries, header))
+
+    def stop(self) -> None:
+        """Stop the worker thread and detach the log handler."""
+        with self._slot_ready:
+            self._running = False
+            self._slot_ready.notify()
+        self._worker.join(timeout=10.0)
+        logging.getLogger("mlesam_ros").removeHandler(self._log_handler)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point `segment_node`: spin the node until shutdown."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        code = 2
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The ROS-free segmentation pipeline: messages -> synchronised frames -> model inputs -> Segmenter -> results.
+
+The node and the replay both run it: `add` takes each sensor message (cheap: synchronisation only) and
+returns the frames that became complete; `process` (heavy: decoding and inference) turns one frame into a
+`FrameResult`. A message that cannot be used (wrong encoding or size, invalid depth, empty cloud, stamp
+going backwards) is logged, throttled, with its topic and problem, and that modality is absent for the
+frame; inference runs on whatever is present. Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from mlesam_ros.health import HealthMonitor, ProblemLog
+from mlesam_ros.messages import header_seconds
+from mlesam_ros.model_inputs import InputDecoder, InputError
+from mlesam_ros.params import NODE_NAME, SegmentConfig
+from mlesam_ros.sync import ApproximateSync, StampError, SyncedFrame
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """The outcome of one synchronised frame."""
+
+    stamp: float  # header stamp of the driving message (seconds)
+    header: Any  # the driving message's header, reused for every output
+    driver: str
+    status: dict[str, str]  # per sensor: ok, stale, missing (from the synchroniser) or invalid (unusable)
+    used: tuple[str, ...]  # modalities given to the model
+    labels: np.ndarray | None = None  # HxW class ids (uint8; uint16 with more than 255 classes)
+    confidence: np.ndarray | None = None  # HxW float32
+    routing: dict[str, dict[str, float]] = field(default_factory=dict)  # level -> modality -> weight
+    latency: float | None = None  # seconds spent in Segmenter.predict
+    errors: dict[str, str] = field(default_factory=dict)  # sensor (or "inference") -> problem
+
+
+class SegmentationPipeline:
+    """Synchroniser + input decoding + Segmenter + health, independent of rclpy."""
+
+    def __init__(self, config: SegmentConfig, segmenter: Any, clock: Callable[[], float] = time.monotonic,
+                 log: logging.Logger | None = None) -> None:
+        """Pipeline for `config` around a loaded `Segmenter`; `clock` gives arrival times (seconds)."""
+        unknown = [m for m in config.modalities if m not in segmenter.modalities]
+        if unknown:
+            raise ValueError(f"modalities: the model has no {unknown[0]!r} expert "
+                             f"(model modalities: {', '.join(segmenter.modalities)})")
+        self.config = config
+        self.segmenter = segmenter
+        self.clock = clock
+        self.class_table = segmenter.class_table
+        self.sync = ApproximateSync(config.priority, {m: config.sensors[m] for m in config.modalities},
+                                    primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
+                                    buffer_size=config.sync.buffer_size)
+        self.decoder = InputDecoder(config)
+        self.topics = {m: config.input_topic(m) for m in config.modalities}
+        self.health = HealthMonitor(self.topics, {m: config.sensors[m].stale_after for m in config.modalities},
+                                    node_name=NODE_NAME)
+        self.problems = ProblemLog(log or logger, config.log_period)
+
+    def add(self, sensor: str, msg: Any, received: float | None = None) -> list[SyncedFrame]:
+        """Take one sensor message; returns the frames that are ready to `process`."""
+        now = self.clock() if received is None else received
+        self.health.message(sensor, now)
+        try:
+            return self.sync.add(sensor, header_seconds(msg), msg, received=now)
+        except StampError as exc:
+            self._problem(sensor, "stamp", str(exc), now)
+            return []
+
+    def set_camera_info(self, msg: Any) -> None:
+        """Take the newest CameraInfo (ignored, with a log, when its K is unusable)."""
+        try:
+            self.decoder.set_camera_info(msg)
+        except InputError as exc:
+            self.problems.warn(("camera_info", "k"), f"{self.config.camera.info_topic}: {exc}", self.clock())
+
+    def tick(self, now: float | None = None) -> list[SyncedFrame]:
+        """Frames that waited long enough on the arrival clock (call periodically when live)."""
+        return self.sync.tick(self.clock() if now is None else now)
+
+    def drain(self) -> list[SyncedFrame]:
+        """Every waiting frame (end of a bag)."""
+        return self.sync.drain()
+
+    def process(self, frame: SyncedFrame, now: float | None = None) -> FrameResult:
+        """Decode the frame's messages, run the model on the present modalities, record health."""
+        now = self.clock() if now is None else now
+        size = self.decoder.reference_size(frame.messages[frame.driver])
+        status = dict(frame.status)
+        images, errors = {}, {}
+        for sensor in self.config.modalities:
+            msg = frame.messages.get(sensor)
+            if msg is None:
+                continue
+            try:
+                images[sensor] = self.decoder.decode(sensor, msg, size)
+            except InputError as exc:
+                status[sensor], errors[sensor] = "invalid", str(exc)
+                self._problem(sensor, "input", str(exc), now)
+        self.health.frame(status, frame.driver)
+        result = FrameResult(stamp=frame.stamp, header=frame.messages[frame.driver].header, driver=frame.driver,
+                             status=status, used=tuple(images), errors=errors)
+        if not images:
+            result.errors["inference"] = "no usable input in this frame"
+            self.health.inference(None, error=result.errors["inference"])
+            return result
+        start = time.perf_counter()
+        try:
+            prediction = self.segmenter.predict(images)
+        except Exception as exc:  # a model failure must not take the node down; it is reported and logged
+            result.errors["inference"] = f"{type(exc).__name__}: {exc}"
+            self.health.inference(None, error=result.errors["inference"])
+            self.problems.logger.exception("inference failed on frame %.3f", frame.stamp)
+            return result
+        result.latency = time.perf_counter() - start
+        labels = np.asarray(prediction.labels)
+        result.labels = labels.astype(np.uint16 if self.class_table.num_classes > 255 else np.uint8, copy=False)
+        result.confidence = np.asarray(prediction.confidence, dtype=np.float32)
+        result.routing = {level: {m: float(w) for m, w in weights.items()}
+                          for level, weights in prediction.routing.items()}
+        self.health.inference(result.latency)
+        return result
+
+    def routing_matrix(self, result: FrameResult) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Routing weights as a [levels, modalities] array (configured modality order, absent = 0) and the
+        level names."""
+        levels = tuple(result.routing)
+        matrix = np.zeros((len(levels), len(self.config.modalities)), dtype=np.float32)
+        for i, level in enumerate(levels):
+            for j, modality in enumerate(self.config.modalities):
+                matrix[i, j] = result.routing[level].get(modality, 0.0)
+        return matrix, levels
+
+    def _problem(self, sensor: str, kind: str, problem: str, now: float) -> None:
+        self.health.error(sensor, problem, now)
+        self.problems.warn((sensor, kind), f"{self.topics[sensor]} ({sensor}): {problem}; {sensor} absent", now)
+
+
+__all__ = ["FrameResult", "SegmentationPipeline"]
