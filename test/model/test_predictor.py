@@ -1,0 +1,90 @@
+"""Segmenter: raw sensor arrays of any size/dtype/subset in, labels + confidence + routing out; clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixtures.model import tiny_config
+
+from mlesam_core import Prediction, Segmenter
+from mlesam_core.model import CheckpointError, build_model, save_adapters
+
+
+def _inputs(h: int = 50, w: int = 70, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "rgb": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "depth": rng.uniform(0, 255, (h, w)).astype(np.float32),  # single channel, float
+        "event": rng.integers(0, 3, (h, w, 2), dtype=np.uint8) * 100,  # two polarity channels, sparse
+        "lidar": (rng.uniform(0, 255, (h, w, 3)) * (rng.uniform(size=(h, w, 1)) > 0.9)).astype(np.float64),
+    }
+
+
+def test_predict_any_subset_and_size_returns_input_sized_labels_and_confidence(tiny_segmenter):
+    full = _inputs()
+    for subset in (["rgb"], ["lidar"], ["depth", "event"], list(full)):
+        pred = tiny_segmenter.predict({k: full[k] for k in subset})
+        assert isinstance(pred, Prediction)
+        assert pred.labels.shape == (50, 70) and pred.labels.dtype == np.uint8
+        assert pred.confidence.shape == (50, 70) and pred.confidence.dtype == np.float32
+        assert (pred.labels < 25).all() and ((pred.confidence > 0) & (pred.confidence <= 1)).all()
+        for level, weights in pred.routing.items():
+            assert list(weights) == ["rgb", "depth", "event", "lidar"]
+            assert all(weights[m] == 0.0 for m in weights if m not in subset), level
+    big = tiny_segmenter.predict({"rgb": _inputs(h=240, w=320)["rgb"]})
+    assert big.labels.shape == (240, 320)
+
+
+def test_uint8_and_float_inputs_on_the_0_255_scale_agree(tiny_segmenter):
+    rgb = _inputs()["rgb"]
+    a = tiny_segmenter.predict({"rgb": rgb})
+    b = tiny_segmenter.predict({"rgb": rgb.astype(np.float32)})
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-6)
+
+
+def test_prediction_matches_the_model_on_preprocessed_inputs(tiny_segmenter):
+    inputs = {k: v for k, v in _inputs(64, 64).items() if k in ("rgb", "lidar")}
+    pred = tiny_segmenter.predict(inputs)
+    images, present, _ = tiny_segmenter.preprocess(inputs)
+    assert present.tolist() == [[True, False, False, True]]
+    rgb = torch.from_numpy(inputs["rgb"]).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(images[0, 0], (rgb - mean) / std)
+    with torch.no_grad():
+        logits = tiny_segmenter.model(images, present).logits
+    np.testing.assert_array_equal(pred.labels, logits.argmax(1)[0].numpy().astype(np.uint8))
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({}, "no modalities given"),
+    ({"nir": np.zeros((8, 8), np.uint8)}, "unknown modality 'nir': this model takes"),
+    ({"rgb": np.zeros((8, 8, 5), np.uint8)}, r"rgb: expected an HxW or HxWxC image with C in 1..4"),
+    ({"rgb": np.zeros((8,), np.uint8)}, r"rgb: expected an HxW or HxWxC image"),
+    ({"depth": np.zeros((8, 8), np.uint16)}, "depth: expected uint8 or float"),
+    ({"rgb": np.zeros((8, 8, 3), np.uint8), "depth": np.zeros((9, 8), np.uint8)}, "depth: size 9x8 differs"),
+    ({"rgb": [[0]]}, "rgb: expected a numpy array"),
+])
+def test_bad_inputs_raise_value_errors_naming_the_problem(tiny_segmenter, inputs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_segmenter.predict(inputs)
+
+
+def test_no_checkpoint_without_allow_random_init_says_where_to_get_one(tiny_model_config_path):
+    with pytest.raises(CheckpointError, match=r"dl.fbaipublicfiles.com/segment_anything_2/092824/"
+                                              r"sam2.1_hiera_base_plus.pt.*allow_random_init=True"):
+        Segmenter.from_files(tiny_model_config_path)
+
+
+def test_from_files_loads_adapters_and_bf16_runs_on_cpu(tmp_path):
+    torch.manual_seed(3)
+    model = build_model(tiny_config())
+    path = save_adapters(model, tmp_path / "a.safetensors")
+    torch.manual_seed(4)
+    segmenter = Segmenter.from_files(tiny_config(), adapters=path, allow_random_init=True)
+    torch.testing.assert_close(segmenter.model.mask_head.class_tokens.weight, model.mask_head.class_tokens.weight)
+    bf16 = Segmenter(segmenter.model, precision="bf16").predict({"rgb": _inputs()["rgb"]})
+    assert bf16.labels.shape == (50, 70) and np.isfinite(bf16.confidence).all()
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        Segmenter(segmenter.model, precision="fp16")
