@@ -94,14 +94,18 @@ class SegmentationScores:
     present: tuple[bool, ...]  # class in ground truth or prediction
 
     def to_dict(self) -> dict:
-        """JSON-ready form (NaN IoUs become null)."""
+        """JSON-ready form (NaN becomes null: absent classes, or no labelled pixel at all)."""
         return {
-            "miou": dict(self.miou),
-            "pixel_accuracy": self.pixel_accuracy,
-            "mean_class_accuracy": self.mean_class_accuracy,
+            "miou": {p: _finite(v) for p, v in self.miou.items()},
+            "pixel_accuracy": _finite(self.pixel_accuracy),
+            "mean_class_accuracy": _finite(self.mean_class_accuracy),
             "labelled_pixels": self.labelled_pixels,
-            "per_class_iou": {n: (None if np.isnan(v) else v) for n, v in zip(self.class_names, self.iou)},
+            "per_class_iou": {n: _finite(v) for n, v in zip(self.class_names, self.iou)},
         }
+
+
+def _finite(value: float) -> float | None:
+    return None if np.isnan(value) else value
 
 
 def scores_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> SegmentationScores:

@@ -1,7 +1,7 @@
 """Training checkpoints: trainable tensors + optimiser + scheduler + RNG states + progress, written atomically.
 
-A checkpoint holds only what training changes (parameters that require grad and the model's buffers), so it
-stays adapter-sized; the frozen SAM2 weights come from the SAM2 checkpoint (or the seeded random init) again
+A checkpoint holds only what training changes (the model's `adapter_state_dict`: trainable parameters and
+the buffers of their modules), so it stays adapter-sized; the frozen SAM2 weights come from the SAM2 checkpoint (or the seeded random init) again
 on resume. Files are written to a temporary name in the same folder, flushed and fsync'ed, then renamed over
 the target with `os.replace`, so a crash mid-write never leaves a truncated `last.pt`.
 """
@@ -49,29 +49,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def trainable_state_dict_keys(model: torch.nn.Module) -> list[str]:
-    """Names of the parameters that require grad and of every persistent buffer, in state-dict order."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    buffers = {name for name, _ in model.named_buffers()}
-    return [k for k in model.state_dict() if k in trainable or k in buffers]
-
-
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What training changes (see `trainable_state_dict_keys`), detached on CPU."""
-    state = model.state_dict()
-    return {k: state[k].detach().cpu().clone() for k in trainable_state_dict_keys(model)}
+    """What training changes (the model's `adapter_state_dict`), detached on CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}
 
 
 def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `trainable_state_dict` output; error naming `source` and the keys if it does not fit the model."""
-    expected = set(trainable_state_dict_keys(model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{source}: checkpoint does not fit this model (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}); was it written with another model config?")
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"{source}: unexpected keys {result.unexpected_keys[:5]}")
+    own = model.adapter_state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source}: checkpoint does not fit this model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, other shapes {wrong[:5]}); was it written with another model config?")
+    with torch.no_grad():
+        for key, target in own.items():
+            target.copy_(state[key])
 
 
 def rng_state() -> dict[str, Any]:

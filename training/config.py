@@ -46,7 +46,6 @@ class OptimConfig:
     grad_accum_steps: int = 1
     grad_clip_norm: float | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    activation_checkpointing: bool = False
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
@@ -81,8 +80,7 @@ class DataConfig:
     val_split: str = "val"
     modalities: tuple[str, ...] | None = None
     depth_source: Literal["hha", "depth"] = "hha"  # DELIVER only
-    case: str | None = None  # DELIVER sensor-failure case filter (substring of the path)
-    conditions: tuple[str, ...] | None = None  # keep only samples whose meta condition is listed
+    case: str | None = None  # DELIVER condition or sensor-failure case filter (substring of the path)
     options: dict[str, Any] = field(default_factory=dict)  # extra loader keywords (paper_protocol, split_list)
     max_train_samples: int | None = None
     max_val_samples: int | None = None
@@ -114,7 +112,7 @@ class ValidationConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs."""
+    """Everything one training run needs (activation checkpointing: `model.activation_checkpointing`)."""
 
     model: dict[str, Any]
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,149 @@
+"""Evaluate a segmentation model over a data set: the missing-modality matrix, per condition / case groups.
+
+The model runs batched on collated samples (`collate_modalities`: images [B, M, 3, H, W] normalised, present
+[B, M]); a modality subset is evaluated by masking `present`, exactly as a robot that lost a sensor would
+run, so one pass over the data serves every subset. Inputs are prepared as `Segmenter` prepares them (eval
+transform: resize per modality kind, then `normalize`); logits of another size than the label are resized
+bilinearly to the label before the argmax, as `Segmenter` resizes them to the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mlesam_core.metrics import ConfusionMatrix, SegmentationScores
+from mlesam_core.modalities import normalization
+
+log = logging.getLogger(__name__)
+
+Subset = tuple[str, ...]
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    """Display name of a modality subset, e.g. 'rgb+depth'."""
+    return "+".join(subset)
+
+
+def all_subsets(modalities: Sequence[str]) -> list[Subset]:
+    """Every non-empty subset of `modalities`, smallest first, each in the given order (Tables VI/VII)."""
+    modalities = tuple(modalities)
+    return [s for k in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, k)]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on `device` for precision 'bf16'/'fp16' ('auto': bf16 on CUDA); fp32: nothing."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Example:
+    """One evaluated sample kept for overlays: an image to show (HxWx3 uint8), its label and prediction."""
+
+    image: np.ndarray
+    label: np.ndarray
+    prediction: np.ndarray
+    meta: dict
+
+
+@dataclass
+class EvaluationResult:
+    """Confusion matrices per modality subset and per group (condition, case) of the full-modality run."""
+
+    modalities: Subset
+    class_names: tuple[str, ...]
+    subsets: dict[Subset, ConfusionMatrix]
+    groups: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
+    examples: list[Example] = field(default_factory=list)
+    samples: int = 0
+
+    def subset_scores(self) -> dict[Subset, SegmentationScores]:
+        """Scores of every evaluated subset."""
+        return {s: cm.scores(self.class_names) for s, cm in self.subsets.items()}
+
+    def group_scores(self) -> dict[str, dict[str, SegmentationScores]]:
+        """Scores per group kind ('condition', 'case') and value."""
+        return {kind: {value: cm.scores(self.class_names) for value, cm in sorted(groups.items())}
+                for kind, groups in self.groups.items()}
+
+
+def _display_image(images: torch.Tensor, present: torch.Tensor, modalities: Subset) -> np.ndarray:
+    """The first present modality of one sample, un-normalised to HxWx3 uint8."""
+    index = int(torch.nonzero(present)[0])
+    mean, std = normalization([modalities[index]], device=images.device, dtype=images.dtype)
+    values = (images[index:index + 1] * std + mean)[0] * 255.0
+    return values.clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modalities: Sequence[str],
+             class_names: Sequence[str], subsets: Sequence[Sequence[str]] | None = None,
+             group_by: Sequence[str] = (), device: torch.device | str = "cpu", precision: str = "auto",
+             ignore_index: int = 255, max_examples: int = 0, progress: bool = True,
+             description: str = "evaluate") -> EvaluationResult:
+    """Run `model` over collated `batches` once, scoring every modality subset (all modalities always).
+
+    `group_by` names meta keys (e.g. 'condition', 'case') whose values get their own confusion matrix,
+    computed with all modalities, as are the kept examples. Samples for which a subset leaves no modality
+    present are skipped for it.
+    """
+    modalities = tuple(modalities)
+    device = torch.device(device)
+    wanted = [modalities] + [tuple(s) for s in subsets or () if tuple(s) != modalities]
+    for subset in wanted:
+        unknown = [m for m in subset if m not in modalities]
+        if unknown or not subset:
+            raise ValueError(f"subset {list(subset)}: must be a non-empty subset of the model's modalities "
+                             f"{list(modalities)}")
+    masks = {s: torch.tensor([m in s for m in modalities], device=device) for s in wanted}
+    num_classes = len(class_names)
+    result = EvaluationResult(modalities, tuple(class_names),
+                              {s: ConfusionMatrix(num_classes, ignore_index, device) for s in wanted},
+                              {kind: {} for kind in group_by})
+    model.eval()
+    for batch in tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False):
+        images = batch["images"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        present = batch["present"].to(device, non_blocking=True)
+        result.samples += images.shape[0]
+        for subset, mask in masks.items():
+            subset_present = present & mask
+            rows = subset_present.any(dim=1)
+            if not bool(rows.any()):
+                continue
+            with autocast(device, precision):
+                logits = model(images[rows], subset_present[rows]).logits
+            if logits.shape[-2:] != labels.shape[-2:]:
+                logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            prediction = logits.argmax(dim=1)
+            result.subsets[subset].update(prediction, labels[rows])
+            if subset != modalities:
+                continue
+            kept_meta = [m for m, keep in zip(batch["meta"], rows.tolist()) if keep]
+            kept_images, kept_present, kept_labels = images[rows], subset_present[rows], labels[rows]
+            for kind in group_by:
+                for i, meta in enumerate(kept_meta):
+                    value = str(meta.get(kind) or "none")
+                    cm = result.groups[kind].setdefault(value, ConfusionMatrix(num_classes, ignore_index, device))
+                    cm.update(prediction[i], kept_labels[i])
+            for i in range(min(max_examples - len(result.examples), prediction.shape[0])):
+                result.examples.append(Example(_display_image(kept_images[i], kept_present[i], modalities),
+                                               kept_labels[i].cpu().numpy().astype(np.uint8),
+                                               prediction[i].cpu().numpy().astype(np.uint8), kept_meta[i]))
+    return result
+
+
+__all__ = ["Subset", "subset_name", "all_subsets", "autocast", "Example", "EvaluationResult", "evaluate"]

@@ -1,0 +1,88 @@
+"""Train config: one YAML for model + data + optimisation; errors name the dotted key before any training."""
+
+import pytest
+
+from mlesam_core.config_io import ConfigError
+from training.config import build_model_config, load_train_config
+from training.data import check_data_against_model
+from training.model_setup import sam2_checkpoint_path
+
+TINY = "config/model/mlesam_tiny.yaml"
+
+
+def _config(tmp_path, *overrides, model=None):
+    data = {"model": model or {"config": TINY}, "data": {"root": str(tmp_path)}, "allow_random_init": True}
+    return load_train_config(None, list(overrides), data=data)
+
+
+def test_model_section_is_the_model_file_with_inline_overrides(tmp_path):
+    config = _config(tmp_path, "model.fusion=avg", "model.lora.rank=4")
+    model = build_model_config(config.model)
+    assert model.fusion == "avg" and model.lora.rank == 4
+    assert model.image_size == 128 and model.modalities == ("rgb", "depth", "event", "lidar")  # from the file
+
+
+def test_shipped_train_configs_load_and_match_their_data_sets():
+    for name in ("deliver_rgbdel", "muses_fel", "mcubes_rgbadn", "synthetic_cpu"):
+        config = load_train_config(f"config/train/{name}.yaml")
+        model = build_model_config(config.model)
+        assert model.num_classes == {"deliver": 25, "muses": 19, "mcubes": 20}[config.data.format], name
+
+
+def test_paper_recipe_config_holds_table_ix():
+    config = load_train_config("config/train/deliver_rgbdel.yaml")
+    model = build_model_config(config.model)
+    assert (model.image_size, model.lora.rank, config.optim.batch_size, config.optim.epochs) == (1024, 32, 6, 100)
+    assert config.optim.weight_decay == 0.01
+    assert (config.optim.schedule.power, config.optim.schedule.warmup_epochs,
+            config.optim.schedule.warmup_ratio) == (0.9, 10, 0.1)
+    assert model.sam2.config_name.endswith("hiera_b+.yaml")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lrr=1"], "optim.lrr: unknown key"),
+    (["optim.batch_size=0"], "optim.batch_size: must be positive"),
+    (["optim.schedule.warmup_ratio=2"], "optim.schedule.warmup_ratio: must lie in [0, 1]"),
+    (["data.format=kitti"], "data.format: must be one of"),
+    (["data.modality_dropout.p=1.5"], "data.modality_dropout.p: must lie in [0, 1)"),
+    (["validation.metric=dice"], "validation.metric: must be one of"),
+])
+def test_bad_train_values_name_the_key(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        _config(tmp_path, *overrides)
+    assert message in str(info.value)
+
+
+def test_bad_model_values_are_named_under_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.lora\.rank: must be positive"):
+        build_model_config(_config(tmp_path, "model.lora.rank=0").model)
+    with pytest.raises(ConfigError, match=r"^model\.modalities: unknown modality 'sonar'"):
+        build_model_config(_config(tmp_path, "model.modalities=[rgb, sonar]").model)
+    with pytest.raises(ConfigError, match=r"^model\.config: .*absent\.yaml: config file not found"):
+        build_model_config(_config(tmp_path, model={"config": "config/model/absent.yaml"}).model)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.root=null"], "data.root: not set"),
+    (["data.root=/nonexistent/deliver"], "data.root: folder not found: /nonexistent/deliver"),
+    (["data.modalities=[rgb, sonar]"], "data.modalities: unknown modality 'sonar'"),
+    (["data.modalities=[depth, rgb, event, lidar]"], "data.modalities: ['depth', 'rgb', 'event', 'lidar'] differ"),
+    (["model.modalities=[rgb, nir]"], "model.modalities: data set 'deliver' has no modality 'nir'"),
+    (["model.num_classes=19"], "model.num_classes: 19, but data set 'deliver' has 25 classes"),
+    (["data.format=muses", "model.modalities=[frame]", "data.case=fog"], "data.case: only DELIVER"),
+])
+def test_data_that_cannot_fit_the_model_is_refused_by_key(tmp_path, overrides, message):
+    config = _config(tmp_path, *overrides)
+    if config.data.format == "muses":
+        config.model["num_classes"] = 19
+    with pytest.raises(ConfigError) as info:
+        check_data_against_model(config.data, build_model_config(config.model))
+    assert message in str(info.value)
+
+
+def test_missing_sam2_checkpoint_says_where_to_get_one_or_which_flag_allows_random_init(tmp_path):
+    with pytest.raises(ConfigError, match="sam2_checkpoint: not set.*dl.fbaipublicfiles.com.*allow_random_init"):
+        sam2_checkpoint_path(_config(tmp_path, "allow_random_init=false"))
+    with pytest.raises(ConfigError, match="sam2_checkpoint: file not found"):
+        sam2_checkpoint_path(_config(tmp_path, f"sam2_checkpoint={tmp_path / 'absent.pt'}"))
+    assert sam2_checkpoint_path(_config(tmp_path)) is None

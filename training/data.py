@@ -1,0 +1,115 @@
+"""Data sets and loaders of a run, built from the `data` section and checked against the model first."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mlesam_core.config_io import ConfigError
+from mlesam_core.data.classes import get_class_table
+from mlesam_core.data.collate import ModalityCollate
+from mlesam_core.modalities import check_modalities
+from training.config import DataConfig, TrainConfig, resolve_path
+from training.distributed import DistInfo
+from training.sampling import EpochSampler, SeededSamples
+
+log = logging.getLogger(__name__)
+
+
+def check_data_against_model(data: DataConfig, model_config: Any) -> None:
+    """Fail before any data is read when root, modalities or class count cannot work with the model."""
+    if data.root is None:
+        raise ConfigError(f"data.root: not set (the folder holding the {data.format} data set)")
+    root = resolve_path(data.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: folder not found: {root}")
+    if data.modalities is not None:
+        try:
+            check_modalities(data.modalities)
+        except ValueError as exc:
+            raise ConfigError(f"data.modalities: {exc}") from None
+        if tuple(data.modalities) != tuple(model_config.modalities):
+            raise ConfigError(f"data.modalities: {list(data.modalities)} differ from the model's "
+                              f"{list(model_config.modalities)} (same names, same order; or leave it unset)")
+    try:
+        check_modalities(model_config.modalities, data.format)
+    except ValueError as exc:
+        raise ConfigError(f"model.modalities: {exc}") from None
+    table = get_class_table(data.format)
+    if model_config.num_classes != table.num_classes:
+        raise ConfigError(f"model.num_classes: {model_config.num_classes}, but data set {data.format!r} has "
+                          f"{table.num_classes} classes")
+    if data.case is not None and data.format != "deliver":
+        raise ConfigError(f"data.case: only DELIVER has condition/case folders (data.format is {data.format!r})")
+
+
+def build_dataset(data: DataConfig, split: str, modalities: Sequence[str], transform: Any,
+                  max_samples: int | None = None) -> Dataset:
+    """The loader of `data.format` for `split` (errors prefixed with the config key), optionally thinned."""
+    from mlesam_core.data import DeliverDataset, McubesDataset, MusesDataset
+
+    kwargs = dict(data.options)
+    if data.format == "deliver":
+        kwargs.update(case=data.case, depth_source=data.depth_source)
+    loader = {"deliver": DeliverDataset, "muses": MusesDataset, "mcubes": McubesDataset}[data.format]
+    root = resolve_path(data.root)
+    try:
+        dataset = loader(root, split, modalities, transform=transform, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"data.options: {exc}") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"data ({split} split of {root}): {exc}") from None
+    if max_samples is not None and max_samples < len(dataset):
+        # evenly spaced, so that every condition folder keeps its share
+        dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, max_samples).round().astype(int).tolist())
+    return dataset
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which saves a checkpoint and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class DataBundle:
+    """Training and validation data of one process."""
+
+    train: Dataset
+    val: Dataset
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    class_names: tuple[str, ...]
+    batches_per_epoch: int
+
+
+def build_data(config: TrainConfig, model_config: Any, dist: DistInfo) -> DataBundle:
+    """Data sets with the train/eval pipelines, a resumable sharded sampler and the loaders."""
+    from mlesam_core.data.transforms import eval_transform, train_transform
+
+    data, optim = config.data, config.optim
+    modalities = model_config.modalities
+    size = (model_config.image_size, model_config.image_size)
+    train_pipeline = train_transform(size, modalities, augment=data.augment,
+                                     dropout_p=data.modality_dropout.p, protect=data.modality_dropout.protect)
+    train = build_dataset(data, data.train_split, modalities, train_pipeline, data.max_train_samples)
+    val = build_dataset(data, data.val_split, modalities, eval_transform(size, modalities), data.max_val_samples)
+    sampler = EpochSampler(len(train), config.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
+    collate = ModalityCollate(modalities)
+    common = dict(num_workers=data.workers, collate_fn=collate, pin_memory=dist.device.type == "cuda",
+                  worker_init_fn=_ignore_sigint if data.workers else None)
+    # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).
+    train_loader = DataLoader(SeededSamples(train, config.seed), batch_size=optim.batch_size, sampler=sampler,
+                              drop_last=True, generator=torch.Generator().manual_seed(config.seed), **common)
+    val_shard = Subset(val, list(range(dist.rank, len(val), dist.world_size)))
+    val_loader = DataLoader(val_shard, batch_size=config.validation.batch_size or optim.batch_size, shuffle=False,
+                            generator=torch.Generator().manual_seed(config.seed), **common)
+    return DataBundle(train, val, sampler, train_loader, val_loader, get_class_table(data.format).names,
+                      len(sampler) // optim.batch_size)

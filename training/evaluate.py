@@ -1,0 +1,162 @@
+"""Evaluate trained adapters: `python -m training.evaluate --config CFG --adapters FILE [options]`.
+
+Reports confusion-matrix mIoU under both protocols, per-class IoU and pixel accuracy; `--subsets all` adds the
+missing-modality matrix (every non-empty subset of the trained modalities, via the present mask; Tables VI/VII),
+`--noise gaussian|uniform --noise-on MODALITY` corrupts one modality (Table VIII), `--by-case` splits by
+condition and sensor-failure case (Table IV). Writes evaluation.json, evaluation.md, per_class_iou.png,
+subsets.png (with --subsets) and overlays.png to --out (default: <adapters folder>/eval_<split>[_noise]).
+The model config comes from the adapter file; the data section and the SAM2 checkpoint from --config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from mlesam_core.config_io import ConfigError
+from mlesam_core.data.classes import get_class_table
+from mlesam_core.data.collate import ModalityCollate
+from mlesam_core.evaluation import EvaluationResult, all_subsets, evaluate, subset_name
+from training.config import TrainConfig, load_train_config, resolve_path
+from training.data import build_dataset, check_data_against_model
+from training.distributed import pick_device
+from training.model_setup import build_training_model
+from training.reporting import write_report
+
+log = logging.getLogger("training.evaluate")
+
+
+@dataclass
+class EvalRequest:
+    """What to evaluate and how."""
+
+    adapters: Path
+    split: str = "val"
+    subsets: Literal["full", "all"] | Sequence[Sequence[str]] = "full"
+    noise: Literal["gaussian", "uniform"] | None = None
+    noise_on: str | None = None
+    by_case: bool = False
+    batch_size: int = 4
+    max_samples: int | None = None
+    examples: int = 4
+    seed: int = 0  # of the noise
+    progress: bool = True
+
+
+def parse_subsets(text: str, modalities: Sequence[str]) -> Literal["full", "all"] | list[tuple[str, ...]]:
+    """'all', 'full' or a comma-separated list of '+'-joined subsets, e.g. 'rgb,rgb+depth'."""
+    if text in ("all", "full"):
+        return text  # type: ignore[return-value]
+    subsets = [tuple(part.split("+")) for part in text.split(",") if part]
+    for subset in subsets:
+        unknown = [m for m in subset if m not in modalities]
+        if unknown:
+            raise ConfigError(f"--subsets: {unknown[0]!r} is not a modality of the model ({', '.join(modalities)})")
+    return subsets
+
+
+def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[EvaluationResult, Any]:
+    """Build the model of `request.adapters` and evaluate it on `config.data` (returns result, model config)."""
+    from mlesam_core.data.transforms import eval_transform
+    from mlesam_core.model import load_adapters
+    from mlesam_core.model.adapters import adapter_config
+
+    adapters = resolve_path(request.adapters)
+    model_config = adapter_config(adapters)
+    check_data_against_model(config.data, model_config)
+    modalities = model_config.modalities
+    if request.noise is not None and request.noise_on not in modalities:
+        raise ConfigError(f"--noise-on: must name one of the model's modalities ({', '.join(modalities)}), "
+                          f"got {request.noise_on!r}")
+    device = pick_device(config.device)
+    model = build_training_model(config, model_config, device)
+    load_adapters(model, adapters)
+    size = (model_config.image_size, model_config.image_size)
+    transform = eval_transform(size, modalities, noise=request.noise, noise_on=request.noise_on, seed=request.seed)
+    dataset = build_dataset(config.data, request.split, modalities, transform, request.max_samples)
+    loader = DataLoader(dataset, batch_size=request.batch_size, shuffle=False, num_workers=config.data.workers,
+                        collate_fn=ModalityCollate(modalities), pin_memory=device.type == "cuda")
+    subsets = {"full": None, "all": all_subsets(modalities)}.get(request.subsets, request.subsets)  # type: ignore
+    result = evaluate(model, loader, modalities, get_class_table(config.data.format).names, subsets=subsets,
+                      group_by=("condition", "case") if request.by_case else (), device=device,
+                      precision=config.optim.precision, ignore_index=model_config.ignore_index,
+                      max_examples=request.examples, progress=request.progress)
+    return result, model_config
+
+
+def default_out_dir(request: EvalRequest) -> Path:
+    """<adapters folder>/eval_<split>[_<noise>_<modality>]."""
+    suffix = f"_{request.noise}_{request.noise_on}" if request.noise else ""
+    return Path(request.adapters).parent / f"eval_{request.split}{suffix}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the train config YAML (data section, SAM2 checkpoint)")
+    parser.add_argument("--adapters", required=True, help="adapters.safetensors written by training")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the train config")
+    parser.add_argument("--sam2-checkpoint", help="official SAM2 checkpoint (overrides sam2_checkpoint)")
+    parser.add_argument("--allow-random-init", action="store_true",
+                        help="evaluate on the seeded random backbone (adapters trained that way)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--subsets", default="full",
+                        help="'full' (trained modalities only), 'all' (every non-empty subset) or e.g. 'rgb,rgb+depth'")
+    parser.add_argument("--noise", choices=("gaussian", "uniform"), help="corrupt --noise-on (Table VIII)")
+    parser.add_argument("--noise-on", help="the modality to corrupt")
+    parser.add_argument("--by-case", action="store_true", help="scores per condition and per failure case")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-samples", type=int, help="evaluate an evenly spaced subset of the split")
+    parser.add_argument("--examples", type=int, default=4, help="coloured overlays to draw")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if (args.noise is None) != (args.noise_on is None):
+        parser.error("--noise and --noise-on go together")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.sam2_checkpoint:
+        overrides.append(f"sam2_checkpoint={args.sam2_checkpoint}")
+    if args.allow_random_init:
+        overrides.append("allow_random_init=true")
+    try:
+        config = load_train_config(args.config, overrides)
+        request = EvalRequest(Path(args.adapters), args.split, "full", args.noise, args.noise_on, args.by_case,
+                              args.batch_size, args.max_samples, args.examples, config.seed, not args.no_progress)
+        if args.subsets != "full":
+            from mlesam_core.model.adapters import adapter_config
+
+            request.subsets = parse_subsets(args.subsets, adapter_config(resolve_path(request.adapters)).modalities)
+        with torch.inference_mode():
+            result, _ = evaluate_adapters(config, request)
+    except (FileNotFoundError, ValueError) as exc:  # ConfigError, AdapterError, CheckpointError are ValueErrors
+        log.error("%s", exc)
+        return 2
+    out_dir = Path(args.out) if args.out else default_out_dir(request)
+    noise = f", {args.noise} noise on {args.noise_on}" if args.noise else ""
+    title = f"{Path(args.adapters).name} on {config.data.format} {args.split}{noise}"
+    extra = {"adapters": str(args.adapters), "config": str(args.config), "split": args.split,
+             "noise": {"kind": args.noise, "modality": args.noise_on} if args.noise else None}
+    data = write_report(result, get_class_table(config.data.format), out_dir, title, extra)
+    full = data["all_modalities"]["miou"]
+    log.info("%s: mIoU %.2f %% (absent classes = 0), %.2f %% (absent left out); report in %s",
+             subset_name(result.modalities), 100 * (full["all_classes"] or 0), 100 * (full["present_classes"] or 0),
+             out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The training loop: AdamW + warm-up poly LR, gradient accumulation, DDP, validation, checkpoints, resume.
+
+Resume is exact: the data order and each sample's augmentation depend only on (seed, epoch, index)
+(`training.sampling`), the loaders draw nothing from the global RNG (they get their own generator), and the
+checkpoint carries every process's RNG states, so k steps + resume to N gives the adapters of N steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mlesam_core.config_io import to_dict
+from mlesam_core.evaluation import autocast, evaluate
+from mlesam_core.losses import total_loss
+from training import checkpoint as ckpt
+from training.config import TrainConfig, build_model_config, model_config_mapping
+from training.data import DataBundle, build_data, check_data_against_model
+from training.distributed import all_reduce_sum, any_process, barrier, cleanup, gather_objects, init_distributed
+from training.model_setup import build_training_model, save_adapters_atomic
+from training.run_log import RunLog
+from training.schedule import warmup_poly_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    """How a run ended."""
+
+    out_dir: Path
+    step: int
+    total_steps: int
+    best_metric: float | None
+    best_step: int | None
+    last_val: dict[str, Any] | None
+    stopped_by_signal: int | None  # the signal number when SIGINT/SIGTERM stopped the run early
+    seconds: float
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to save `last` and stop; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Catch SIGINT and SIGTERM (main thread only: Python delivers signals there)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: saving the last checkpoint and stopping after this step (Ctrl-C again to abort)",
+                    signal.Signals(signum).name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run (one process of it under torchrun)."""
+
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True):
+        self.config = config
+        self.dist = init_distributed(config.device)
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
+        self.progress_bar = progress_bar and self.is_main
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.out_dir = Path(config.out_dir)
+        _seed_everything(config.seed + self.dist.rank)
+
+        # Everything that can be wrong with config or data fails here, before the first step.
+        self.model_config = build_model_config(config.model)
+        check_data_against_model(config.data, self.model_config)
+        resume_payload = self._read_resume(resume)
+        self.data: DataBundle = build_data(config, self.model_config, self.dist)
+        self.model = build_training_model(config, self.model_config, self.device)
+        self.ddp_model: torch.nn.Module = self.model
+        if self.dist.distributed:
+            # find_unused_parameters: modality dropout leaves the experts of dropped modalities without gradient
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+
+        optim = config.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        self.steps_per_epoch = self.data.batches_per_epoch // optim.grad_accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"data: {len(self.data.train)} training samples give {self.data.batches_per_epoch} "
+                             f"batches of {optim.batch_size} per process, fewer than optim.grad_accum_steps="
+                             f"{optim.grad_accum_steps}; lower the batch size or add samples")
+        self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
+        schedule = optim.schedule
+        warmup = (schedule.warmup_steps if schedule.warmup_steps is not None
+                  else round(schedule.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = warmup_poly_scheduler(self.optimizer, self.total_steps, warmup, schedule.warmup_ratio,
+                                               schedule.power)
+        self.progress = ckpt.Progress()
+        if resume_payload is not None:
+            self._restore(resume_payload, resume)
+        self.run_log = RunLog(self.out_dir, self.progress.step if resume_payload else None) if self.is_main else None
+        if self.is_main:
+            self._write_resolved_config()
+        log.info("training %d steps (%d per epoch, %d warm-up), global batch %d, on %s x%d",
+                 self.total_steps, self.steps_per_epoch, warmup,
+                 optim.batch_size * optim.grad_accum_steps * self.dist.world_size, self.device, self.dist.world_size)
+
+    # ---- setup helpers -------------------------------------------------------------------------------------
+    def _read_resume(self, resume: str | Path | None) -> dict | None:
+        if resume is None:
+            return None
+        path = Path(resume)
+        payload = ckpt.load_checkpoint(path)
+        saved = payload["config"].get("model")
+        if saved is not None and model_config_mapping(saved) != model_config_mapping(self.config.model):
+            log.warning("%s: the checkpoint was written with another model section; resuming anyway", path)
+        return payload
+
+    def _restore(self, payload: dict, source: str | Path) -> None:
+        self.progress = ckpt.restore(payload, self.model, self.optimizer, self.scheduler, str(source))
+        states = payload["rng"]
+        if len(states) == self.dist.world_size:
+            ckpt.set_rng_state(states[self.dist.rank])
+        else:
+            log.warning("%s: written by %d processes, resumed with %d: the data order and random streams "
+                        "differ from an uninterrupted run", source, len(states), self.dist.world_size)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", source, self.progress.step,
+                 self.progress.epoch, self.progress.batch_in_epoch)
+
+    def _write_resolved_config(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"train": to_dict(self.config), "model": to_dict(self.model_config)}
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def _save(self, name: str) -> None:
+        """Write checkpoints/<name>.pt (all processes take part: RNG states are gathered)."""
+        states = gather_objects(ckpt.rng_state())
+        if self.is_main:
+            ckpt.save_checkpoint(self.out_dir / "checkpoints" / f"{name}.pt", self.model, self.optimizer,
+                                 self.scheduler, self.progress, to_dict(self.config), states)
+
+    # ---- one optimiser step --------------------------------------------------------------------------------
+    def _optimizer_step(self, batches: Any) -> dict[str, torch.Tensor]:
+        """Forward/backward `grad_accum_steps` batches, then step; returns the mean loss terms (tensors)."""
+        accum = self.config.optim.grad_accum_steps
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            batch = next(batches)
+            images = batch["images"].to(self.device, non_blocking=True)
+            present = batch["present"].to(self.device, non_blocking=True)
+            labels = batch["labels"].to(self.device, non_blocking=True)
+            sync = micro == accum - 1 or not self.dist.distributed
+            with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
+                with autocast(self.device, self.config.optim.precision):
+                    output = self.ddp_model(images, present)
+                    terms = total_loss(output, labels, self.model_config)
+                (terms["loss"] / accum).backward()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.detach().float() / accum
+        if self.config.optim.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return totals
+
+    # ---- validation ----------------------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """mIoU (both protocols) and pixel accuracy on the validation split, summed over processes."""
+        started = time.perf_counter()
+        modalities = self.model_config.modalities
+        result = evaluate(self.model, self.data.val_loader, modalities, self.data.class_names,
+                          device=self.device, precision=self.config.optim.precision,
+                          ignore_index=self.model_config.ignore_index, progress=self.progress_bar,
+                          description="validate")
+        matrix = result.subsets[modalities]
+        all_reduce_sum(matrix.matrix)
+        scores = matrix.scores(self.data.class_names)
+        self.model.train()
+        return {"epoch": self.progress.epoch, "miou": scores.miou["all_classes"],
+                "miou_present_classes": scores.miou["present_classes"], "pixel_accuracy": scores.pixel_accuracy,
+                "seconds": round(time.perf_counter() - started, 2)}
+
+    def _validate_and_save(self) -> dict[str, Any]:
+        values = self.validate()
+        metric = values["miou" if self.config.validation.metric == "all_classes" else "miou_present_classes"]
+        improved = self.progress.best_metric is None or metric > self.progress.best_metric
+        if improved:
+            self.progress.best_metric, self.progress.best_step = metric, self.progress.step
+            self._save("best")
+            if self.is_main:
+                save_adapters_atomic(self.model, self.out_dir / "adapters_best.safetensors")
+        self._save("last")
+        values["best"] = improved
+        if self.run_log is not None:
+            self.run_log.write("val", self.progress.step, values)
+        log.info("step %d: val mIoU %.4f (present-classes %.4f), pixel acc %.4f%s", self.progress.step,
+                 values["miou"], values["miou_present_classes"], values["pixel_accuracy"],
+                 " (best)" if improved else "")
+        return values
+
+    def _validation_due(self, epoch_done: bool) -> bool:
+        val = self.config.validation
+        if val.every_steps is not None:
+            return self.progress.step % val.every_steps == 0
+        return epoch_done and val.every_epochs is not None and self.progress.epoch % val.every_epochs == 0
+
+    # ---- the run -------------------------------------------------------------------------------------------
+    def run(self) -> TrainSummary:
+        """Train to the step budget (or until SIGINT/SIGTERM), validating and checkpointing on the way."""
+        started = time.perf_counter()
+        stop = StopRequest()
+        stop.install()
+        self.model.train()
+        accum = self.config.optim.grad_accum_steps
+        images_per_step = self.config.optim.batch_size * accum * self.dist.world_size
+        bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
+                   disable=not self.progress_bar, dynamic_ncols=True)
+        last_val: dict[str, Any] | None = None
+        validated_at = -1
+        window: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        stopped = False
+        try:
+            while self.progress.step < self.total_steps and not stopped:
+                start_batch = self.progress.batch_in_epoch
+                self.data.sampler.set_epoch(self.progress.epoch, start=start_batch * self.config.optim.batch_size)
+                batches = iter(self.data.train_loader)
+                for _ in range(self.steps_per_epoch - start_batch // accum):
+                    for name, value in self._optimizer_step(batches).items():
+                        window[name] = window.get(name, 0.0) + value
+                    window_steps += 1
+                    self.progress.step += 1
+                    self.progress.batch_in_epoch += accum
+                    epoch_done = self.progress.batch_in_epoch >= self.steps_per_epoch * accum
+                    if epoch_done:
+                        self.progress.epoch += 1
+                        self.progress.batch_in_epoch = 0
+                    bar.update(1)
+                    if self.progress.step % self.config.log_every_steps == 0 or epoch_done:
+                        terms = {f"loss_{k}" if k != "loss" else k: float(v) / window_steps
+                                 for k, v in window.items()}
+                        loss = terms["loss"]
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(f"step {self.progress.step}: training loss is {loss}; lower "
+                                                     f"optim.lr or check the data")
+                        rate = window_steps * images_per_step / (time.perf_counter() - window_start)
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                        if self.run_log is not None:
+                            self.run_log.write("train", self.progress.step, {"epoch": self.progress.epoch, **terms,
+                                               "lr": lr, "images_per_s": rate})
+                        window.clear()
+                        window_steps, window_start = 0, time.perf_counter()
+                    finished = self.progress.step >= self.total_steps
+                    if self._validation_due(epoch_done) or finished:
+                        last_val = self._validate_and_save()
+                        validated_at = self.progress.step
+                    elif self.config.save_every_steps and self.progress.step % self.config.save_every_steps == 0:
+                        self._save("last")
+                    signalled = stop.signum is not None
+                    if self.dist.distributed:
+                        signalled = any_process(signalled, self.device)
+                    if signalled:
+                        if validated_at != self.progress.step:
+                            self._save("last")
+                        stopped = True
+                    if stopped or finished or epoch_done:
+                        break
+                del batches  # shut this epoch's loader workers down before the next epoch starts its own
+            if not stopped:
+                if validated_at != self.progress.step:
+                    last_val = self._validate_and_save()
+                if self.is_main:
+                    save_adapters_atomic(self.model, self.out_dir / "adapters.safetensors")
+                    log.info("adapters written to %s", self.out_dir / "adapters.safetensors")
+            barrier()
+        finally:
+            bar.close()
+            stop.restore()
+            if self.run_log is not None:
+                self.run_log.close()
+        return TrainSummary(self.out_dir, self.progress.step, self.total_steps, self.progress.best_metric,
+                            self.progress.best_step, last_val, stop.signum if stopped else None,
+                            time.perf_counter() - started)
+
+
+def train(config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True) -> TrainSummary:
+    """Run one training (joins the torchrun group if launched by torchrun, leaves it at the end)."""
+    try:
+        return Trainer(config, resume, progress_bar).run()
+    finally:
+        cleanup()
