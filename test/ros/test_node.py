@@ -1,0 +1,165 @@
+"""The real rclpy node in its own process, driven by a publisher/subscriber in this one (DDS on loopback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ros
+
+REPO = Path(__file__).resolve().parents[2]
+H, W = 48, 64
+K = np.array([[32.0, 0, 32.0], [0, 32.0, 24.0], [0, 0, 1]])
+SENSOR_TOPICS = {"rgb": "/camera/image_raw", "depth": "/depth/image_raw", "event": "/test/events",
+                 "lidar": "/lidar/image_raw"}
+
+
+def write_params(path: Path, **changes) -> Path:
+    """A params file for the tiny random-init model; `changes` replace top-level ros__parameters."""
+    params = {
+        "model": {"config": str(REPO / "config" / "model" / "mlesam_tiny.yaml"), "allow_random_init": True},
+        "sensors": {"event": {"topic": SENSOR_TOPICS["event"]}},  # a non-default topic, from the params file
+        "diagnostics_period": 0.2,
+        **changes,
+    }
+    path.write_text(yaml.safe_dump({"mlesam_segmenter": {"ros__parameters": params}}))
+    return path
+
+
+def start_node(params: Path, env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "mlesam_ros.node", "--ros-args", "--params-file", str(params)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Harness:
+    """Test-side node: publishes the four sensors at 10 Hz and records the node's outputs."""
+
+    def __init__(self, rclpy):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import String
+
+        from mlesam_ros.messages import MessageKit
+
+        self.rclpy = rclpy
+        self.kit = MessageKit.rclpy()
+        self.node = rclpy.create_node("mlesam_test_harness")
+        self.rng = np.random.default_rng(0)
+        self.publishers = {s: self.node.create_publisher(Image, topic, qos_profile_sensor_data)
+                           for s, topic in SENSOR_TOPICS.items()}
+        self.info_pub = self.node.create_publisher(CameraInfo, "/camera/camera_info", 10)
+        self.sent_rgb: list[int] = []
+        self.labels: list = []
+        self.diagnostics: list = []
+        self.class_names: list = []
+        self.node.create_subscription(Image, "/mlesam/labels", self.labels.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(String, "/mlesam/class_names", self.class_names.append, latched)
+        self.node.create_timer(0.1, self.publish_all)
+
+    def publish_all(self):
+        stamp = self.node.get_clock().now().nanoseconds
+        header = self.kit.header(stamp, "camera")
+        images = {"rgb": (self.rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8"),
+                  "depth": (self.rng.uniform(2, 40, (H, W)).astype(np.float32), "32FC1"),
+                  "event": (self.rng.integers(0, 3, (H, W, 2), dtype=np.uint8), "8UC2"),
+                  "lidar": (self.rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8")}
+        self.info_pub.publish(self.kit.camera_info(K, (H, W), header))
+        for sensor, publisher in self.publishers.items():
+            self.publishers[sensor].publish(self.kit.image(*images[sensor], header))
+        self.sent_rgb.append(stamp)
+
+    def kill(self, sensor):
+        """The sensor's publisher disappears, as when its driver process dies."""
+        self.node.destroy_publisher(self.publishers.pop(sensor))
+
+    def spin_until(self, condition, timeout, what, process, log):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if process.poll() is not None:
+                pytest.fail(f"node exited with {process.returncode} while waiting for {what}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}; node log:\n{log.read_text()}")
+            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+
+    def status(self, sensor):
+        """Level and message of `sensor` in the newest diagnostics."""
+        from mlesam_ros.messages import diagnostic_level
+
+        for entry in reversed(self.diagnostics):
+            for status in entry.status:
+                if status.hardware_id == sensor:
+                    return diagnostic_level(status), status.message, {kv.key: kv.value for kv in status.values}
+        return None, "", {}
+
+
+@pytest.fixture
+def rclpy_session(loopback_dds_env):
+    import rclpy
+
+    rclpy.init()
+    yield rclpy
+    rclpy.shutdown()
+
+
+def test_killed_depth_sensor_labels_keep_arriving_and_diagnostics_report_it(rclpy_session, loopback_dds_env,
+                                                                             tmp_path):
+    log = tmp_path / "node.log"
+    process = start_node(write_params(tmp_path / "params.yaml"), loopback_dds_env, log)
+    try:
+        harness = Harness(rclpy_session)
+        harness.spin_until(lambda: len(harness.labels) >= 5, 90, "the first labels", process, log)
+        harness.spin_until(lambda: harness.status("event")[0] == 0, 10, "event OK", process, log)
+        assert harness.status("event")[2]["topic"] == SENSOR_TOPICS["event"]  # topic from the params file
+        assert all(harness.status(s)[0] == 0 for s in SENSOR_TOPICS)
+
+        harness.kill("depth")
+        killed_at = len(harness.labels)
+        harness.spin_until(lambda: harness.status("depth")[0] == 2, 10, "depth ERROR in diagnostics", process, log)
+        harness.spin_until(lambda: len(harness.labels) >= killed_at + 10, 10, "labels after the kill", process, log)
+
+        level, message, values = harness.status("depth")
+        assert message.startswith("silent for") and int(values["frames_missing"]) > 0
+        assert harness.status("rgb")[0] == 0 and harness.status("lidar")[0] == 0
+        after = harness.labels[killed_at:]
+        assert all(m.encoding == "mono8" and (m.height, m.width) == (H, W) for m in after)
+        stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in harness.labels]
+        assert set(stamps) <= set(harness.sent_rgb)  # outputs carry the primary frame's header
+        assert stamps == sorted(stamps)
+        names = json.loads(harness.class_names[-1].data)
+        assert len(names["names"]) == 25 and names["ignore_index"] == 255
+    finally:
+        stop(process)
+    assert process.returncode in (0, -15)
+
+
+def test_node_refuses_a_bad_params_file_naming_the_key(loopback_dds_env, tmp_path):
+    log = tmp_path / "node.log"
+    process = start_node(write_params(tmp_path / "bad.yaml", primary="radar"), loopback_dds_env, log)
+    try:
+        process.wait(timeout=60)
+    finally:
+        stop(process)
+    assert process.returncode == 2
+    assert "primary: 'radar' is not one of the modalities" in log.read_text()

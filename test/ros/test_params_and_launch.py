@@ -1,0 +1,127 @@
+"""config/segment.yaml, the typed pipeline config, the launch file and package.xml agree with each other."""
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from mlesam_core.config_io import ConfigError, from_dict, load_yaml
+from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, load_segment_config, nest, resolve_path
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = REPO / "config" / "segment.yaml"
+LAUNCH = REPO / "launch" / "segment.launch.py"
+
+
+def launch_constants():
+    tree = ast.parse(LAUNCH.read_text())
+    constants = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and isinstance(node.value, (ast.Constant, ast.Dict))}
+    arguments = [call.args[0].value for call in ast.walk(tree)
+                 if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"]
+    return constants, arguments
+
+
+def setup_py():
+    tree = ast.parse((REPO / "setup.py").read_text())
+    constants = {node.targets[0].id: node.value.value for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
+    scripts = [s.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+               for key, value in zip(node.keys, node.values)
+               if isinstance(key, ast.Constant) and key.value == "console_scripts" for s in value.elts]
+    return constants, dict(s.replace(" ", "").split("=") for s in scripts)
+
+
+def test_shipped_params_file_is_a_valid_config_for_the_node_name():
+    assert NODE_NAME in load_yaml(PARAMS)
+    config = load_segment_config(PARAMS)
+    assert config.modalities == ("rgb", "depth", "event", "lidar") and config.primary == "rgb"
+    assert config.sensors["depth"].topic == "/depth/image_raw"
+    assert resolve_path(config.model.config).is_file()
+
+
+def test_params_file_documents_every_parameter_the_node_declares():
+    section = load_yaml(PARAMS)[NODE_NAME]["ros__parameters"]
+    declared = {name for name, value, _, _ in iter_parameters(load_segment_config(PARAMS))
+                if value != ()}  # unset arrays (camera.intrinsics, camera.image_size) are commented out
+    written = set()
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                written.add(f"{prefix}{key}")
+
+    walk(section)
+    assert written == declared
+
+
+def test_every_parameter_has_a_description():
+    undocumented = [name for name, _, doc, _ in iter_parameters(SegmentConfig()) if not doc]
+    assert undocumented == []
+
+
+def test_flat_ros_parameters_rebuild_the_same_config():
+    config = load_segment_config(PARAMS)
+    flat = {name: value for name, value, _, _ in iter_parameters(config)}
+    assert all("." not in key for key in nest(flat))
+    assert from_dict(SegmentConfig, nest(flat)) == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sensors.depth.slop=-1.0", "sensors.depth.slop: must be >= 0"),
+    ("primary=radar", "modalities: unknown modality|primary: 'radar' is not one of the modalities"),
+    ("sync.primary_timeout=0", "sync.primary_timeout: must be > 0"),
+    ("lidar.cam_from_lidar=[1.0, 0.0]", "lidar.cam_from_lidar: needs 16 values"),
+    ("depth.encoding=disparity", "depth.encoding: must be one of 'hha', 'depth'"),
+    ("sensors.nir.topic=/nir", "sensors.nir: is not one of the configured modalities"),
+    ("qos.output_depht=3", "qos.output_depht: unknown key"),
+])
+def test_bad_values_are_refused_naming_the_dotted_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_segment_config(PARAMS, [override])
+
+
+def test_a_params_file_without_the_node_section_is_refused(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("other_node:\n  ros__parameters: {primary: rgb}\n")
+    with pytest.raises(ConfigError, match="no 'mlesam_segmenter: ros__parameters:' section"):
+        load_segment_config(path)
+
+
+def test_wildcard_node_section_is_accepted(tmp_path):
+    path = tmp_path / "any.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    primary: depth\n")
+    assert load_segment_config(path).priority == ("depth", "rgb", "event", "lidar")
+
+
+def test_launch_file_names_exist_in_setup_py_and_config():
+    constants, arguments = launch_constants()
+    setup_constants, scripts = setup_py()
+    assert constants["PACKAGE"] == setup_constants["PACKAGE"]
+    assert scripts[constants["EXECUTABLE"]] == "mlesam_ros.node:main"
+    assert constants["NODE_NAME"] == NODE_NAME
+    assert (REPO / "config" / constants["PARAMS_FILE"]).is_file()
+    assert set(arguments) == {"params_file", "checkpoint", "adapters", "device", "namespace", "use_sim_time"}
+    declared = {name for name, *_ in iter_parameters(SegmentConfig())}
+    assert set(constants["OVERRIDES"]) <= set(arguments)
+    assert set(constants["OVERRIDES"].values()) <= declared
+
+
+def test_package_xml_declares_every_ros_package_the_code_imports():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.get("format") == "3" and root.findtext("name") == "mlesam_ros"
+    assert root.find("export/build_type").text == "ament_python"
+    depends = {e.text for e in root.findall("exec_depend")}
+    ros_packages = {"rclpy", "rcl_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs", "builtin_interfaces",
+                    "launch", "launch_ros", "ament_index_python"}
+    imported = set()
+    for path in [*(REPO / "mlesam_ros").glob("*.py"), LAUNCH]:
+        for name in re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M):
+            imported.add(name)
+    assert imported & ros_packages <= depends
+    assert (REPO / "resource" / "mlesam_ros").exists()
