@@ -94,12 +94,15 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
              group_by: Sequence[str] = (), device: torch.device | str = "cpu", precision: str = "auto",
              ignore_index: int = 255, max_examples: int = 0, progress: bool = True,
              description: str = "evaluate") -> EvaluationResult:
-    """Run `model` over collated `batches` once, scoring every modality subset (all modalities always).
+    """Run `model` (a module taking (images, present), or a `Segmenter`, whose model, device and precision are
+    then used) over collated `batches` once, scoring every modality subset (all modalities always).
 
     `group_by` names meta keys (e.g. 'condition', 'case') whose values get their own confusion matrix,
     computed with all modalities, as are the kept examples. Samples for which a subset leaves no modality
     present are skipped for it.
     """
+    if isinstance(getattr(model, "model", None), torch.nn.Module):  # a Segmenter
+        model, device, precision = model.model, model.device, model.precision
     modalities = tuple(modalities)
     device = torch.device(device)
     wanted = [modalities] + [tuple(s) for s in subsets or () if tuple(s) != modalities]

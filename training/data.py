@@ -22,6 +22,8 @@ from training.sampling import EpochSampler, SeededSamples
 
 log = logging.getLogger(__name__)
 
+LOADERS = {"deliver": "DeliverDataset", "muses": "MusesDataset", "mcubes": "McubesDataset"}  # in mlesam_core.data
+
 
 def check_data_against_model(data: DataConfig, model_config: Any) -> None:
     """Fail before any data is read when root, modalities or class count cannot work with the model."""
@@ -53,12 +55,12 @@ def check_data_against_model(data: DataConfig, model_config: Any) -> None:
 def build_dataset(data: DataConfig, split: str, modalities: Sequence[str], transform: Any,
                   max_samples: int | None = None) -> Dataset:
     """The loader of `data.format` for `split` (errors prefixed with the config key), optionally thinned."""
-    from mlesam_core.data import DeliverDataset, McubesDataset, MusesDataset
+    import mlesam_core.data as data_sets
 
     kwargs = dict(data.options)
     if data.format == "deliver":
         kwargs.update(case=data.case, depth_source=data.depth_source)
-    loader = {"deliver": DeliverDataset, "muses": MusesDataset, "mcubes": McubesDataset}[data.format]
+    loader = getattr(data_sets, LOADERS[data.format])
     root = resolve_path(data.root)
     try:
         dataset = loader(root, split, modalities, transform=transform, **kwargs)

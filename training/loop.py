@@ -239,8 +239,9 @@ class Trainer:
         return epoch_done and val.every_epochs is not None and self.progress.epoch % val.every_epochs == 0
 
     # ---- the run -------------------------------------------------------------------------------------------
-    def run(self) -> TrainSummary:
-        """Train to the step budget (or until SIGINT/SIGTERM), validating and checkpointing on the way."""
+    def run(self, stop_at: int | None = None) -> TrainSummary:
+        """Train to the step budget, validating and checkpointing on the way; SIGINT/SIGTERM or reaching step
+        `stop_at` (a time slice; the schedule still spans the whole budget) save `last` and return early."""
         started = time.perf_counter()
         stop = StopRequest()
         stop.install()
@@ -260,6 +261,7 @@ class Trainer:
                 self.data.sampler.set_epoch(self.progress.epoch, start=start_batch * self.config.optim.batch_size)
                 batches = iter(self.data.train_loader)
                 for _ in range(self.steps_per_epoch - start_batch // accum):
+                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                     for name, value in self._optimizer_step(batches).items():
                         window[name] = window.get(name, 0.0) + value
                     window_steps += 1
@@ -278,7 +280,6 @@ class Trainer:
                             raise FloatingPointError(f"step {self.progress.step}: training loss is {loss}; lower "
                                                      f"optim.lr or check the data")
                         rate = window_steps * images_per_step / (time.perf_counter() - window_start)
-                        lr = self.optimizer.param_groups[0]["lr"]
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                         if self.run_log is not None:
                             self.run_log.write("train", self.progress.step, {"epoch": self.progress.epoch, **terms,
@@ -294,7 +295,7 @@ class Trainer:
                     signalled = stop.signum is not None
                     if self.dist.distributed:
                         signalled = any_process(signalled, self.device)
-                    if signalled:
+                    if signalled or (stop_at is not None and self.progress.step >= stop_at and not finished):
                         if validated_at != self.progress.step:
                             self._save("last")
                         stopped = True
@@ -314,13 +315,13 @@ class Trainer:
             if self.run_log is not None:
                 self.run_log.close()
         return TrainSummary(self.out_dir, self.progress.step, self.total_steps, self.progress.best_metric,
-                            self.progress.best_step, last_val, stop.signum if stopped else None,
-                            time.perf_counter() - started)
+                            self.progress.best_step, last_val, stop.signum, time.perf_counter() - started)
 
 
-def train(config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True) -> TrainSummary:
+def train(config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True,
+          stop_at: int | None = None) -> TrainSummary:
     """Run one training (joins the torchrun group if launched by torchrun, leaves it at the end)."""
     try:
-        return Trainer(config, resume, progress_bar).run()
+        return Trainer(config, resume, progress_bar).run(stop_at)
     finally:
         cleanup()
