@@ -30,8 +30,8 @@ from mlesam_core.config_io import ConfigError, from_dict
 from mlesam_ros.messages import MessageKit
 from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json,
                                 enabled_outputs, output_messages)
-from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest, resolve_path
-from mlesam_ros.pipeline import SegmentationPipeline
+from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest
+from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
 from mlesam_ros.sync import SyncedFrame
 
 FLUSH_PERIOD = 0.02  # seconds between synchroniser flushes on the node's clock
@@ -69,14 +69,7 @@ class SegmentationNode(Node):
         logging.getLogger("mlesam_ros").addHandler(self._log_handler)
         logging.getLogger("mlesam_ros").setLevel(logging.INFO)
         config = self._declare_config()
-        from mlesam_core import Segmenter  # torch import after parameters are validated
-
-        model_path = resolve_path(config.model.config, self._share_dirs())
-        self.get_logger().info(f"loading model {model_path} on {config.model.device} ({config.model.precision})")
-        segmenter = Segmenter.from_files(
-            model_path, sam2_checkpoint=config.model.sam2_checkpoint or None,
-            adapters=config.model.adapters or None, device=config.model.device,
-            precision=config.model.precision, allow_random_init=config.model.allow_random_init)
+        segmenter = load_segmenter(config, self._share_dirs())
         self.pipeline = SegmentationPipeline(config, segmenter, log=logging.getLogger("mlesam_ros.node"))
         self.kit = MessageKit.rclpy()
         self._wire(config)

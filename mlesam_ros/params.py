@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, get_type_hints
 
 from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml
+from mlesam_core.data.classes import CLASS_TABLES
 from mlesam_core.modalities import check_modalities, get_modality
 from mlesam_ros.sync import SensorTiming
 
@@ -132,6 +133,7 @@ class SegmentConfig:
     modalities: tuple[str, ...] = _doc(("rgb", "depth", "event", "lidar"),
                                        "sensors to use, in fallback-driver order (subset of the model's)")
     primary: str = _doc("rgb", "the sensor whose frames drive the output")
+    classes: str = _doc("", "class table of the labels (deliver, muses, mcubes); empty = the model's")
     sensors: dict[str, SensorConfig] = field(default_factory=dict)
     sync: SyncParams = field(default_factory=SyncParams)
     depth: DepthParams = field(default_factory=DepthParams)
@@ -147,6 +149,8 @@ class SegmentConfig:
             check_modalities(self.modalities)
         except ValueError as exc:
             raise ConfigError(f"modalities: {exc}") from None
+        check(not self.classes or self.classes in CLASS_TABLES, "classes",
+              f"unknown class table {self.classes!r} (known: {', '.join(CLASS_TABLES)})")
         check(self.primary in self.modalities, "primary",
               f"{self.primary!r} is not one of the modalities {list(self.modalities)}")
         unknown = sorted(set(self.sensors) - set(self.modalities))

@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mlesam_core.data.classes import get_class_table
 from mlesam_ros.health import HealthMonitor, ProblemLog
 from mlesam_ros.messages import header_seconds
 from mlesam_ros.model_inputs import InputDecoder, InputError
-from mlesam_ros.params import NODE_NAME, SegmentConfig
+from mlesam_ros.params import NODE_NAME, SegmentConfig, resolve_path
 from mlesam_ros.sync import ApproximateSync, StampError, SyncedFrame
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,18 @@ class FrameResult:
     errors: dict[str, str] = field(default_factory=dict)  # sensor (or "inference") -> problem
 
 
+def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Any:
+    """The `Segmenter` that `config.model` describes (model config path searched in `search` too)."""
+    from mlesam_core import Segmenter  # torch loads here, after the parameters were validated
+
+    model = config.model
+    path = resolve_path(model.config, search)
+    logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
+    return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,
+                                device=model.device, precision=model.precision,
+                                allow_random_init=model.allow_random_init)
+
+
 class SegmentationPipeline:
     """Synchroniser + input decoding + Segmenter + health, independent of rclpy."""
 
@@ -54,7 +68,10 @@ class SegmentationPipeline:
         self.config = config
         self.segmenter = segmenter
         self.clock = clock
-        self.class_table = segmenter.class_table
+        self.class_table = get_class_table(config.classes) if config.classes else segmenter.class_table
+        if self.class_table.num_classes != segmenter.config.num_classes:
+            raise ValueError(f"classes: {self.class_table.dataset!r} has {self.class_table.num_classes} classes, "
+                             f"the model predicts {segmenter.config.num_classes}")
         self.sync = ApproximateSync(config.priority, {m: config.sensors[m] for m in config.modalities},
                                     primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
                                     buffer_size=config.sync.buffer_size)
@@ -143,4 +160,4 @@ class SegmentationPipeline:
         self.problems.warn((sensor, kind), f"{self.topics[sensor]} ({sensor}): {problem}; {sensor} absent", now)
 
 
-__all__ = ["FrameResult", "SegmentationPipeline"]
+__all__ = ["FrameResult", "SegmentationPipeline", "load_segmenter"]

@@ -26,6 +26,7 @@ def write_params(path: Path, **changes) -> Path:
     params = {
         "model": {"config": str(REPO / "config" / "model" / "mlesam_tiny.yaml"), "allow_random_init": True},
         "sensors": {"event": {"topic": SENSOR_TOPICS["event"]}},  # a non-default topic, from the params file
+        "classes": "deliver",  # the class table by parameter (names on /mlesam/class_names, palette)
         "diagnostics_period": 0.2,
         **changes,
     }

@@ -1,0 +1,211 @@
+"""Replay a ROS 2 bag through the node's pipeline offline: same synchroniser, same decoding, same model.
+
+    python -m mlesam_ros.replay --bag IN --out OUT [--params config/segment.yaml] [--storage sqlite3|mcap]
+        [--allow-random-init] [--set key=value ...]
+
+Messages are read in log-time order and synchronised on their header stamps (arrival = header stamp, so
+the synchroniser's waiting is in data time). OUT receives:
+
+- `bag/`: a version-8 bag with /mlesam/{labels,labels_color,confidence,routing}, /mlesam/class_names and
+  /diagnostics (every `diagnostics_period` of data time);
+- `frames.jsonl`: one line per frame: stamp, driver, per-sensor status, modalities used, routing weights per
+  level, latency, errors and, with ground truth on /ground_truth/labels, the frame's confusion entries
+  ([gt, pred, count]) and its mIoU;
+- `summary.json`: frames in/out, per-sensor availability, latency p50/p95, mIoU (both protocols).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from mlesam_core.config_io import ConfigError
+from mlesam_core.metrics import PROTOCOL_DESCRIPTIONS, ConfusionMatrix, confusion_matrix, scores_from_confusion
+from mlesam_ros.bag_io import STORAGES, BagWriter, bag_message_count, read_bag
+from mlesam_ros.image_conversion import image_msg_to_array
+from mlesam_ros.messages import MessageKit, stamp_to_ns
+from mlesam_ros.outputs import CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json, output_messages
+from mlesam_ros.params import SegmentConfig, load_segment_config, resolve_path
+from mlesam_ros.pipeline import FrameResult, SegmentationPipeline, load_segmenter
+from mlesam_ros.sync import SyncedFrame
+
+logger = logging.getLogger(__name__)
+
+GROUND_TRUTH_TOPIC = "/ground_truth/labels"
+
+
+class Replay:
+    """Feeds bag messages through a SegmentationPipeline and records outputs, frames and totals."""
+
+    def __init__(self, pipeline: SegmentationPipeline, writer: BagWriter, frames_file: Any) -> None:
+        """Replay into `writer` (output bag) and `frames_file` (open text file for frames.jsonl)."""
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.writer = writer
+        self.frames_file = frames_file
+        self.kit = MessageKit.rosbags(writer.store)
+        self.sensor_of_topic = {pipeline.config.input_topic(m): m for m in pipeline.config.modalities}
+        self.ground_truth: dict[int, np.ndarray] = {}
+        self.pending: list[SyncedFrame] = []
+        self.confusion = ConfusionMatrix(pipeline.class_table.num_classes, pipeline.class_table.ignore_index)
+        self.messages_in: dict[str, int] = {}
+        self.latencies: list[float] = []
+        self.status_counts = {m: {"ok": 0, "stale": 0, "missing": 0, "invalid": 0, "used": 0}
+                              for m in self.config.modalities}
+        self.drivers: dict[str, int] = {}
+        self.frames_out = 0
+        self.frames_without_output = 0
+        self.next_diagnostics: float | None = None
+
+    @property
+    def topics(self) -> set[str]:
+        """Topics read from the input bag."""
+        return {*self.sensor_of_topic, self.config.camera.info_topic, GROUND_TRUTH_TOPIC}
+
+    def feed(self, topic: str, log_ns: int, msg: Any) -> None:
+        """Take one input message logged at `log_ns`.
+
+        Complete frames are segmented once the bag has moved past their stamp, so that the ground truth
+        logged at that stamp (after the sensors) has been read.
+        """
+        ready = [f for f in self.pending if int(round(f.stamp * 1e9)) < log_ns]
+        self.pending = self.pending[len(ready):]
+        for frame in ready:
+            self.process(frame)
+        self.messages_in[topic] = self.messages_in.get(topic, 0) + 1
+        if topic == self.config.camera.info_topic:
+            self.pipeline.set_camera_info(msg)
+        elif topic == GROUND_TRUTH_TOPIC:
+            self.ground_truth[stamp_to_ns(msg.header.stamp)] = image_msg_to_array(msg)
+        else:
+            stamp = stamp_to_ns(msg.header.stamp) / 1e9
+            self.pending += self.pipeline.add(self.sensor_of_topic[topic], msg, received=stamp)
+
+    def finish(self) -> None:
+        """Segment every frame still waiting at the end of the bag."""
+        for frame in self.pending + self.pipeline.drain():
+            self.process(frame)
+        self.pending = []
+
+    def process(self, frame: SyncedFrame) -> None:
+        """Segment one frame, write its outputs and its frames.jsonl line."""
+        result = self.pipeline.process(frame, now=frame.stamp)
+        stamp_ns = stamp_to_ns(result.header.stamp)
+        messages = output_messages(self.kit, self.pipeline, result)
+        for name, msg in messages.items():
+            self.writer.write("/" + OUTPUT_TOPICS[name], stamp_ns, msg)
+        self.frames_out += bool(messages)
+        self.frames_without_output += not messages
+        self.drivers[result.driver] = self.drivers.get(result.driver, 0) + 1
+        for sensor, state in result.status.items():
+            self.status_counts[sensor][state] += 1
+        for sensor in result.used:
+            self.status_counts[sensor]["used"] += 1
+        if result.latency is not None:
+            self.latencies.append(result.latency)
+        record = self.frame_record(result, stamp_ns)
+        self.frames_file.write(json.dumps(record) + "\n")
+        if self.next_diagnostics is None or frame.stamp >= self.next_diagnostics:
+            entries = self.pipeline.health.entries(frame.stamp)
+            self.writer.write(DIAGNOSTICS_TOPIC, stamp_ns, self.kit.diagnostic_array(entries, result.header))
+            self.next_diagnostics = frame.stamp + self.config.diagnostics_period
+
+    def frame_record(self, result: FrameResult, stamp_ns: int) -> dict:
+        """The frames.jsonl line of one result (ground truth scored when it exists for the stamp)."""
+        record = {"stamp": result.stamp, "stamp_ns": stamp_ns, "driver": result.driver, "status": result.status,
+                  "used": list(result.used), "routing": result.routing,
+                  "latency_ms": None if result.latency is None else round(result.latency * 1000, 3),
+                  "errors": result.errors}
+        # ground truth older than this frame can no longer be matched
+        for old in [s for s in self.ground_truth if s < stamp_ns]:
+            del self.ground_truth[old]
+        label = self.ground_truth.pop(stamp_ns, None)
+        if label is not None and result.labels is not None:
+            if label.shape != result.labels.shape:
+                record["errors"] = {**result.errors, "ground_truth": f"label size {label.shape} differs from "
+                                                                     f"output {result.labels.shape}"}
+            else:
+                matrix = confusion_matrix(result.labels, label, self.confusion.num_classes,
+                                          self.confusion.ignore_index).numpy()
+                self.confusion.update(result.labels, label)
+                gt, pred = np.nonzero(matrix)
+                record["confusion"] = [[int(g), int(p), int(matrix[g, p])] for g, p in zip(gt, pred)]
+                record["miou_present_classes"] = scores_from_confusion(matrix).miou["present_classes"]
+        return record
+
+    def summary(self, wall_seconds: float) -> dict:
+        """Totals of the replay."""
+        latencies = np.asarray(self.latencies) * 1000.0
+        frames = self.frames_out + self.frames_without_output
+        summary = {
+            "frames": frames, "frames_out": self.frames_out, "frames_without_output": self.frames_without_output,
+            "messages_in": self.messages_in, "drivers": self.drivers,
+            "availability": {m: {state: (count / frames if frames else None) for state, count in counts.items()}
+                             for m, counts in self.status_counts.items()},
+            "latency_ms": {"p50": float(np.percentile(latencies, 50)) if latencies.size else None,
+                           "p95": float(np.percentile(latencies, 95)) if latencies.size else None,
+                           "mean": float(latencies.mean()) if latencies.size else None},
+            "wall_seconds": round(wall_seconds, 3),
+            "frames_per_second": round(frames / wall_seconds, 3) if wall_seconds > 0 else None,
+        }
+        if int(self.confusion.matrix.sum()) > 0:
+            scores = self.confusion.scores(self.pipeline.class_table.names)
+            summary["ground_truth"] = {**scores.to_dict(), "protocols": PROTOCOL_DESCRIPTIONS}
+        return summary
+
+
+def replay(bag: str | Path, out: str | Path, config: SegmentConfig, segmenter: Any, storage: str = "sqlite3"
+           ) -> dict:
+    """Replay `bag` into the folder `out` (bag/, frames.jsonl, summary.json); returns the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = SegmentationPipeline(config, segmenter, clock=lambda: 0.0)
+    start = time.perf_counter()
+    with BagWriter(out / "bag", storage) as writer, (out / "frames.jsonl").open("w") as frames_file:
+        run = Replay(pipeline, writer, frames_file)
+        first_ns = None
+        for topic, log_ns, msg in tqdm(read_bag(bag, run.topics), total=bag_message_count(bag), unit="msg",
+                                       desc=f"replay {Path(bag).name}"):
+            if first_ns is None:
+                first_ns = log_ns
+                writer.write("/" + CLASS_NAMES_TOPIC, log_ns, run.kit.string(class_names_json(pipeline.class_table)))
+            run.feed(topic, log_ns, msg)
+        run.finish()
+    summary = {"bag": str(bag), "output_bag": str(out / "bag"), **run.summary(time.perf_counter() - start)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point (`mlesam_replay`)."""
+    parser = argparse.ArgumentParser(prog="python -m mlesam_ros.replay", description=__doc__.split("\n")[0])
+    parser.add_argument("--bag", required=True, help="input bag (directory, .db3 or .mcap)")
+    parser.add_argument("--out", required=True, help="output folder (bag/, frames.jsonl, summary.json)")
+    parser.add_argument("--params", default=str(resolve_path("config/segment.yaml")),
+                        help="ROS 2 parameters file of the node (default: config/segment.yaml)")
+    parser.add_argument("--storage", choices=tuple(STORAGES), default="sqlite3", help="output bag storage")
+    parser.add_argument("--allow-random-init", action="store_true",
+                        help="run without weights (tests only: predictions are meaningless)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set model.device=cuda (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = [*args.set, *(["model.allow_random_init=true"] if args.allow_random_init else [])]
+    try:
+        config = load_segment_config(args.params, overrides)
+        summary = replay(args.bag, args.out, config, load_segmenter(config), storage=args.storage)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    logger.info("%d frames, %d with outputs; latency p50 %s ms; wrote %s", summary["frames"], summary["frames_out"],
+                summary["latency_ms"]["p50"], args.out)
+
+
+if __name__ == "__main__":
+    main()
