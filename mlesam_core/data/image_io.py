@@ -8,6 +8,11 @@ import cv2
 import numpy as np
 
 
+# fast lossless PNG: the SUB filter with run-length zlib is ~2x faster than OpenCV's default and as small here
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
 def read_image(path: str | Path, any_depth: bool = False) -> np.ndarray:
     """Read an image file as HxW or HxWxC in RGB(A) order; uint8, or uint16 when `any_depth` and stored so."""
     path = Path(path)
@@ -30,5 +35,5 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+    if not cv2.imwrite(str(path), image, PNG_PARAMS):
         raise OSError(f"cannot write image file: {path}")
