@@ -5,9 +5,9 @@
 
 Samples are read through the project's loaders and played as consecutive frames at `--rate` Hz: every
 sensor message of frame i carries the header stamp start + i / rate (log time = header stamp). Images go out
-as rgb8 (RGB, event frames, projected LiDAR, HHA); DELIVER depth goes out as 32FC1 metres (or 16UC1
-millimetres) when the raw `depth/` folder exists; labels as mono8 on /ground_truth/labels (255 = ignore).
-`--drop SENSOR@START-END` leaves a sensor silent for that window (seconds from the start) and `--corrupt
+as rgb8 (RGB, event frames, projected LiDAR, HHA; float images as 32FC3); DELIVER depth goes out as 32FC1
+metres (or 16UC1 millimetres) when the raw `depth/` folder exists; labels as mono8 on /ground_truth/labels
+(255 = ignore). `--drop SENSOR@START-END` leaves a sensor silent for that window (seconds from the start) and `--corrupt
 SENSOR@FRACTION` replaces that fraction of its messages (seeded) by ones with a wrong encoding or a wrong
 size, to exercise the node's dropped-sensor and bad-input handling. What was dropped and corrupted is
 recorded in the bag metadata's custom_data (key `mlesam.dataset_to_bag`).
@@ -168,8 +168,10 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
                     record["corrupted"][sensor].append({"stamp_ns": stamp_ns, "kind": kind})
                 elif sensor == "depth" and (metres := raw_depth_metres(raw_loader, index, label.shape)) is not None:
                     msg = depth_message(kit, metres, depth_encoding, header)
-                else:
-                    msg = kit.image(image.astype(np.uint8), "rgb8", header)
+                elif image.dtype == np.uint8:
+                    msg = kit.image(image, "rgb8", header)
+                else:  # float images on the 0-255 scale (e.g. MCubeS AoLP) keep their values
+                    msg = kit.image(image.astype(np.float32), "32FC3", header)
                 writer.write(get_modality(sensor).topic, stamp_ns, msg)
             writer.write(GROUND_TRUTH_TOPIC, stamp_ns, kit.image(label.astype(np.uint8), "mono8", header))
         record["topics"] = dict(writer.counts)

@@ -78,7 +78,8 @@ class InputDecoder:
         return self.camera_info.k
 
     def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> np.ndarray:
-        """The model image (HxWx3 uint8) of `modality` from its message; `size` is the expected (H, W)."""
+        """The model image (HxWx3, uint8, or float32 0-255 for generic float input) of `modality` from its
+        message; `size` is the expected (H, W)."""
         try:
             image = self._decoders.get(modality, self._color)(msg, size)
         except (ImageConversionError, PointCloudError) as exc:
@@ -91,6 +92,8 @@ class InputDecoder:
     def _color(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
         info = encoding_info(msg.encoding)
         array = image_msg_to_array(msg)
+        if info.order is None and info.dtype.kind == "f":
+            return to_three_channels(array.astype(np.float32))  # generic float data on the 0-255 scale
         if info.order is None and info.channels == 2:
             return to_three_channels(_to_uint8(array, msg.encoding))  # generic 2-channel (e.g. AoLP sin/cos)
         return to_rgb8(array, msg.encoding)

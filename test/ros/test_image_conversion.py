@@ -10,7 +10,8 @@ from mlesam_ros.image_conversion import (ImageConversionError, array_to_image_fi
 # encoding -> (dtype, channels)
 ENCODINGS = {
     "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
-    "mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "rgb16": (np.uint16, 3), "rgba16": (np.uint16, 4), "bgra16": (np.uint16, 4),
+    "mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "rgb16": (np.uint16, 3), "rgba16": (np.uint16, 4),
+    "bgra16": (np.uint16, 4),
     "8UC1": (np.uint8, 1), "8UC2": (np.uint8, 2), "8UC3": (np.uint8, 3), "8UC4": (np.uint8, 4),
     "8SC1": (np.int8, 1), "16UC1": (np.uint16, 1), "16UC2": (np.uint16, 2), "16UC3": (np.uint16, 3),
     "16SC1": (np.int16, 1), "32SC1": (np.int32, 1), "32FC1": (np.float32, 1), "32FC3": (np.float32, 3),

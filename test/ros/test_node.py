@@ -80,6 +80,8 @@ class Harness:
         self.node.create_timer(0.1, self.publish_all)
 
     def publish_all(self):
+        if not self.publishers:
+            return
         stamp = self.node.get_clock().now().nanoseconds
         header = self.kit.header(stamp, "camera")
         images = {"rgb": (self.rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8"),
@@ -88,7 +90,7 @@ class Harness:
                   "lidar": (self.rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8")}
         self.info_pub.publish(self.kit.camera_info(K, (H, W), header))
         for sensor, publisher in self.publishers.items():
-            self.publishers[sensor].publish(self.kit.image(*images[sensor], header))
+            publisher.publish(self.kit.image(*images[sensor], header))
         self.sent_rgb.append(stamp)
 
     def kill(self, sensor):
@@ -150,6 +152,13 @@ def test_killed_depth_sensor_labels_keep_arriving_and_diagnostics_report_it(rclp
         assert stamps == sorted(stamps)
         names = json.loads(harness.class_names[-1].data)
         assert len(names["names"]) == 25 and names["ignore_index"] == 255
+
+        for sensor in list(harness.publishers):  # every sensor gone: diagnostics keep coming, all ERROR
+            harness.kill(sensor)
+        harness.spin_until(lambda: all(harness.status(s)[0] == 2 for s in SENSOR_TOPICS), 10,
+                           "every sensor ERROR", process, log)
+        seen = len(harness.diagnostics)
+        harness.spin_until(lambda: len(harness.diagnostics) >= seen + 2, 5, "diagnostics while silent", process, log)
     finally:
         stop(process)
     assert process.returncode in (0, -15)
