@@ -27,6 +27,15 @@ class SegmentationOutput:
     routing: dict[str, torch.Tensor]  # per level (or "logits" for SAM-LoRA): modality weights [B, M]
 
 
+@dataclass
+class ModalityFeatures:
+    """Encoder output in the encoder's modality-major layout (no copy into [B, M, ...])."""
+
+    levels: list[torch.Tensor]  # [M', B, 256, h, w] per level, stride 4 to 16
+    ids: list[int]  # modality id of each of the M' chunks
+    index: torch.Tensor | None  # the same ids on the device; None when they are all M modalities in order
+
+
 class LoRASam2Model(nn.Module):
     """Frozen SAM2 image encoder + LoRA experts, and the frozen SAM2 decoder core; subclasses add the heads."""
 
@@ -78,12 +87,23 @@ class LoRASam2Model(nn.Module):
         """Per-modality FPN maps before fusion, as SAM2's `backbone_fpn` (before conv_s0/conv_s1): 3 tensors
         [B, M, 256, h, w], stride 4 to 16. Absent modalities are zero; their input content is never read."""
         self.check_inputs(images, present)
-        return self._encode(images, present)
-
-    def _encode(self, images: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
-        batch, m, _, h, w = images.shape
+        features = self._encode(images, present)
+        batch, m = present.shape
         mask = present[:, :, None, None, None]
-        images = torch.where(mask, images, 0)  # NaN/Inf in an absent modality stays out of every sum
+        out = []
+        for level in features.levels:
+            level = level.transpose(0, 1)  # [B, M', C, h, w]
+            if features.index is not None:
+                level = level.new_zeros(batch, m, *level.shape[2:]).index_copy(1, features.index, level)
+            out.append(torch.where(mask, level, 0))
+        return out
+
+    def _encode(self, images: torch.Tensor, present: torch.Tensor) -> ModalityFeatures:
+        """Run the encoder on the modality-major batch; absent modalities' inputs are zeroed first."""
+        batch, m, _, h, w = images.shape
+        # Zeroing absent inputs before anything runs keeps NaN/Inf in an absent modality out of every sum
+        # (downstream, absent modalities get weight 0 and their router embedding is zeroed).
+        images = torch.where(present[:, :, None, None, None], images, 0)
         # Training runs every modality chunk (no host sync, every expert in the graph for DDP); inference runs
         # only the modalities present in some sample (a tiny host sync when `present` lives on a GPU).
         active = None if self.training else [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
@@ -102,13 +122,7 @@ class LoRASam2Model(nn.Module):
                 with self.context.use(torch.tensor([modality], device=images.device)):
                     runs.append(self._run_encoder(chunks[j]))
             levels = [torch.stack(per_level) for per_level in zip(*runs)]
-        out = []
-        for f in levels:
-            f = f.transpose(0, 1)  # [B, M', C, h, w]
-            if index is not None:
-                f = f.new_zeros(batch, m, *f.shape[2:]).index_copy(1, index, f)
-            out.append(torch.where(mask, f, 0))
-        return out
+        return ModalityFeatures(levels=levels, ids=ids, index=index)
 
     def _run_encoder(self, x: torch.Tensor) -> list[torch.Tensor]:
         """SAM2's ImageEncoder (trunk + FPN neck, scalp 1) on a modality-major batch -> backbone_fpn, finest first.
@@ -191,4 +205,4 @@ class LoRASam2Model(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k in keys}
 
 
-__all__ = ["LoRASam2Model", "SegmentationOutput"]
+__all__ = ["LoRASam2Model", "SegmentationOutput", "ModalityFeatures"]

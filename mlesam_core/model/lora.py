@@ -72,14 +72,23 @@ class LoRAQKV(nn.Module):
         qkv = self.base_layer(x)
         index = self._context.index
         a, b = (self.lora_A, self.lora_B) if index is None else (self.lora_A[index], self.lora_B[index])
-        chunks = a.shape[0]
-        rows = x.reshape(chunks, -1, self.in_features)  # [M', N, d_in], modality-major chunks
-        # [M', N, 2r] in one batched matmul for q and v together, then [M', N, 2, d_out].
-        low = torch.bmm(self.dropout(rows), a.reshape(chunks, 2 * self.rank, self.in_features).transpose(1, 2))
-        low = low.view(chunks, -1, 2, self.rank) * self.scale
-        delta = torch.einsum("mnsr,msdr->mnsd", low, b)
-        # Add into the q and v thirds of the frozen output in place (the linear's backward does not need it).
-        qkv.view(chunks, -1, 3, self.head_features)[:, :, 0::2].add_(delta.to(qkv.dtype))
+        chunks, r = a.shape[0], self.rank
+        rows = self.dropout(x.reshape(chunks, -1, self.in_features))  # [M', N, d_in], modality-major chunks
+        # q and v down-projections in one batched matmul per modality chunk: [M', N, 2r]
+        low = torch.bmm(rows, a.reshape(chunks, 2 * r, self.in_features).transpose(1, 2)).to(qkv.dtype)
+        b = b.to(qkv.dtype)
+        if torch.is_grad_enabled() and (low.requires_grad or qkv.requires_grad):
+            # Autograd path: one out-of-place baddbmm with an up-projection whose k block is zero. (In-place
+            # adds into views of qkv would make autograd clone the whole qkv gradient for every add.)
+            zero = b.new_zeros(chunks, r, self.head_features)
+            up = torch.cat([torch.cat([b[:, 0].mT, zero, zero], dim=2),
+                            torch.cat([zero, zero, b[:, 1].mT], dim=2)], dim=1)  # [M', 2r, 3 d_out]
+            return torch.baddbmm(qkv.view(chunks, -1, 3 * self.head_features), low, up,
+                                 alpha=self.scale).view(qkv.shape)
+        # Inference path: accumulate in place into the q and v thirds (strided views, no extra full-size tensor).
+        out = qkv.view(chunks, -1, 3, self.head_features)
+        out[:, :, 0].baddbmm_(low[..., :r], b[:, 0].mT, alpha=self.scale)
+        out[:, :, 2].baddbmm_(low[..., r:], b[:, 1].mT, alpha=self.scale)
         return qkv
 
     def extra_repr(self) -> str:

@@ -38,8 +38,8 @@ class MLESAM(LoRASam2Model):
     def forward(self, images: torch.Tensor, present: torch.Tensor) -> SegmentationOutput:
         """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput."""
         self.check_inputs(images, present)
-        levels = self._encode(images, present)
-        fused, routing = self.fusion(levels, present)
+        features = self._encode(images, present)
+        fused, routing = self.fusion(features.levels, present, features.index)
         ffp, ifp, sfm = fused
         sam = self.mask_head(self.sam_decoder, sfm, ifp, ffp)
         aux = self.aux_head(fused) if self.aux_head is not None else None

@@ -10,7 +10,8 @@ Choices the paper leaves open (docs/model.md): the router reads the concatenated
 (one linear layer per level); fusion happens on the 256-channel FPN maps, and the decoder's conv_s1/conv_s0
 are applied after fusion (once per sample instead of once per modality). All fusions are one einsum with
 per-modality weights, computed in float32 (softmax and top-k included) and applied in the features' dtype.
-The caller zeroes absent modalities' maps first (NaN-safe `torch.where`), so their content cannot leak.
+The model zeroes absent modalities' inputs before the encoder, so their content cannot leak; here they get
+weight 0 and a zero router embedding.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ class ModalityRouter(nn.Module):
         self.renormalize = renormalize
         self.linear = nn.Linear(num_modalities * channels, num_modalities)
 
-    def forward(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """features [B, M, C, h, w] (absent ones zero), present bool [B, M] -> kept weights [B, M] (float32)."""
-        embeddings = features.float().mean(dim=(-2, -1)).flatten(1)  # [B, M*C]
+    def forward(self, features: torch.Tensor, present: torch.Tensor, index: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """features [M', B, C, h, w] of modalities `index` (None: all M), present bool [B, M] -> weights [B, M]
+        (float32; exactly 0 for absent modalities and outside the top-k)."""
+        embeddings = features.mean(dim=(-2, -1), dtype=torch.float32).transpose(0, 1)  # [B, M', C]
+        if index is not None:
+            embeddings = embeddings.new_zeros(present.shape[0], self.num_modalities,
+                                              embeddings.shape[-1]).index_copy(1, index, embeddings)
+        embeddings = torch.where(present[:, :, None], embeddings, 0).flatten(1)  # [B, M*C]
         with torch.autocast(features.device.type, enabled=False):
             logits = nn.functional.linear(embeddings, self.linear.weight.float(), self.linear.bias.float())
         logits = torch.where(present, logits, torch.finfo(torch.float32).min)
@@ -46,7 +53,7 @@ class ModalityRouter(nn.Module):
 
 
 class FeatureFusion(nn.Module):
-    """Fuses [B, M, C, h, w] maps per level into [B, C, h, w]; reports per-level modality weights [B, M]."""
+    """Fuses per-modality maps per level into [B, C, h, w]; reports per-level modality weights [B, M]."""
 
     def __init__(self, num_modalities: int, channels: int, mode: str, top_k: int, renormalize: bool) -> None:
         super().__init__()
@@ -57,21 +64,22 @@ class FeatureFusion(nn.Module):
             {level: ModalityRouter(num_modalities, channels, top_k, renormalize) for level in LEVELS}
         ) if mode != "avg" else None
 
-    def forward(self, levels: list[torch.Tensor], present: torch.Tensor
+    def forward(self, levels: list[torch.Tensor], present: torch.Tensor, index: torch.Tensor | None = None
                 ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """levels: [B, M, C, h, w] finest first -> (fused maps finest first, routing {level: [B, M]}).
-
-        Routing is the router's kept top-k weights for moe and avg+moe, and the averaging weights for avg.
-        """
+        """levels [M', B, C, h, w] (modalities `index`, None: all), finest first -> (fused [B, C, h, w] finest
+        first, routing {level: [B, M]}). Routing is the router's kept top-k weights for moe and avg+moe, and the
+        averaging weights for avg."""
         average = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
         fused, routing = [], {}
         for level, features in zip(LEVELS, levels):
             if self.routers is None:
                 weights = routing[level] = average
             else:
-                routing[level] = self.routers[level](features, present)
+                routing[level] = self.routers[level](features, present, index)
                 weights = routing[level] if self.mode == "moe" else average + routing[level]
-            fused.append(torch.einsum("bm,bmchw->bchw", weights.to(features.dtype), features))
+            if index is not None:
+                weights = weights.index_select(1, index)
+            fused.append(torch.einsum("bm,mbchw->bchw", weights.to(features.dtype), features))
         return fused, routing
 
 

@@ -31,13 +31,11 @@ class SAMLoRA(LoRASam2Model):
     def forward(self, images: torch.Tensor, present: torch.Tensor) -> SegmentationOutput:
         """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput."""
         self.check_inputs(images, present)
-        levels = self._encode(images, present)
+        features = self._encode(images, present)
         weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
-        ids = range(len(self.modalities)) if self.training else \
-            [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
         sam = aux = None
-        for m in ids:
-            ffp, ifp, sfm = (level[:, m] for level in levels)
+        for j, m in enumerate(features.ids):  # one decoder per modality: this baseline is M separate models
+            ffp, ifp, sfm = (level[j] for level in features.levels)
             w = weights[:, m, None, None, None]
             sam_m = self.mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
             sam = w.to(sam_m.dtype) * sam_m if sam is None else sam + w.to(sam_m.dtype) * sam_m

@@ -75,18 +75,33 @@ def test_lora_adds_scaled_low_rank_update_to_q_and_v_only_on_a_stage_transition_
     layer = next(m for m in model.modules() if isinstance(m, LoRAQKV) and m.in_features != m.head_features)
     randomize_lora(model)
     torch.manual_seed(0)
-    x = torch.randn(4, 3, 5, layer.in_features)  # 2 modality chunks of 2 rows each
-    with torch.no_grad(), model.context.use(torch.tensor([2, 0])):
-        out = layer(x)
-    base = layer.base_layer(x)
+    x = torch.randn(4, 3, 5, layer.in_features)  # 2 modality chunks of 2 rows each: modalities 2 and 0
+    weight = torch.randn(4, 3, 5, 3 * layer.head_features)
+    with model.context.use(torch.tensor([2, 0])):
+        out = layer(x)  # autograd path
+        with torch.no_grad():
+            inference = layer(x)  # in-place path
+    torch.testing.assert_close(inference, out.detach(), rtol=1e-6, atol=1e-6)
+    (out * weight).sum().backward()
+    grads = layer.lora_A.grad.clone(), layer.lora_B.grad.clone()
+    layer.lora_A.grad = layer.lora_B.grad = None
+
     d = layer.head_features
+    base = layer.base_layer(x).detach()
+    expected = base.clone()
     for chunk, modality in enumerate([2, 0]):
-        xs = x[2 * chunk:2 * chunk + 2]
-        for slot, part in ((0, 0), (1, 2)):  # (q, v) -> thirds 0 and 2 of qkv
+        rows = slice(2 * chunk, 2 * chunk + 2)
+        for slot, third in ((0, 0), (1, 2)):  # (q, v) -> thirds 0 and 2 of qkv; k (third 1) untouched
             a, b = layer.lora_A[modality, slot], layer.lora_B[modality, slot]
-            expected = base[2 * chunk:2 * chunk + 2, ..., part * d:(part + 1) * d] + 2.0 * xs @ a.T @ b.T
-            torch.testing.assert_close(out[2 * chunk:2 * chunk + 2, ..., part * d:(part + 1) * d], expected)
-    torch.testing.assert_close(out[..., d:2 * d], base[..., d:2 * d], rtol=0, atol=0)  # k untouched
+            update = 2.0 * x[rows] @ a.T @ b.T
+            expected = expected.index_add(0, torch.arange(rows.start, rows.stop),
+                                          torch.nn.functional.pad(update, (third * d, (2 - third) * d)))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out[..., d:2 * d], base[..., d:2 * d], rtol=0, atol=0)
+    (expected * weight).sum().backward()
+    torch.testing.assert_close(grads[0], layer.lora_A.grad)
+    torch.testing.assert_close(grads[1], layer.lora_B.grad)
+    assert grads[0][1].abs().sum() == 0 and grads[0][3].abs().sum() == 0  # modalities 1, 3 not in the batch
     assert layer.lora_B.shape[-2] == d != layer.lora_A.shape[-1]
 
 

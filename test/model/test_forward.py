@@ -63,9 +63,8 @@ def test_absent_modality_content_does_not_change_logits_and_gets_zero_weight(fus
 def test_routing_keeps_top_k_among_present_modalities():
     torch.manual_seed(0)
     router = ModalityRouter(num_modalities=4, channels=8, top_k=2, renormalize=False)
-    features = torch.randn(3, 4, 8, 2, 2)
+    features = torch.randn(4, 3, 8, 2, 2)  # [M, B, C, h, w]
     present = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, True, False]])
-    features = torch.where(present[:, :, None, None, None], features, 0)
     weights = router(features, present)
     assert weights.dtype == torch.float32
     assert ((weights > 0).sum(dim=1) == torch.tensor([2, 1, 2])).all()
@@ -74,6 +73,14 @@ def test_routing_keeps_top_k_among_present_modalities():
     renormalized = ModalityRouter(4, 8, 2, renormalize=True)
     renormalized.load_state_dict(router.state_dict())
     torch.testing.assert_close(renormalized(features, present).sum(dim=1), torch.ones(3))
+    # absent modalities' features are not read: only the present ones' embeddings reach the router
+    changed = features.clone()
+    changed[0, 2] = 1e6  # modality 0 of sample 2 is absent
+    torch.testing.assert_close(router(changed, present), weights, rtol=0, atol=0)
+    # a subset of modality chunks (inference skip) routes like the full set with zeros elsewhere
+    subset = torch.tensor([0, 1, 2])
+    present[:, 3] = False
+    torch.testing.assert_close(router(features[:3], present, subset), router(features, present))
 
 
 @pytest.mark.parametrize("architecture, trainable_prefixes", [
