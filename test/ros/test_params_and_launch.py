@@ -125,3 +125,9 @@ def test_package_xml_declares_every_ros_package_the_code_imports():
             imported.add(name)
     assert imported & ros_packages <= depends
     assert (REPO / "resource" / "mlesam_ros").exists()
+
+
+def test_robot_docs_list_every_parameter():
+    docs = (REPO / "docs" / "robot.md").read_text()
+    names = {re.sub(r"^sensors\.\w+\.", "sensors.<m>.", name) for name, *_ in iter_parameters(SegmentConfig())}
+    assert sorted(n for n in names if f"`{n}`" not in docs) == []
