@@ -12,7 +12,7 @@ import numpy as np
 
 from mlesam_core.data.synthetic.conditions import Condition
 from mlesam_core.data.synthetic.layout import GROUND_Y, Primitive, Scene, Shape
-from mlesam_core.data.synthetic.raycast import NEAR, SKY, GBuffer, pixel_rays
+from mlesam_core.data.synthetic.raycast import NEAR, SKY, GBuffer
 from mlesam_core.data.synthetic.surfaces import SurfaceMaps
 
 HEADLIGHT_POWER = 12.0
@@ -84,13 +84,11 @@ def shadow_mask(scene: Scene, sun_direction: tuple[float, float, float], origin:
     return mask.astype(bool)
 
 
-def sky_radiance(condition: Condition, intrinsics: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 sky colour: a vertical gradient from the horizon colour up to the zenith colour."""
-    _, ray_y = pixel_rays(intrinsics, size)
+def sky_radiance(condition: Condition, ray_y: np.ndarray) -> np.ndarray:
+    """Sky colour per image row [H, 1, 3]: a gradient from the horizon colour up to the zenith colour."""
     elevation = np.clip(-ray_y / np.sqrt(1 + ray_y ** 2), 0.0, 1.0)[:, None, None]
     top, horizon = np.asarray(condition.sky_top, np.float32), np.asarray(condition.sky_horizon, np.float32)
-    gradient = horizon + (top - horizon) * np.sqrt(elevation)
-    return np.broadcast_to(gradient, (size[0], size[1], 3)).astype(np.float32)
+    return (horizon + (top - horizon) * np.sqrt(elevation)).astype(np.float32)
 
 
 def _point_light(points: np.ndarray, normals: np.ndarray, position: np.ndarray, power: float, axis: np.ndarray,
@@ -139,29 +137,30 @@ def shade(scene: Scene, g: GBuffer, maps: SurfaceMaps, condition: Condition, ori
     """Scene radiance HxWx3 (linear, ~0-1 for a white surface in daylight) before the atmosphere and camera."""
     size = g.depth.shape
     solid = g.index != SKY
-    sky_light = condition.ambient * (0.6 + 0.4 * np.clip(-g.normal[..., 1], -1.0, 1.0))
-    irradiance = sky_light.astype(np.float32)
+    up = -g.normal[..., 1]  # cosine between the surface normal and "up"
+    irradiance = condition.ambient * (0.6 + 0.4 * up)  # sky light: open hemisphere above
     if condition.sun > 0:
-        sun = np.asarray(condition.sun_direction, np.float32)
-        direct = condition.sun * np.maximum(g.normal @ sun, 0.0)
+        direct = condition.sun * np.maximum(g.normal @ np.asarray(condition.sun_direction, np.float32), 0.0)
         if condition.shadows:
             # ground and sidewalk tops: level surfaces, at most kerb height above the ground
-            flat_low = (g.normal[..., 1] < -0.9) & (g.depth * g.ray_y[:, None] + g.origin[1] > GROUND_Y - 0.2)
+            flat_low = (up > 0.9) & (g.depth * g.ray_y[:, None] + g.origin[1] > GROUND_Y - 0.2)
             in_shadow = shadow_mask(scene, condition.sun_direction, origin, intrinsics, size) & flat_low
-            direct = np.where(in_shadow, 0.0, direct)
-        irradiance = irradiance + direct
+            direct[in_shadow] = 0.0
+        irradiance += direct
     if condition.night:
-        irradiance = irradiance + _night_lights(scene, g, origin)
+        irradiance += _night_lights(scene, g, origin)
     radiance = maps.albedo * irradiance[..., None]
     if condition.rain > 0:
         # wet ground: darker, and a mirror-like sky reflection that grows towards grazing angles (Fresnel)
-        _, ray_y = pixel_rays(intrinsics, size)
-        cos_view = (ray_y / np.sqrt(1 + ray_y ** 2))[:, None]
+        cos_view = g.ray_y / np.sqrt(1 + g.ray_y ** 2)
         fresnel = 0.04 + 0.96 * (1 - np.clip(cos_view, 0, 1)) ** 5
-        wet = (g.normal[..., 1] < -0.9) & solid
-        reflection = np.asarray(condition.sky_horizon, np.float32) * (condition.rain * fresnel)[..., None]
-        radiance = np.where(wet[..., None], radiance * (1 - 0.35 * condition.rain) + reflection, radiance)
-    glow = maps.always_emits if not condition.night else np.ones(size, bool)
-    radiance = radiance + np.where(glow[..., None], maps.emission, 0.0)
-    radiance = np.where(solid[..., None], radiance, sky_radiance(condition, intrinsics, size))
-    return radiance.astype(np.float32)
+        reflection = np.asarray(condition.sky_horizon, np.float32) * (condition.rain * fresnel)[:, None]
+        wet = (up > 0.9) & solid
+        radiance[wet] = radiance[wet] * (1 - 0.35 * condition.rain) + reflection[np.nonzero(wet)[0]]
+    if condition.night:
+        radiance += maps.emission
+    else:
+        radiance[maps.always_emits] += maps.emission[maps.always_emits]
+    sky = np.flatnonzero(~solid)
+    radiance.reshape(-1, 3)[sky] = sky_radiance(condition, g.ray_y)[sky // size[1], 0]
+    return radiance

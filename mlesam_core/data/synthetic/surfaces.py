@@ -15,7 +15,8 @@ import numpy as np
 from mlesam_core.data.synthetic.layout import CLASS, GROUND_Y, Ground, Scene, Surface
 from mlesam_core.data.synthetic.raycast import GROUND, SKY, GBuffer
 
-NOISE_SIZE = 512
+NOISE_BITS = 9
+NOISE_SIZE = 1 << NOISE_BITS
 
 
 @lru_cache(maxsize=1)
@@ -48,9 +49,10 @@ def _tile_quantile(q: float) -> float:
 
 def sample_noise(tile: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
     """Look up a noise tile at world coordinates (a, b) metres, `scale` texels per metre (wraps around)."""
-    i = (a * scale).astype(np.int64) % NOISE_SIZE  # truncation instead of floor: only shifts the pattern
-    j = (b * scale).astype(np.int64) % NOISE_SIZE
-    return tile[i, j]
+    mask = NOISE_SIZE - 1  # NOISE_SIZE is a power of two: & wraps negative coordinates correctly too
+    i = (a * scale).astype(np.int32) & mask  # truncation instead of floor only shifts the pattern
+    j = (b * scale).astype(np.int32) & mask
+    return tile.ravel()[(i << NOISE_BITS) | j]
 
 
 def _cell_random(a: np.ndarray, b: np.ndarray, salt: np.ndarray | float) -> np.ndarray:
@@ -170,7 +172,8 @@ def _ground(patch: _Patch, ground: Ground, label: np.ndarray, reflectivity: np.n
     brown = np.clip(sample_noise(smooth_tile, x, z, 4.0) * 0.5 + 0.5, 0, 1)[:, None]
     terrain = np.array([0.40, 0.42, 0.22], np.float32) * (1 - 0.5 * brown) + np.array(
         [0.46, 0.38, 0.26], np.float32) * 0.5 * brown
-    patch.color[:] = np.where(road[:, None], np.asarray(ground.asphalt, np.float32), terrain)
+    patch.color[:] = terrain
+    patch.color[road] = ground.asphalt
     patch.color[vegetation] = (0.13, 0.27, 0.08)
     reflectivity[:] = np.where(road, 0.2, 0.4)
     marking = np.zeros(x.shape, bool)
@@ -188,6 +191,13 @@ def _ground(patch: _Patch, ground: Ground, label: np.ndarray, reflectivity: np.n
     surface[marking] = Surface.MARKING
     # paint keeps the asphalt's LiDAR reflectivity on purpose: road lines are an RGB-only cue here
     return surface
+
+
+def _emission(mask: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """[n, 3] emitted light: `color` (one colour or one per pixel) where `mask`, else 0."""
+    emission = np.zeros((mask.size, 3), np.float32)
+    emission[mask] = color[mask] if color.ndim == 2 else color
+    return emission
 
 
 def _plain(p: _Patch) -> None:
@@ -236,7 +246,7 @@ def _facade(p: _Patch) -> None:
     p.glass = window
     share = p.tables.emissive[p.row]
     lit = window & (_cell_random(np.floor(along / spacing), np.floor(height / floor), share * 100) < share)
-    p.emission = np.where(lit[:, None], np.array([1.0, 0.8, 0.5], np.float32) * 0.9, 0.0).astype(np.float32)
+    p.emission = _emission(lit, np.array([0.9, 0.72, 0.45], np.float32))
 
 
 def _glasshouse(p: _Patch, band: bool) -> None:
@@ -249,7 +259,7 @@ def _glasshouse(p: _Patch, band: bool) -> None:
     p.glass = window
     if band:
         lit = window & (p.tables.emissive[p.row] > 0)
-        p.emission = np.where(lit[:, None], np.array([0.9, 0.9, 0.8], np.float32) * 0.6, 0.0).astype(np.float32)
+        p.emission = _emission(lit, np.array([0.54, 0.54, 0.48], np.float32))
 
 
 def _paint(p: _Patch) -> None:
@@ -262,7 +272,7 @@ def _paint(p: _Patch) -> None:
         p.tables.emissive[p.row] > 0)
     red = p.tables.color2[p.row] * 0.8
     p.color[light] = red[light]
-    p.emission = np.where(light[:, None], red, 0.0).astype(np.float32)
+    p.emission = _emission(light, red)
 
 
 def _person(p: _Patch) -> None:
@@ -296,7 +306,7 @@ def _lamp(p: _Patch) -> None:
     lit = front & (band == lit_band)
     p.color[front & ~lit] = 0.03
     glowing = lit | (~traffic & (p.normal[:, 1] > 0.5))  # or the underside of a street-lamp head
-    p.emission = np.where(glowing[:, None], color2 * 1.5, 0.0).astype(np.float32)
+    p.emission = _emission(glowing, color2 * 1.5)
     p.always = lit
 
 
