@@ -68,7 +68,10 @@ class SegmentationPipeline:
         self.config = config
         self.segmenter = segmenter
         self.clock = clock
-        self.class_table = get_class_table(config.classes) if config.classes else segmenter.class_table
+        self.class_table = get_class_table(config.classes) if config.classes else getattr(segmenter, "class_table",
+                                                                                            None)
+        if self.class_table is None:
+            raise ValueError("classes: the model carries no class table; set this parameter (deliver, muses, mcubes)")
         if self.class_table.num_classes != segmenter.config.num_classes:
             raise ValueError(f"classes: {self.class_table.dataset!r} has {self.class_table.num_classes} classes, "
                              f"the model predicts {segmenter.config.num_classes}")

@@ -75,7 +75,7 @@ class Replay:
         Complete frames are segmented once the bag has moved past their stamp, so that the ground truth
         logged at that stamp (after the sensors) has been read.
         """
-        ready = [f for f in self.pending if int(round(f.stamp * 1e9)) < log_ns]
+        ready = [f for f in self.pending if stamp_to_ns(f.messages[f.driver].header.stamp) < log_ns]
         self.pending = self.pending[len(ready):]
         for frame in ready:
             self.process(frame)

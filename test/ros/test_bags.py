@@ -29,7 +29,7 @@ def messages_by_topic(bag):
 
 
 def replay_config(*overrides):
-    return load_segment_config(None, ["model.config=config/model/mlesam_tiny.yaml", *overrides])
+    return load_segment_config(None, ["model.config=config/model/mlesam_tiny.yaml", "classes=deliver", *overrides])
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ class Rig:
 
 
 def make_pipeline(segmenter, *overrides):
-    config = load_segment_config(None, [f"model.config=config/model/mlesam_tiny.yaml", *overrides])
+    config = load_segment_config(None, ["model.config=config/model/mlesam_tiny.yaml", "classes=deliver", *overrides])
     return SegmentationPipeline(config, segmenter, clock=lambda: 0.0)
 
 
@@ -241,3 +241,15 @@ def test_health_reports_ok_sensors_and_the_inference_latency(tiny_segmenter, rig
 def test_modalities_the_model_lacks_are_refused(tiny_segmenter):
     with pytest.raises(ValueError, match="the model has no 'nir' expert"):
         make_pipeline(tiny_segmenter, "modalities=[rgb,nir]")
+
+
+def test_the_models_class_table_is_used_when_no_classes_parameter_is_set(tiny_segmenter):
+    if not hasattr(tiny_segmenter, "class_table"):
+        pytest.skip("Segmenter.class_table (model contract) is not implemented yet")
+    pipeline = make_pipeline(tiny_segmenter, 'classes=""')
+    assert pipeline.class_table is tiny_segmenter.class_table
+
+
+def test_a_class_table_that_does_not_fit_the_model_is_refused(tiny_segmenter):
+    with pytest.raises(ValueError, match="classes: 'muses' has 19 classes, the model predicts 25"):
+        make_pipeline(tiny_segmenter, "classes=muses")
