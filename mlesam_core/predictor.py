@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -39,7 +40,8 @@ class Prediction:
 
 
 class Segmenter:
-    """Wraps a built model for single-sample inference on raw sensor images of any size."""
+    """Wraps a built model for single-sample inference on raw sensor images of any size (thread-safe: calls
+    from several threads run one after another)."""
 
     def __init__(self, model: LoRASam2Model, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
@@ -54,6 +56,7 @@ class Segmenter:
         self.size = (self.config.image_size, self.config.image_size)
         self._mean, self._std = normalization(self.modalities, device=self.device)  # [M, 3, 1, 1]
         self._modes = {n: ("nearest" if get_modality(n).kind == "sparse" else "bilinear") for n in self.modalities}
+        self._lock = threading.Lock()  # one prediction at a time: the model's modality context is shared state
 
     @classmethod
     def from_files(cls, config: MLESAMConfig | str | Path, sam2_checkpoint: str | Path | None = None,
@@ -112,7 +115,7 @@ class Segmenter:
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> Prediction:
         """Segment one multi-modal sample given as {modality name: HxW or HxWxC uint8/float array}."""
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             images, present, size = self.preprocess(inputs)
             with self._autocast():
                 output = self.model(images, present)

@@ -82,6 +82,8 @@ class LoRASam2Model(nn.Module):
         if present.dtype != torch.bool or tuple(present.shape) != (images.shape[0], m):
             raise ValueError(f"present: expected a bool tensor [{images.shape[0]}, {m}], "
                              f"got {present.dtype} {tuple(present.shape)}")
+        if present.device != images.device:
+            raise ValueError(f"present is on {present.device} but images are on {images.device}")
 
     def encode(self, images: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
         """Per-modality FPN maps before fusion, as SAM2's `backbone_fpn` (before conv_s0/conv_s1): 3 tensors

@@ -141,3 +141,20 @@ def test_the_tiny_model_learns_a_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_bf16_autocast_training_step_keeps_float32_gradients_and_finite_loss():
+    model = build_model(tiny_config())
+    randomize_lora(model)
+    model.train()
+    images, present = random_batch(model.config, batch=2)
+    present[1, 2] = False
+    labels = torch.randint(0, 25, (2, 64, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(images, present)
+        loss = total_loss(output, labels, model.config)["loss"]
+    assert output.logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(w.dtype == torch.float32 for w in output.routing.values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
