@@ -76,11 +76,15 @@ class DeliverDataset(MultiModalDataset):
         self.case = None if case is None else check_choice(case, CONDITIONS + CASES, "DELIVER case")
         pattern = f"img/*/{split}/*/*_rgb_front.png"
         files = sorted(str(p.relative_to(self.root)) for p in self.root.glob(pattern))
-        if self.case is not None:
-            # the public loader keeps paths that contain the case name; we match the path below the root so
-            # that a root such as /data/training cannot match "rain"
+        if self.case in CONDITIONS:
+            # conditions are folders; the public loader's substring test would also let "rain" match "train"
+            files = [f for f in files if Path(f).parts[1] == self.case]
+        elif self.case is not None:
+            # failure cases: substring of the path below the root, as the public loader (a root such as
+            # /data/motionblur_study must not match)
             files = [f for f in files if self.case in f]
-        tried = f"{self.root / pattern}" + (f" containing {self.case!r}" if self.case else "")
+        tried = f"{self.root / pattern}" + ("" if self.case is None else f" in condition folder {self.case!r}"
+                                            if self.case in CONDITIONS else f" containing {self.case!r}")
         self._set_items(files, tried)
 
     def path(self, index: int, modality: str) -> Path:

@@ -124,6 +124,14 @@ def test_case_filter_selects_by_path_substring(deliver_root, case, expected):
         assert ds[0]["meta"]["case"] == case
 
 
+def test_condition_filter_uses_the_folder_so_rain_does_not_match_train(tmp_path):
+    root = tmp_path / "d"
+    write_sample(root, "cloud", "train", "s", "000001")
+    write_sample(root, "rain", "train", "s", "000002")
+    ds = DeliverDataset(root, "train", ["rgb"], case="rain")
+    assert [ds[i]["meta"]["condition"] for i in range(len(ds))] == ["rain"]
+
+
 def test_case_filter_ignores_the_root_path(tmp_path):
     root = tmp_path / "training_rain_data"  # contains "rain"; only paths below the root may match
     write_sample(root, "sun", "val", "s", "000001")

@@ -26,7 +26,7 @@ def rain_streaks(size: tuple[int, int], condition: Condition, rng: np.random.Gen
     layer = np.zeros(size, np.float32)
     if condition.rain <= 0:
         return layer
-    count = int(condition.rain * 0.004 * height * width)
+    count = int(condition.rain * 0.01 * height * width)
     x = rng.uniform(0, width, count)
     y = rng.uniform(-0.1 * height, height, count)
     length = rng.uniform(0.03, 0.12, count) * height
@@ -37,5 +37,5 @@ def rain_streaks(size: tuple[int, int], condition: Condition, rng: np.random.Gen
     for k in range(1, STREAK_LEVELS + 1):
         chosen = np.rint(lines[level == k]).astype(np.int32)
         if len(chosen):
-            cv2.polylines(layer, list(chosen), False, 0.06 * k, 1, cv2.LINE_AA)
+            cv2.polylines(layer, list(chosen), False, 0.08 * k, 1, cv2.LINE_AA)
     return cv2.GaussianBlur(layer, (3, 3), 0)

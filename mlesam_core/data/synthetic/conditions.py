@@ -78,6 +78,6 @@ def sample_condition(name: str, rng: np.random.Generator) -> Condition:
                             "sky_top": (0.38, 0.40, 0.43), "sky_horizon": (0.55, 0.56, 0.58),
                             "exposure": rng.uniform(1.1, 1.3), "read_noise": 0.008, "event_noise_rate": 0.006,
                             "lidar_dropout": 0.05, "depth_dropout": 0.06})
-    return Condition(**{**common, "ambient": rng.uniform(0.01, 0.03), "night": True,
+    return Condition(**{**common, "ambient": rng.uniform(0.008, 0.02), "night": True,
                         "sky_top": (0.004, 0.006, 0.015), "sky_horizon": (0.02, 0.022, 0.03),
-                        "exposure": rng.uniform(2.5, 4.0), "read_noise": 0.012, "event_noise_rate": 0.02})
+                        "exposure": rng.uniform(1.6, 2.6), "read_noise": 0.012, "event_noise_rate": 0.02})

@@ -32,7 +32,8 @@ def depth_measurement(g: GBuffer, glass: np.ndarray, condition: Condition, rng: 
     white = rng.standard_normal(depth.shape, dtype=np.float32)
     measured = depth + sigma * (0.6 * white + 0.8 * correlated)
     max_range = MAX_RANGE if condition.extinction == 0 else min(MAX_RANGE, 1.2 * condition.visibility)
-    invalid = (depth <= 0) | (depth > max_range) | glass | (rng.random(depth.shape, dtype=np.float32) < condition.depth_dropout)
+    holes = rng.random(depth.shape, dtype=np.float32) < condition.depth_dropout
+    invalid = (depth <= 0) | (depth > max_range) | glass | holes
     jump = np.zeros(depth.shape, bool)
     rel = np.abs(np.diff(depth, axis=1)) > EDGE_JUMP * np.maximum(depth[:, 1:], 1e-3)
     jump[:, 1:] |= rel
@@ -42,5 +43,5 @@ def depth_measurement(g: GBuffer, glass: np.ndarray, condition: Condition, rng: 
     jump[:-1] |= rel
     invalid |= jump & (rng.random(depth.shape, dtype=np.float32) < 0.6)
     if condition.extinction > 0:  # scattering: the farther, the likelier a lost return
-        invalid |= rng.random(depth.shape, dtype=np.float32) > np.exp(-0.5 * condition.extinction * depth)  # IR scatters less
+        invalid |= rng.random(depth.shape, dtype=np.float32) > np.exp(-condition.extinction * depth)
     return np.where(invalid, 0.0, np.maximum(measured, 0.05)).astype(np.float32)

@@ -75,12 +75,20 @@ def _radiance(scene: Scene, g: GBuffer, maps, condition: Condition, origin: np.n
     return radiance + rain_streaks(g.depth.shape, condition, rng)[..., None]
 
 
-def render_sample(size: int, seed: int, split: str, index: int) -> SyntheticSample:
-    """Render sample `index` of `split` for generator seed `seed` at size x size pixels."""
+def render_sample(size: int, seed: int, split: str, index: int, condition: str | None = None,
+                  case: str | None = "assigned") -> SyntheticSample:
+    """Render sample `index` of `split` for generator seed `seed` at size x size pixels.
+
+    `condition` and `case` override the index's assignment (same street layout), e.g. to compare conditions.
+    """
     rng = sample_rng(seed, split, index)
-    condition_name, case = assignment(index)
+    assigned_condition, assigned_case = assignment(index)
+    condition_name = condition or assigned_condition
+    case = assigned_case if case == "assigned" else case
+    if case is not None and case not in CASES:
+        raise ValueError(f"unknown case {case!r} (known: {', '.join(CASES)})")
     scene = sample_scene(rng)
-    condition = sample_condition(condition_name, rng)
+    weather = sample_condition(condition_name, rng)
     k = deliver_camera_matrix(size)
     shape = (size, size)
     now = np.zeros(3)
@@ -89,15 +97,17 @@ def render_sample(size: int, seed: int, split: str, index: int) -> SyntheticSamp
     g_now, g_before = cast(scene, now, k, shape), cast(scene, before, k, shape)
     tables = surface_tables(scene)
     maps_now, maps_before = surface_maps(scene, g_now, tables), surface_maps(scene, g_before, tables)
-    radiance_now = _radiance(scene, g_now, maps_now, condition, now, k, rng)
-    radiance_before = _radiance(scene, g_before, maps_before, condition, before, k, rng)
+    radiance_now = _radiance(scene, g_now, maps_now, weather, now, k, rng)
+    radiance_before = _radiance(scene, g_before, maps_before, weather, before, k, rng)
 
-    rgb = camera_image(radiance_now, condition, case, rng)
-    depth_m = depth_measurement(g_now, maps_now.glass, condition, rng)
+    rgb = camera_image(radiance_now, weather, case, rng)
+    # quantised as stored (16-bit PNG), so that hha/ is exactly depth_to_hha of depth/ (as the ROS side computes)
+    depth_m = np.round(np.minimum(depth_measurement(g_now, maps_now.glass, weather, rng) * DEPTH_PNG_SCALE,
+                                  65535)) / DEPTH_PNG_SCALE
     hha = depth_to_hha(depth_m, k, DepthEncoding(camera_height=CAMERA_HEIGHT))
-    points, intensity = lidar_points(g_now, maps_now.reflectivity, k, condition, case, rng, LIDAR)
+    points, intensity = lidar_points(g_now, maps_now.reflectivity, k, weather, case, rng, LIDAR)
     lidar = lidar_image(points, intensity, k, shape)
-    event = event_frame(radiance_before, radiance_now, condition.event_noise_rate, case, rng)
+    event = event_frame(radiance_before, radiance_now, weather.event_noise_rate, case, rng)
     return SyntheticSample(rgb, depth_m, hha, event, lidar, maps_now.label, condition_name, case)
 
 
@@ -113,7 +123,7 @@ def write_sample(root: str | Path, split: str, index: int, sample: SyntheticSamp
     def path(folder: str, tag: str) -> Path:
         return deliver_path(root, folder, sample.condition, split, scene, file_id, tag)
 
-    depth16 = np.clip(np.rint(sample.depth_m * DEPTH_PNG_SCALE), 0, 65535).astype(np.uint16)
+    depth16 = np.rint(sample.depth_m * DEPTH_PNG_SCALE).astype(np.uint16)
     write_image(path("img", "rgb"), sample.rgb)
     write_image(path("hha", "depth"), sample.hha)
     write_image(path("depth", "depth"), depth16)

@@ -60,10 +60,10 @@ def lidar_points(g: GBuffer, reflectivity: np.ndarray, intrinsics: np.ndarray, c
     noise = spec.range_noise * (1 + 2 * condition.rain)
     distance = distance + rng.normal(0.0, noise, distance.shape)
     keep = (distance <= spec.max_range) & (rng.random(distance.shape) >= condition.lidar_dropout)
-    if condition.extinction > 0:  # two-way extinction at 905 nm (scatters less than visible light)
-        survive = np.exp(-2 * 0.4 * condition.extinction * distance)
-        intensity = intensity * survive
-        keep &= rng.random(distance.shape) < survive + 0.05
+    if condition.extinction > 0:  # two-way extinction (fog droplets scatter 905 nm about as much as light)
+        attenuation = np.exp(-2 * condition.extinction * distance)
+        intensity = intensity * attenuation
+        keep &= rng.random(distance.shape) < 2 * attenuation  # weak returns still clear the detector near by
     direction, distance, intensity = direction[keep], distance[keep], intensity[keep]
     # spurious returns: fog backscatter and raindrops close to the sensor
     spurious_rate = (0.03 if condition.extinction > 0.04 else 0.0) + 0.01 * condition.rain

@@ -15,7 +15,7 @@ from mlesam_core.data.synthetic.layout import GROUND_Y, Primitive, Scene, Shape
 from mlesam_core.data.synthetic.raycast import NEAR, SKY, GBuffer
 from mlesam_core.data.synthetic.surfaces import SurfaceMaps
 
-HEADLIGHT_POWER = 12.0
+HEADLIGHT_POWER = 5.0
 LAMP_POWER = 25.0
 HEADLIGHT_RANGE = 45.0  # metres beyond which a light's contribution is dropped (smoothly windowed)
 LAMP_RANGE = 18.0
