@@ -27,6 +27,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float32MultiArray, String
 
 from mlesam_core.config_io import ConfigError, from_dict
+from mlesam_ros.mailbox import Mailbox
 from mlesam_ros.messages import MessageKit
 from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json,
                                 enabled_outputs, output_messages)
@@ -73,9 +74,7 @@ class SegmentationNode(Node):
         self.pipeline = SegmentationPipeline(config, segmenter, log=logging.getLogger("mlesam_ros.node"))
         self.kit = MessageKit.rclpy()
         self._wire(config)
-        self._slot: SyncedFrame | None = None
-        self._slot_ready = threading.Condition()
-        self._running = True
+        self._mailbox: Mailbox[SyncedFrame] = Mailbox()
         self._worker = threading.Thread(target=self._work, name="mlesam_inference", daemon=True)
         self._worker.start()
         self.create_timer(FLUSH_PERIOD, self._flush)
@@ -156,20 +155,11 @@ class SegmentationNode(Node):
 
     def _post(self, frame: SyncedFrame) -> None:
         """Put a frame in the mailbox, replacing one the worker has not taken yet."""
-        with self._slot_ready:
-            if self._slot is not None:
-                self.pipeline.health.replaced()
-            self._slot = frame
-            self._slot_ready.notify()
+        if self._mailbox.put(frame):
+            self.pipeline.health.replaced()
 
     def _work(self) -> None:
-        while True:
-            with self._slot_ready:
-                while self._slot is None and self._running:
-                    self._slot_ready.wait()
-                if not self._running:
-                    return
-                frame, self._slot = self._slot, None
+        while (frame := self._mailbox.take()) is not None:
             result = self.pipeline.process(frame, now=time.monotonic())
             for name, msg in output_messages(self.kit, self.pipeline, result).items():
                 self.publishers_by_output[name].publish(msg)
@@ -181,9 +171,7 @@ class SegmentationNode(Node):
 
     def stop(self) -> None:
         """Stop the worker thread and detach the log handler."""
-        with self._slot_ready:
-            self._running = False
-            self._slot_ready.notify()
+        self._mailbox.close()
         self._worker.join(timeout=10.0)
         logging.getLogger("mlesam_ros").removeHandler(self._log_handler)
 

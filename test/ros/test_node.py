@@ -133,18 +133,20 @@ def test_killed_depth_sensor_labels_keep_arriving_and_diagnostics_report_it(rclp
     try:
         harness = Harness(rclpy_session)
         harness.spin_until(lambda: len(harness.labels) >= 5, 90, "the first labels", process, log)
-        harness.spin_until(lambda: harness.status("event")[0] == 0, 10, "event OK", process, log)
+        # best-effort input may lose a message under load (then that sensor is WARN for a frame): wait for OK
+        harness.spin_until(lambda: all(harness.status(s)[0] == 0 for s in SENSOR_TOPICS), 30, "all sensors OK",
+                           process, log)
         assert harness.status("event")[2]["topic"] == SENSOR_TOPICS["event"]  # topic from the params file
-        assert all(harness.status(s)[0] == 0 for s in SENSOR_TOPICS)
 
         harness.kill("depth")
         killed_at = len(harness.labels)
-        harness.spin_until(lambda: harness.status("depth")[0] == 2, 10, "depth ERROR in diagnostics", process, log)
-        harness.spin_until(lambda: len(harness.labels) >= killed_at + 10, 10, "labels after the kill", process, log)
+        harness.spin_until(lambda: harness.status("depth")[0] == 2, 30, "depth ERROR in diagnostics", process, log)
+        harness.spin_until(lambda: len(harness.labels) >= killed_at + 10, 30, "labels after the kill", process, log)
+        harness.spin_until(lambda: harness.status("rgb")[0] == harness.status("lidar")[0] == 0, 30,
+                           "rgb and lidar OK without depth", process, log)
 
         level, message, values = harness.status("depth")
-        assert message.startswith("silent for") and int(values["frames_missing"]) > 0
-        assert harness.status("rgb")[0] == 0 and harness.status("lidar")[0] == 0
+        assert level == 2 and message.startswith("silent for") and int(values["frames_missing"]) > 0
         after = harness.labels[killed_at:]
         assert all(m.encoding == "mono8" and (m.height, m.width) == (H, W) for m in after)
         stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in harness.labels]
@@ -155,10 +157,11 @@ def test_killed_depth_sensor_labels_keep_arriving_and_diagnostics_report_it(rclp
 
         for sensor in list(harness.publishers):  # every sensor gone: diagnostics keep coming, all ERROR
             harness.kill(sensor)
-        harness.spin_until(lambda: all(harness.status(s)[0] == 2 for s in SENSOR_TOPICS), 10,
+        harness.spin_until(lambda: all(harness.status(s)[0] == 2 for s in SENSOR_TOPICS), 30,
                            "every sensor ERROR", process, log)
         seen = len(harness.diagnostics)
-        harness.spin_until(lambda: len(harness.diagnostics) >= seen + 2, 5, "diagnostics while silent", process, log)
+        harness.spin_until(lambda: len(harness.diagnostics) >= seen + 2, 30, "diagnostics while silent", process,
+                           log)
     finally:
         stop(process)
     assert process.returncode in (0, -15)
