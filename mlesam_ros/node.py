@@ -18,18 +18,18 @@ from typing import Any, get_args
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from std_msgs.msg import Float32MultiArray, String
+from std_msgs.msg import String
 
 from mlesam_core.config_io import ConfigError, from_dict
 from mlesam_ros.mailbox import Mailbox
 from mlesam_ros.messages import MessageKit
-from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json,
+from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, OUTPUT_TYPES, class_names_json,
                                 enabled_outputs, output_messages)
 from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest
 from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
@@ -73,8 +73,8 @@ class SegmentationNode(Node):
         segmenter = load_segmenter(config, self._share_dirs())
         self.pipeline = SegmentationPipeline(config, segmenter, log=logging.getLogger("mlesam_ros.node"))
         self.kit = MessageKit.rclpy()
-        self._wire(config)
         self._mailbox: Mailbox[SyncedFrame] = Mailbox()
+        self._wire(config)
         self._worker = threading.Thread(target=self._work, name="mlesam_inference", daemon=True)
         self._worker.start()
         self.create_timer(FLUSH_PERIOD, self._flush)
@@ -118,12 +118,9 @@ class SegmentationNode(Node):
         else:
             value = list(default) if isinstance(default, (tuple, list)) else default
         try:
-            parameter = self.declare_parameter(name, value, descriptor)
-            return parameter.value
+            return self.declare_parameter(name, value, descriptor).value
         except InvalidParameterTypeException as exc:
             raise ConfigError(f"{name}: wrong parameter type ({exc})") from None
-        except ParameterUninitializedException:
-            return None
 
     def _wire(self, config: SegmentConfig) -> None:
         sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos.input_depth,
@@ -136,9 +133,9 @@ class SegmentationNode(Node):
             self.create_subscription(msg_type, config.input_topic(sensor),
                                      lambda msg, s=sensor: self._on_message(s, msg), sensor_qos)
         self.create_subscription(CameraInfo, config.camera.info_topic, self.pipeline.set_camera_info, sensor_qos)
-        types = {"labels": Image, "labels_color": Image, "confidence": Image, "routing": Float32MultiArray}
-        self.publishers_by_output = {name: self.create_publisher(types[name], OUTPUT_TOPICS[name], output_qos)
-                                     for name in enabled_outputs(config.outputs)}
+        self.publishers_by_output = {
+            name: self.create_publisher(self.kit.resolve(OUTPUT_TYPES[name]), OUTPUT_TOPICS[name], output_qos)
+            for name in enabled_outputs(config.outputs)}
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)

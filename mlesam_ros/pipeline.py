@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mlesam_core.data.classes import get_class_table
+from mlesam_core.data.classes import ClassTable, get_class_table
 from mlesam_ros.health import HealthMonitor, ProblemLog
 from mlesam_ros.messages import header_seconds
 from mlesam_ros.model_inputs import InputDecoder, InputError
@@ -55,6 +55,17 @@ def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Any:
                                 allow_random_init=model.allow_random_init)
 
 
+def class_table_for(config: SegmentConfig, segmenter: Any) -> ClassTable:
+    """The `classes` parameter's table, else the model's; it must have as many classes as the model predicts."""
+    table = get_class_table(config.classes) if config.classes else getattr(segmenter, "class_table", None)
+    if table is None:
+        raise ValueError("classes: the model carries no class table; set this parameter (deliver, muses, mcubes)")
+    if table.num_classes != segmenter.config.num_classes:
+        raise ValueError(f"classes: {table.dataset!r} has {table.num_classes} classes, the model predicts "
+                         f"{segmenter.config.num_classes}")
+    return table
+
+
 class SegmentationPipeline:
     """Synchroniser + input decoding + Segmenter + health, independent of rclpy."""
 
@@ -68,13 +79,7 @@ class SegmentationPipeline:
         self.config = config
         self.segmenter = segmenter
         self.clock = clock
-        self.class_table = get_class_table(config.classes) if config.classes else getattr(segmenter, "class_table",
-                                                                                            None)
-        if self.class_table is None:
-            raise ValueError("classes: the model carries no class table; set this parameter (deliver, muses, mcubes)")
-        if self.class_table.num_classes != segmenter.config.num_classes:
-            raise ValueError(f"classes: {self.class_table.dataset!r} has {self.class_table.num_classes} classes, "
-                             f"the model predicts {segmenter.config.num_classes}")
+        self.class_table = class_table_for(config, segmenter)
         self.sync = ApproximateSync(config.priority, {m: config.sensors[m] for m in config.modalities},
                                     primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
                                     buffer_size=config.sync.buffer_size)
@@ -163,4 +168,4 @@ class SegmentationPipeline:
         self.problems.warn((sensor, kind), f"{self.topics[sensor]} ({sensor}): {problem}; {sensor} absent", now)
 
 
-__all__ = ["FrameResult", "SegmentationPipeline", "load_segmenter"]
+__all__ = ["FrameResult", "SegmentationPipeline", "load_segmenter", "class_table_for"]

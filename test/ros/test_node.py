@@ -167,12 +167,16 @@ def test_killed_depth_sensor_labels_keep_arriving_and_diagnostics_report_it(rclp
     assert process.returncode in (0, -15)
 
 
-def test_node_refuses_a_bad_params_file_naming_the_key(loopback_dds_env, tmp_path):
+@pytest.mark.parametrize("change, message", [
+    ({"primary": "radar"}, "primary: 'radar' is not one of the modalities"),
+    ({"diagnostics_period": 1}, "diagnostics_period: wrong parameter type"),  # ROS types: 1 is not a double
+])
+def test_node_refuses_a_bad_params_file_naming_the_key(loopback_dds_env, tmp_path, change, message):
     log = tmp_path / "node.log"
-    process = start_node(write_params(tmp_path / "bad.yaml", primary="radar"), loopback_dds_env, log)
+    process = start_node(write_params(tmp_path / "bad.yaml", **change), loopback_dds_env, log)
     try:
         process.wait(timeout=60)
     finally:
         stop(process)
     assert process.returncode == 2
-    assert "primary: 'radar' is not one of the modalities" in log.read_text()
+    assert message in log.read_text()
