@@ -42,31 +42,31 @@ def replayed(procedural_bag, tiny_segmenter, tmp_path_factory):
 
 
 def test_bag_has_every_modality_camera_info_and_ground_truth_with_stamps_at_the_rate(procedural_bag,
-                                                                                     procedural_deliver_root):
+                                                                                     synthetic_deliver_root):
     bag, record = procedural_bag
     topics = messages_by_topic(bag)
     rgb = topics["/camera/image_raw"]
     assert [log for log, _ in rgb] == [START_NS + i * 100_000_000 for i in range(BAG_FRAMES)]
     assert all(stamp_to_ns(m.header.stamp) == log and m.header.frame_id for log, m in rgb)
     assert len(topics["/ground_truth/labels"]) == len(topics["/camera/camera_info"]) == BAG_FRAMES
-    dataset = DeliverDataset(procedural_deliver_root, "val", ("rgb",))
+    dataset = DeliverDataset(synthetic_deliver_root, "val", ("rgb",))
     sample = dataset[0]
     np.testing.assert_array_equal(image_msg_to_array(rgb[0][1]), sample["images"]["rgb"])
     np.testing.assert_array_equal(image_msg_to_array(topics["/ground_truth/labels"][0][1]), sample["label"])
     info = topics["/camera/camera_info"][0][1]
-    np.testing.assert_allclose(info.k.reshape(3, 3), deliver_camera_matrix(64, 64))
+    np.testing.assert_allclose(info.k.reshape(3, 3), deliver_camera_matrix(128, 128))
     assert "version: 8" in (bag / "metadata.yaml").read_text()
     assert CUSTOM_DATA_KEY in (bag / "metadata.yaml").read_text()
 
 
-def test_raw_depth_goes_out_as_32fc1_metres_and_the_drop_window_is_silent(procedural_bag, procedural_deliver_root):
+def test_raw_depth_goes_out_as_32fc1_metres_and_the_drop_window_is_silent(procedural_bag, synthetic_deliver_root):
     bag, _ = procedural_bag
     depth = messages_by_topic(bag)["/depth/image_raw"]
     offsets = [round((log - START_NS) / 1e9, 3) for log, _ in depth]
-    assert offsets == [0.0, 0.1, 0.2, 0.7, 0.8, 0.9, 1.0, 1.1]
+    assert offsets == [0.0, 0.1, 0.2, 0.7, 0.8, 0.9]
     msg = depth[0][1]
     assert msg.encoding == "32FC1"
-    raw_path = DeliverDataset(procedural_deliver_root, "val", ("rgb",), depth_source="depth").path(0, "depth")
+    raw_path = DeliverDataset(synthetic_deliver_root, "val", ("rgb",), depth_source="depth").path(0, "depth")
     raw = read_image(raw_path, any_depth=True).astype(np.float32) / DEPTH_PNG_SCALE
     metres = image_msg_to_array(msg)
     np.testing.assert_allclose(metres[raw > 0], raw[raw > 0])
@@ -80,7 +80,7 @@ def test_corrupted_lidar_messages_are_recorded_and_unusable(procedural_bag):
     lidar = dict(messages_by_topic(bag)["/lidar/image_raw"])
     for item in corrupted:
         msg = lidar[item["stamp_ns"]]
-        assert msg.encoding == "yuv422" if item["kind"] == "encoding" else msg.width == 32
+        assert msg.encoding == "yuv422" if item["kind"] == "encoding" else msg.width == 64
 
 
 def test_replay_gives_one_output_per_primary_frame_with_equal_stamps(replayed):
@@ -98,7 +98,7 @@ def test_replay_gives_one_output_per_primary_frame_with_equal_stamps(replayed):
 def test_replay_reports_the_dropped_depth_window_and_the_corrupted_lidar(replayed):
     record, summary, frames, _ = replayed
     depth = [f["status"]["depth"] for f in frames]
-    assert depth[:3] == ["ok"] * 3 and depth[7:] == ["ok"] * 5
+    assert depth[:3] == ["ok"] * 3 and depth[7:] == ["ok"] * 3
     assert set(depth[3:7]) <= {"stale", "missing"} and "stale" in depth[3:7]
     bad = {c["stamp_ns"] for c in record["corrupted"]["lidar"]}
     for frame in frames:
@@ -117,7 +117,7 @@ def test_replay_scores_every_frame_against_the_ground_truth(replayed):
     correct = sum(count for f in frames for g, p, count in f["confusion"] if g == p)
     assert correct / total == pytest.approx(summary["ground_truth"]["pixel_accuracy"])
     assert set(summary["ground_truth"]["miou"]) == {"all_classes", "present_classes"}
-    assert all(label.shape == (64, 64) for label in labels)
+    assert all(label.shape == (128, 128) for label in labels)
 
 
 def test_replay_output_bag_decodes_with_real_rclpy(replayed, tmp_path):
@@ -130,14 +130,14 @@ def test_replay_output_bag_decodes_with_real_rclpy(replayed, tmp_path):
     with Reader(summary["output_bag"]) as reader:
         raw = {c.topic: next(iter(reader.messages([c])))[2] for c in reader.connections}
     labels = serialization.deserialize_message(raw["/mlesam/labels"], Image)
-    assert labels.encoding == "mono8" and (labels.height, labels.width) == (64, 64)
+    assert labels.encoding == "mono8" and (labels.height, labels.width) == (128, 128)
     routing = serialization.deserialize_message(raw["/mlesam/routing"], Float32MultiArray)
     assert routing.layout.dim[1].label == "modality=rgb,depth,event,lidar"
 
 
-def test_mcap_bags_convert_and_replay(procedural_deliver_root, tiny_segmenter, tmp_path):
+def test_mcap_bags_convert_and_replay(synthetic_deliver_root, tiny_segmenter, tmp_path):
     bag = tmp_path / "mcap_bag"
-    dataset_to_bag_main(["--format", "deliver", "--root", str(procedural_deliver_root), "--split", "val",
+    dataset_to_bag_main(["--format", "deliver", "--root", str(synthetic_deliver_root), "--split", "val",
                          "--out", str(bag), "--storage", "mcap", "--limit", "3", "--depth-encoding", "16UC1"])
     assert list(bag.glob("*.mcap"))
     depth = messages_by_topic(bag)["/depth/image_raw"][0][1]
@@ -161,12 +161,12 @@ def test_unreadable_directory_metadata_falls_back_to_the_storage_file(procedural
     assert any("reading the storage files directly" in r.getMessage() for r in caplog.records)
 
 
-def test_bad_converter_arguments_are_refused(procedural_deliver_root, tmp_path, capsys):
+def test_bad_converter_arguments_are_refused(synthetic_deliver_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        dataset_to_bag_main(["--format", "deliver", "--root", str(procedural_deliver_root), "--out",
+        dataset_to_bag_main(["--format", "deliver", "--root", str(synthetic_deliver_root), "--out",
                              str(tmp_path / "x"), "--drop", "radar@1-2"])
     assert "'radar' is not a deliver modality" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        dataset_to_bag_main(["--format", "deliver", "--root", str(procedural_deliver_root), "--out",
+        dataset_to_bag_main(["--format", "deliver", "--root", str(synthetic_deliver_root), "--out",
                              str(tmp_path / "y"), "--corrupt", "lidar@2"])
     assert "0 < FRACTION <= 1" in capsys.readouterr().err
