@@ -13,8 +13,12 @@ PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRIT
               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
-def read_image(path: str | Path, any_depth: bool = False) -> np.ndarray:
-    """Read an image file as HxW or HxWxC in RGB(A) order; uint8, or uint16 when `any_depth` and stored so."""
+def read_image(path: str | Path, any_depth: bool = False, rgb_order: bool = True) -> np.ndarray:
+    """Read an image file as HxW or HxWxC; uint8, or uint16 when `any_depth` and stored so.
+
+    Colour files come in RGB(A) order; `rgb_order=False` keeps the channel order OpenCV reads, for files that
+    tools wrote from non-colour arrays with cv2.imwrite (which then round-trip unchanged).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -24,7 +28,7 @@ def read_image(path: str | Path, any_depth: bool = False) -> np.ndarray:
     if image.dtype != np.uint8 and not any_depth:
         # 16-bit files read as 8-bit keep their most significant byte, as an 8-bit reader would
         image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
-    if image.ndim == 3:
+    if image.ndim == 3 and image.shape[2] in (3, 4) and rgb_order:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return image
 
