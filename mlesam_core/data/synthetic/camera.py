@@ -19,8 +19,10 @@ KNEE = 0.8  # the tone curve is linear up to here and rolls off smoothly towards
 def tone_curve(value: np.ndarray) -> np.ndarray:
     """Linear below KNEE, an exponential shoulder above (highlights compress instead of clipping hard)."""
     headroom = 1.0 - KNEE
-    shoulder = KNEE + headroom * (1.0 - np.exp(-(value - KNEE) / headroom))
-    return np.where(value < KNEE, value, shoulder)
+    out = value.copy()
+    high = value > KNEE
+    out[high] = KNEE + headroom * (1.0 - np.exp(-(value[high] - KNEE) / headroom))
+    return out
 
 
 def motion_blur_kernel(length: int, angle_deg: float) -> np.ndarray:

@@ -157,10 +157,8 @@ def shade(scene: Scene, g: GBuffer, maps: SurfaceMaps, condition: Condition, ori
         reflection = np.asarray(condition.sky_horizon, np.float32) * (condition.rain * fresnel)[:, None]
         wet = (up > 0.9) & solid
         radiance[wet] = radiance[wet] * (1 - 0.35 * condition.rain) + reflection[np.nonzero(wet)[0]]
-    if condition.night:
-        radiance += maps.emission
-    else:
-        radiance[maps.always_emits] += maps.emission[maps.always_emits]
+    lit = slice(None) if condition.night else maps.always_emits  # by day only traffic lights visibly glow
+    radiance.reshape(-1, 3)[maps.emitters[lit]] += maps.emission[lit]
     sky = np.flatnonzero(~solid)
     radiance.reshape(-1, 3)[sky] = sky_radiance(condition, g.ray_y)[sky // size[1], 0]
     return radiance

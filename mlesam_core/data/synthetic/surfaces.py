@@ -67,8 +67,9 @@ class SurfaceMaps:
 
     label: np.ndarray  # HxW uint8 DELIVER class id
     albedo: np.ndarray  # HxWx3 float32
-    emission: np.ndarray  # HxWx3 float32, light emitted at night (windows, lamps) or always (traffic lights)
-    always_emits: np.ndarray  # HxW bool: traffic-light lamps shine by day too
+    emitters: np.ndarray  # [k] flat indices of pixels that emit light at night (windows, lamps, rear lights)
+    emission: np.ndarray  # [k, 3] their emitted radiance
+    always_emits: np.ndarray  # [k] bool: traffic-light lamps shine by day too
     glass: np.ndarray  # HxW bool: windows and windscreens (depth sensors fail on them)
     reflectivity: np.ndarray  # HxW float32: LiDAR reflectivity 0..1
 
@@ -120,9 +121,10 @@ class _Patch:
     normal: np.ndarray  # [n, 3]
     color: np.ndarray  # [n, 3] albedo, edited in place
     tables: SurfaceTables
-    emission: np.ndarray | None = None  # [n, 3]
+    glow: np.ndarray | None = None  # [n] bool: pixels that emit light
+    glow_color: np.ndarray | None = None  # [glow.sum(), 3] their emitted radiance
+    always: np.ndarray | None = None  # [glow.sum()] bool: emitting by day too
     glass: np.ndarray | None = None  # [n] bool
-    always: np.ndarray | None = None  # [n] bool
 
     @cached_property
     def height(self) -> np.ndarray:
@@ -193,11 +195,10 @@ def _ground(patch: _Patch, ground: Ground, label: np.ndarray, reflectivity: np.n
     return surface
 
 
-def _emission(mask: np.ndarray, color: np.ndarray) -> np.ndarray:
-    """[n, 3] emitted light: `color` (one colour or one per pixel) where `mask`, else 0."""
-    emission = np.zeros((mask.size, 3), np.float32)
-    emission[mask] = color[mask] if color.ndim == 2 else color
-    return emission
+def _emit(p: _Patch, mask: np.ndarray, color: np.ndarray) -> None:
+    """Let the patch pixels in `mask` emit `color` (one colour, or one per patch pixel) at night."""
+    p.glow = mask
+    p.glow_color = np.broadcast_to(color[mask] if color.ndim == 2 else color, (int(mask.sum()), 3))
 
 
 def _plain(p: _Patch) -> None:
@@ -246,7 +247,7 @@ def _facade(p: _Patch) -> None:
     p.glass = window
     share = p.tables.emissive[p.row]
     lit = window & (_cell_random(np.floor(along / spacing), np.floor(height / floor), share * 100) < share)
-    p.emission = _emission(lit, np.array([0.9, 0.72, 0.45], np.float32))
+    _emit(p, lit, np.array([0.9, 0.72, 0.45], np.float32))
 
 
 def _glasshouse(p: _Patch, band: bool) -> None:
@@ -259,7 +260,7 @@ def _glasshouse(p: _Patch, band: bool) -> None:
     p.glass = window
     if band:
         lit = window & (p.tables.emissive[p.row] > 0)
-        p.emission = _emission(lit, np.array([0.54, 0.54, 0.48], np.float32))
+        _emit(p, lit, np.array([0.54, 0.54, 0.48], np.float32))
 
 
 def _paint(p: _Patch) -> None:
@@ -272,7 +273,7 @@ def _paint(p: _Patch) -> None:
         p.tables.emissive[p.row] > 0)
     red = p.tables.color2[p.row] * 0.8
     p.color[light] = red[light]
-    p.emission = _emission(light, red)
+    _emit(p, light, red)
 
 
 def _person(p: _Patch) -> None:
@@ -306,8 +307,8 @@ def _lamp(p: _Patch) -> None:
     lit = front & (band == lit_band)
     p.color[front & ~lit] = 0.03
     glowing = lit | (~traffic & (p.normal[:, 1] > 0.5))  # or the underside of a street-lamp head
-    p.emission = _emission(glowing, color2 * 1.5)
-    p.always = lit
+    _emit(p, glowing, color2 * 1.5)
+    p.always = lit[glowing]
 
 
 TEXTURES = {Surface.PLAIN: _plain, Surface.METAL: _plain, Surface.FENCE: _plain, Surface.ASPHALT: _asphalt,
@@ -343,21 +344,20 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None) 
     starts = np.searchsorted(surface[order], np.arange(len(Surface) + 1))
     row, normal, color = row[order], normal[order], color[order]
     x, y, z = x[order], y[order], z[order]
-    emission = np.zeros(color.shape, np.float32)
     glass = np.zeros(len(order), bool)
-    always = np.zeros(len(order), bool)
+    emitters, emission, always = [], [], []
     for kind in Surface:
         a, b = starts[kind], starts[kind + 1]
         if a == b:
             continue
         patch = _Patch(row[a:b], x[a:b], y[a:b], z[a:b], normal[a:b], color[a:b], tables)
         TEXTURES[kind](patch)
-        if patch.emission is not None:
-            emission[a:b] = patch.emission
+        if patch.glow is not None:
+            emitters.append(a + np.flatnonzero(patch.glow))
+            emission.append(patch.glow_color)
+            always.append(patch.always if patch.always is not None else np.zeros(len(emitters[-1]), bool))
         if patch.glass is not None:
             glass[a:b] = patch.glass
-        if patch.always is not None:
-            always[a:b] = patch.always
     pixels = solid[order]
     reflectivity = reflectivity[order]
     reflectivity[glass] = 0.05  # glass returns little to a LiDAR
@@ -367,6 +367,8 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None) 
         out[pixels] = values
         return out.reshape(*size, *values.shape[1:])
 
+    emitting = np.concatenate(emitters) if emitters else np.zeros(0, np.int64)
     return SurfaceMaps(full(label[order], CLASS["Sky"], np.uint8), full(np.clip(color, 0, 1), 0, np.float32),
-                       full(emission, 0, np.float32), full(always, False, bool), full(glass, False, bool),
-                       full(reflectivity, 0, np.float32))
+                       pixels[emitting], np.concatenate(emission).astype(np.float32) if emission else
+                       np.zeros((0, 3), np.float32), np.concatenate(always) if always else np.zeros(0, bool),
+                       full(glass, False, bool), full(reflectivity, 0, np.float32))
