@@ -1,0 +1,147 @@
+"""python -m training.train end to end on tiny procedural data: outputs, exact resume, signals, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.checkpoint import load_checkpoint
+from training.loop import train
+from training.run_log import read_metrics
+from training.train import main as train_main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_run_writes_metrics_checkpoints_and_adapters_the_segmenter_loads(tiny_run):
+    config, summary = tiny_run
+    out = Path(config.out_dir)
+    assert summary.step == summary.total_steps == 6 and summary.stopped_by_signal is None
+    records = read_metrics(out / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_s"] > 0 for r in records if r["kind"] == "train")
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [3, 6] and all(0 <= r["miou"] <= 1 for r in val)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    for name in ("last", "best"):
+        payload = load_checkpoint(out / "checkpoints" / f"{name}.pt")
+        assert payload["progress"]["step"] == (6 if name == "last" else summary.best_step)
+    assert summary.best_metric == max(r["miou"] for r in val)
+
+    from mlesam_core import Segmenter
+    from mlesam_core.model.adapters import adapter_config
+
+    segmenter = Segmenter.from_files(adapter_config(out / "adapters.safetensors"),
+                                     adapters=out / "adapters.safetensors", allow_random_init=True)
+    prediction = segmenter.predict({"rgb": np.zeros((64, 80, 3), np.uint8), "lidar": np.zeros((64, 80, 3), np.uint8)})
+    assert prediction.labels.shape == (64, 80)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config, tmp_path):
+    # augmentation and modality dropout on, and 4 steps per epoch: the resume point (3) lies mid-epoch
+    extra = ("data.augment=true", "data.modality_dropout.p=0.5", "optim.grad_accum_steps=1")
+    straight = tiny_config(tmp_path / "straight", *extra, "data.max_train_samples=8")
+    interrupted = tiny_config(tmp_path / "resumed", *extra, "data.max_train_samples=8")
+    train(straight, progress_bar=False)
+    first = train(interrupted, progress_bar=False, stop_at=3)
+    assert first.step == 3 and not (tmp_path / "resumed" / "adapters.safetensors").exists()
+    second = train(interrupted, resume=tmp_path / "resumed" / "checkpoints" / "last.pt", progress_bar=False)
+    assert second.step == 6
+
+    a = load_file(tmp_path / "straight" / "adapters.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapters.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # the experts did train
+    val_a = [r["miou"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "val"]
+    val_b = [r["miou"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "val"]
+    assert val_a == pytest.approx(val_b, abs=1e-6)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_config, tmp_path):
+    config = tiny_config(tmp_path, "optim.grad_accum_steps=2", "validation.every_steps=2", steps=2)
+    summary = train(config, progress_bar=False)
+    assert summary.step == 2
+    payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    # 8 samples / batch 2 = 4 batches per epoch = 2 optimiser steps: the run ends exactly at an epoch boundary
+    assert payload["progress"] == {**payload["progress"], "step": 2, "epoch": 1, "batch_in_epoch": 0}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "training.train", "--no-progress", *args]
+
+
+def test_two_process_gloo_torchrun_trains_and_rank0_writes_one_checkpoint(tiny_overrides, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29500 + os.getpid() % 1000)]
+    overrides = tiny_overrides(out, steps=3) + ["num_threads=1"]
+    done = subprocess.run(torchrun + ["-m", "training.train", "--no-progress", "--config",
+                                      "config/train/synthetic_cpu.yaml", *overrides],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 0 of 2 joined the gloo group" in done.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    payload = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert payload["progress"]["step"] == 3
+    assert len(payload["rng"]) == 2  # both processes' RNG states, gathered by rank 0
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3]  # one writer
+    assert (out / "adapters.safetensors").exists()
+
+
+def test_sigterm_saves_last_and_exits_so_the_run_can_resume(tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, steps=10_000) + ["validation.every_steps=100000"]
+    process = subprocess.Popen(_cli("--config", "config/train/synthetic_cpu.yaml", *overrides), cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().strip()):
+            assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    payload = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert payload["progress"]["step"] >= 1
+    assert not (out / "adapters.safetensors").exists()  # the run did not finish
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.root=/nonexistent/deliver", "data.root: folder not found"),
+    ("model.num_classes=19", "model.num_classes: 19, but data set 'deliver' has 25 classes"),
+    ("data.modalities=[rgb, thermal, event, lidar]", "data.modalities: unknown modality 'thermal'"),
+    ("data.case=snow", "unknown DELIVER case 'snow'"),
+])
+def test_bad_config_or_data_fails_before_the_first_step(tiny_overrides, tmp_path, caplog, override, message):
+    out = tmp_path / "run"
+    status = train_main(["--no-progress", "--config", "config/train/synthetic_cpu.yaml",
+                         *tiny_overrides(out), override])
+    assert status == 2
+    assert message in caplog.text
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_resolved_config_is_saved_with_the_run(tiny_run):
+    import yaml
+
+    config, _ = tiny_run
+    saved = yaml.safe_load((Path(config.out_dir) / "config.yaml").read_text())
+    assert saved["model"]["image_size"] == 64 and saved["model"]["modalities"] == ["rgb", "depth", "event", "lidar"]
+    assert saved["train"]["optim"]["max_steps"] == 6
+    json.dumps(saved)  # plain data only
