@@ -48,8 +48,12 @@ def camera_image(radiance: np.ndarray, condition: Condition, case: str | None,
         signal = signal * rng.uniform(3.0, 6.0)
     elif case == "underexposure":
         signal = signal * rng.uniform(0.05, 0.12)
-    electrons = np.minimum(signal, 1.0) * FULL_WELL  # the pixel well saturates
-    noise = rng.standard_normal(signal.shape, dtype=np.float32)
-    electrons = electrons + noise * np.sqrt(electrons + (condition.read_noise * FULL_WELL) ** 2)
-    value = tone_curve(electrons / FULL_WELL * condition.exposure)
-    return np.clip(np.rint(value * 255.0), 0, 255).astype(np.uint8)
+    # in units of the full well: shot noise variance s / FULL_WELL, read noise variance read_noise^2
+    well = np.minimum(signal, 1.0)  # the pixel well saturates
+    sigma = np.sqrt(well * (1.0 / FULL_WELL) + condition.read_noise ** 2)
+    sigma *= rng.standard_normal(signal.shape, dtype=np.float32)
+    well += sigma
+    well *= condition.exposure
+    value = tone_curve(well)
+    value *= 255.0
+    return np.clip(np.rint(value), 0, 255).astype(np.uint8)

@@ -96,7 +96,8 @@ def render_sample(size: int, seed: int, split: str, index: int, condition: str |
     before = np.array([rng.normal(0.0, 0.02), rng.normal(0.0, 0.01), -step])
     g_now, g_before = cast(scene, now, k, shape), cast(scene, before, k, shape)
     tables = surface_tables(scene)
-    maps_now, maps_before = surface_maps(scene, g_now, tables), surface_maps(scene, g_before, tables)
+    maps_now = surface_maps(scene, g_now, tables)
+    maps_before = surface_maps(scene, g_before, tables, radiance_only=True)  # seen by the event camera only
     radiance_now = _radiance(scene, g_now, maps_now, weather, now, k, rng)
     radiance_before = _radiance(scene, g_before, maps_before, weather, before, k, rng)
 

@@ -28,7 +28,7 @@ class LidarSpec:
     rings: int = 32
     elevation_min: float = -25.0  # degrees
     elevation_max: float = 15.0
-    azimuth_step: float = 0.2  # degrees
+    azimuth_step: float = 0.3  # degrees
     max_range: float = 100.0  # metres
     range_noise: float = 0.02  # metres (sigma)
     jitter_position: float = 0.15  # metres (sigma) in the lidarjitter case

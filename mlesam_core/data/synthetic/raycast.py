@@ -182,8 +182,8 @@ def _draw(primitive: Primitive, object_index: int, rect: np.ndarray, nearest: fl
         closer &= _fence_mask(primitive, origin, rx, ry, t)
     if not closer.any():
         return
-    region[closer] = t[closer]
-    index[v0:v1, u0:u1][closer] = object_index
+    np.copyto(region, t, where=closer)
+    np.copyto(index[v0:v1, u0:u1], object_index, where=closer)
     normal[v0:v1, u0:u1][closer] = normals(closer)
 
 

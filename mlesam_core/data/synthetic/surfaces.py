@@ -65,13 +65,14 @@ def _cell_random(a: np.ndarray, b: np.ndarray, salt: np.ndarray | float) -> np.n
 class SurfaceMaps:
     """Per-pixel surface properties of one render."""
 
-    label: np.ndarray  # HxW uint8 DELIVER class id
     albedo: np.ndarray  # HxWx3 float32
     emitters: np.ndarray  # [k] flat indices of pixels that emit light at night (windows, lamps, rear lights)
     emission: np.ndarray  # [k, 3] their emitted radiance
     always_emits: np.ndarray  # [k] bool: traffic-light lamps shine by day too
-    glass: np.ndarray  # HxW bool: windows and windscreens (depth sensors fail on them)
-    reflectivity: np.ndarray  # HxW float32: LiDAR reflectivity 0..1
+    # what only the capture frame needs (None when only radiance was asked for):
+    label: np.ndarray | None  # HxW uint8 DELIVER class id
+    glass: np.ndarray | None  # HxW bool: windows and windscreens (depth sensors fail on them)
+    reflectivity: np.ndarray | None  # HxW float32: LiDAR reflectivity 0..1
 
 
 @dataclass
@@ -318,8 +319,9 @@ TEXTURES = {Surface.PLAIN: _plain, Surface.METAL: _plain, Surface.FENCE: _plain,
             Surface.SIGN: _sign, Surface.LAMP: _lamp}
 
 
-def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None) -> SurfaceMaps:
-    """Labels, albedo, emission, glass and reflectivity of every pixel of G-buffer `g`."""
+def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None,
+                 radiance_only: bool = False) -> SurfaceMaps:
+    """Albedo and emission of every pixel of G-buffer `g`, and unless `radiance_only` labels, glass, reflectivity."""
     tables = tables or surface_tables(scene)
     size = g.index.shape
     flat_index = g.index.ravel()
@@ -368,7 +370,11 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None) 
         return out.reshape(*size, *values.shape[1:])
 
     emitting = np.concatenate(emitters) if emitters else np.zeros(0, np.int64)
-    return SurfaceMaps(full(label[order], CLASS["Sky"], np.uint8), full(np.clip(color, 0, 1), 0, np.float32),
-                       pixels[emitting], np.concatenate(emission).astype(np.float32) if emission else
-                       np.zeros((0, 3), np.float32), np.concatenate(always) if always else np.zeros(0, bool),
-                       full(glass, False, bool), full(reflectivity, 0, np.float32))
+    maps = SurfaceMaps(full(np.clip(color, 0, 1), 0, np.float32), pixels[emitting],
+                       np.concatenate(emission).astype(np.float32) if emission else np.zeros((0, 3), np.float32),
+                       np.concatenate(always) if always else np.zeros(0, bool), None, None, None)
+    if not radiance_only:
+        maps.label = full(label[order], CLASS["Sky"], np.uint8)
+        maps.glass = full(glass, False, bool)
+        maps.reflectivity = full(reflectivity, 0, np.float32)
+    return maps
