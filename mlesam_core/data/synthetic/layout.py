@@ -87,6 +87,7 @@ class Ground:
     patch_offset: tuple[float, float]  # phase of the vegetation/terrain patch noise
     vegetation_share: float  # fraction of the verge that is vegetation (rest terrain)
     asphalt: tuple[float, float, float]
+    median: tuple[float, float]  # x range of an unpaved strip between the directions (empty when x0 == x1)
 
     @property
     def road_center(self) -> float:
@@ -289,9 +290,12 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
     lane_width = rng.uniform(3.0, 3.8)
     right_lanes = max(1, lanes // 2)
     own_lane = int(rng.integers(right_lanes))  # counted from the centre line to the right
-    centre_line = -(own_lane + 0.5) * lane_width + rng.uniform(-0.3, 0.3)  # the camera is at x = 0
-    lane_left = centre_line - (lanes - right_lanes) * lane_width
-    lane_right = centre_line + right_lanes * lane_width
+    median = rng.uniform(1.5, 4.0) if rng.random() < 0.25 else 0.0  # planted strip between the directions
+    centre_line = -(own_lane + 0.5) * lane_width - median / 2 + rng.uniform(-0.3, 0.3)  # the camera is at x = 0
+    lane_left = centre_line - median / 2 - (lanes - right_lanes) * lane_width
+    lane_right = centre_line + median / 2 + right_lanes * lane_width
+    lane_centres = [lane_left + (k + 0.5) * lane_width for k in range(lanes - right_lanes)] + [
+        centre_line + median / 2 + (k + 0.5) * lane_width for k in range(right_lanes)]
     parking = {side: bool(rng.random() < 0.45) for side in (-1, 1)}
     road_left = lane_left - PARKING_WIDTH * parking[-1]
     road_right = lane_right + PARKING_WIDTH * parking[1]
@@ -303,8 +307,13 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
     road_end = rng.uniform(90, depth_of_view) if rng.random() < 0.5 else np.inf
 
     white, yellow = (0.88, 0.88, 0.85), (0.85, 0.70, 0.15)
-    lines = [(centre_line, 0.15, bool(rng.random() < 0.4), yellow if rng.random() < 0.5 else white)]
-    lines += [(lane_left + k * lane_width, 0.12, True, white) for k in range(1, lanes) if k != lanes - right_lanes]
+    if median:
+        lines = [(centre_line - median / 2 + 0.2, 0.12, False, white), (centre_line + median / 2 - 0.2, 0.12, False,
+                                                                          white)]
+    else:
+        lines = [(centre_line, 0.15, bool(rng.random() < 0.4), yellow if rng.random() < 0.5 else white)]
+    lines += [(c + lane_width / 2, 0.12, True, white) for c in lane_centres[:lanes - right_lanes - 1]]
+    lines += [(c + lane_width / 2, 0.12, True, white) for c in lane_centres[lanes - right_lanes:-1]]
     edge_lines = rng.random() < 0.6
     for side, lane_edge, curb in ((-1, lane_left, road_left), (1, lane_right, road_right)):
         if parking[side]:
@@ -312,8 +321,8 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
         elif edge_lines:
             lines.append((curb - side * 0.3, 0.12, False, white))
     ground = Ground(road_left, road_right, lines, junction, crosswalk, road_end,
-                    (float(rng.uniform(0, 100)), float(rng.uniform(0, 100))), float(rng.uniform(0.2, 0.7)),
-                    _grey(rng, 0.22, 0.34, 0.015))
+                    (float(rng.uniform(0, 100)), float(rng.uniform(0, 100))), float(rng.uniform(0.15, 0.5)),
+                    _grey(rng, 0.22, 0.34, 0.015), (centre_line - median / 2, centre_line + median / 2))
     scene = Scene(ground)
     build = _Builder(rng, scene)
     z_far = min(depth_of_view, road_end)
@@ -330,7 +339,7 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
     for side in (-1, 1):
         curb = road_left if side < 0 else road_right
         sidewalk = rng.uniform(2.0, 5.0)
-        setback = rng.choice([0.0, rng.uniform(1.0, 7.0)], p=[0.4, 0.6])
+        setback = rng.choice([0.0, rng.uniform(1.5, 8.0)], p=[0.25, 0.75])  # a verge of terrain / planting
         walk_outer = curb + side * sidewalk
         front = walk_outer + side * setback
         for z0, z1 in pieces(-10.0, z_far):
@@ -346,7 +355,7 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
                     x = walk_outer + side * 0.25
                     (build.wall if rng.random() < 0.55 else build.fence)(x, z0, z1 - rng.uniform(0, 2))
                 continue
-            filler = rng.choice(["wall", "fence", "hedge", "open"], p=[0.35, 0.3, 0.2, 0.15])
+            filler = rng.choice(["wall", "fence", "hedge", "open"], p=[0.3, 0.3, 0.15, 0.25])
             x = front + side * rng.uniform(0.0, 1.5)
             if filler == "wall":
                 build.wall(x, z0, z1)
@@ -378,6 +387,10 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
             z = rng.uniform(3, 50)
             if open_at(z - 1, z + 1):
                 build.pedestrian(curb + side * rng.uniform(0.6, sidewalk - 0.4), z)
+        for _ in range(int(rng.integers(0, 3))):  # bicycles and scooters parked at the kerb
+            z = rng.uniform(4, 40)
+            if open_at(z - 2, z + 2):
+                build.two_wheeler(curb + side * rng.uniform(0.5, 0.9), z)
         if parking[side]:
             for z0, _ in _segments(rng, rng.uniform(-2, 10), min(z_far, 70.0), 5.5, 12.0):
                 if open_at(z0 - 1, z0 + 6) and rng.random() < 0.7:
@@ -401,7 +414,7 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
     # traffic in the lanes; the own lane stays clear for 8 m
     for _ in range(int(rng.integers(1, 6))):
         lane = int(rng.integers(lanes))
-        x = lane_left + (lane + 0.5) * lane_width + rng.uniform(-0.3, 0.3)
+        x = lane_centres[lane] + rng.uniform(-0.3, 0.3)
         z = rng.uniform(8.0 if abs(x) < lane_width / 2 else 3.0, min(z_far, 90.0) - 12)
-        build.vehicle(str(rng.choice(["car", "truck", "bus", "two_wheeler"], p=[0.62, 0.14, 0.12, 0.12])), x, z)
+        build.vehicle(str(rng.choice(["car", "truck", "bus", "two_wheeler"], p=[0.6, 0.13, 0.12, 0.15])), x, z)
     return scene

@@ -163,7 +163,8 @@ def _ground(patch: _Patch, ground: Ground, label: np.ndarray, reflectivity: np.n
     x, z = patch.x, patch.z
     in_junction = np.zeros(x.shape, bool) if ground.junction is None else (
         (z >= ground.junction[0]) & (z <= ground.junction[1]))
-    road = (((x >= ground.road_left) & (x <= ground.road_right)) | in_junction) & (z < ground.road_end)
+    on_median = (x > ground.median[0]) & (x < ground.median[1])
+    road = (((x >= ground.road_left) & (x <= ground.road_right) & ~on_median) | in_junction) & (z < ground.road_end)
     surface = np.where(road, Surface.ASPHALT, Surface.GRASS).astype(np.int8)
     label[:] = np.where(road, CLASS["Road"], CLASS["Terrain"])
     # verge: flat vegetation beds vs terrain; same geometry, only colour and texture differ
