@@ -328,25 +328,29 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None,
     flat_index = g.index.ravel()
     solid = np.flatnonzero(flat_index != SKY)
     row = flat_index[solid] + 1  # sky (-1) -> 0, ground (0) -> 1, primitive k (index k + 1) -> k + 2
-    x, y, z = g.points_at(solid)
-    normal = g.normal.reshape(-1, 3)[solid]
-    label = tables.label[row]
     surface = tables.surface[row]
-    reflectivity = tables.reflectivity[row]
-    color = tables.color[row]
     on_ground = np.flatnonzero(row == GROUND + 1)
-    if on_ground.size:
-        patch = _Patch(row[on_ground], x[on_ground], y[on_ground], z[on_ground], normal[on_ground],
-                       color[on_ground], tables)
-        ground_label, ground_refl = label[on_ground], reflectivity[on_ground]
+    if on_ground.size:  # the ground's kind depends on where a pixel lands: road, marking, verge
+        ground_pixels = solid[on_ground]
+        patch = _Patch(row[on_ground], *g.points_at(ground_pixels), g.normal.reshape(-1, 3)[ground_pixels],
+                       np.empty((on_ground.size, 3), np.float32), tables)
+        ground_label = np.empty(on_ground.size, np.uint8)
+        ground_refl = np.empty(on_ground.size, np.float32)
         surface[on_ground] = _ground(patch, scene.ground, ground_label, ground_refl)
-        label[on_ground], reflectivity[on_ground], color[on_ground] = ground_label, ground_refl, patch.color
 
     # group the pixels by surface kind once; each texture then works on a contiguous slice
     order = np.argsort(surface, kind="stable")
     starts = np.searchsorted(surface[order], np.arange(len(Surface) + 1))
-    row, normal, color = row[order], normal[order], color[order]
-    x, y, z = x[order], y[order], z[order]
+    pixels = solid[order]
+    row = row[order]
+    x, y, z = g.points_at(pixels)
+    normal = g.normal.reshape(-1, 3)[pixels]
+    color, label, reflectivity = tables.color[row], tables.label[row], tables.reflectivity[row]
+    if on_ground.size:
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        where = rank[on_ground]  # positions of the ground pixels in the sorted order
+        color[where], label[where], reflectivity[where] = patch.color, ground_label, ground_refl
     glass = np.zeros(len(order), bool)
     emitters, emission, always = [], [], []
     for kind in Surface:
@@ -361,8 +365,6 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None,
             always.append(patch.always if patch.always is not None else np.zeros(len(emitters[-1]), bool))
         if patch.glass is not None:
             glass[a:b] = patch.glass
-    pixels = solid[order]
-    reflectivity = reflectivity[order]
     reflectivity[glass] = 0.05  # glass returns little to a LiDAR
 
     def full(values: np.ndarray, fill, dtype) -> np.ndarray:
@@ -375,7 +377,7 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None,
                        np.concatenate(emission).astype(np.float32) if emission else np.zeros((0, 3), np.float32),
                        np.concatenate(always) if always else np.zeros(0, bool), None, None, None)
     if not radiance_only:
-        maps.label = full(label[order], CLASS["Sky"], np.uint8)
+        maps.label = full(label, CLASS["Sky"], np.uint8)
         maps.glass = full(glass, False, bool)
         maps.reflectivity = full(reflectivity, 0, np.float32)
     return maps
