@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from mlesam_core.data.classes import DELIVER  # noqa: E402
-from mlesam_core.metrics import ConfusionMatrix  # noqa: E402
+from training.baselines import position_prior, score_fixed_prediction  # noqa: E402
 from training.config import build_model_config, load_train_config  # noqa: E402
 from training.evaluate import EvalRequest, evaluate_adapters  # noqa: E402
 from training.loop import train  # noqa: E402
@@ -68,24 +68,17 @@ def ensure_data(root: Path, size: int, counts: dict[str, int], seed: int, worker
     generate_dataset(root, size, counts, seed, workers)
 
 
-def majority_baseline(root: Path, size: int) -> dict[str, float]:
-    """mIoU of the trivial predictor 'the most frequent training class at each pixel position' on val."""
+def majority_baseline(root: Path) -> dict[str, float]:
+    """mIoU on val of the trivial predictor 'the most frequent training class at each pixel position'."""
     from mlesam_core.data.deliver import DeliverDataset, decode_deliver_label
     from mlesam_core.data.image_io import read_image
 
-    def labels(split: str) -> np.ndarray:
+    def labels(split: str):
         dataset = DeliverDataset(root, split, ["rgb"])
-        return np.stack([decode_deliver_label(read_image(dataset.path(i, "semantic"))) for i in range(len(dataset))])
+        return (decode_deliver_label(read_image(dataset.path(i, "semantic"))) for i in range(len(dataset)))
 
-    train_labels = labels("train").astype(np.int64)
-    counts = np.zeros((DELIVER.num_classes + 1, size, size), dtype=np.int64)
-    for label in train_labels:
-        np.add.at(counts, (np.minimum(label, DELIVER.num_classes), *np.indices(label.shape)), 1)
-    guess = counts[:-1].argmax(axis=0)
-    matrix = ConfusionMatrix(DELIVER.num_classes)
-    for label in labels("val"):
-        matrix.update(guess, label)
-    return matrix.scores(DELIVER.names).miou
+    prior = position_prior(labels("train"), DELIVER.num_classes)
+    return score_fixed_prediction(prior, labels("val"), DELIVER.names).miou
 
 
 def run_variant(name: str, common: list[str], runs: Path, resume: bool) -> dict[str, Any]:
@@ -245,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "platform": platform.platform()},
         "data": {"root": str(data), "size": args.size, "counts": counts, "seed": args.seed},
         "budget": {"steps": args.steps, "batch_size": args.batch_size, "base_config": BASE_CONFIG},
-        "majority_baseline": majority_baseline(data, args.size),
+        "majority_baseline": majority_baseline(data),
         "variants": results,
         "wall_s": round(time.perf_counter() - started, 1),
     }
