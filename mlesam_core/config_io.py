@@ -9,6 +9,7 @@ message starts with the dotted key (and the file, when there is one).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -16,6 +17,7 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, ge
 import yaml
 
 T = TypeVar("T")
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -177,6 +179,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{_name(key)}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads 1e-4 and 3e-3 (no dot) as strings; they are plainly meant as numbers
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{_name(key)}: expected a number, got {value!r}")
         return float(value)

@@ -86,3 +86,10 @@ def test_missing_sam2_checkpoint_says_where_to_get_one_or_which_flag_allows_rand
     with pytest.raises(ConfigError, match="sam2_checkpoint: file not found"):
         sam2_checkpoint_path(_config(tmp_path, f"sam2_checkpoint={tmp_path / 'absent.pt'}"))
     assert sam2_checkpoint_path(_config(tmp_path)) is None
+
+
+def test_exponent_learning_rates_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads "3e-3" as a string; a learning rate written that way must still work
+    assert _config(tmp_path, "optim.lr=3e-3").optim.lr == 0.003
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
+        _config(tmp_path, "optim.lr=fast")
