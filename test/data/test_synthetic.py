@@ -146,7 +146,6 @@ def test_failure_cases_hit_their_own_sensor(case):
 
 def test_road_lines_differ_from_road_in_colour_but_not_in_depth_or_lidar():
     sample = render_sample(128, 0, "train", 0, condition="cloud", case=None)
-    rows = np.arange(90, 128)[:, None]
     line = sample.label[90:] == CLASS["RoadLine"]
     road = sample.label[90:] == CLASS["Road"]
     assert line.sum() > 20 and road.sum() > 20
@@ -155,7 +154,6 @@ def test_road_lines_differ_from_road_in_colour_but_not_in_depth_or_lidar():
     height = sample.hha[90:, :, 1].astype(np.float32)  # HHA height channel: the same flat ground
     valid = sample.depth_m[90:] > 0
     assert abs(height[line & valid].mean() - height[road & valid].mean()) < 3
-    del rows
 
 
 def test_generator_cli_and_argument_errors(tmp_path):

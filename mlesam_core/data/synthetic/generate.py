@@ -29,7 +29,7 @@ from mlesam_core.data.synthetic.event_sensor import COUNT_SCALE, event_frame
 from mlesam_core.data.synthetic.layout import CAMERA_HEIGHT, Scene, sample_scene
 from mlesam_core.data.synthetic.lidar_sensor import LidarSpec, lidar_image, lidar_points
 from mlesam_core.data.synthetic.lighting import shade
-from mlesam_core.data.synthetic.raycast import GBuffer, cast
+from mlesam_core.data.synthetic.raycast import GBuffer, cast_frames
 from mlesam_core.data.synthetic.surfaces import surface_maps, surface_tables
 from mlesam_core.sensors import depth_to_hha
 from mlesam_core.sensors.depth import DEPTH_PNG_SCALE, DepthEncoding
@@ -94,7 +94,7 @@ def render_sample(size: int, seed: int, split: str, index: int, condition: str |
     now = np.zeros(3)
     step = rng.uniform(*SPEED_RANGE) * FRAME_INTERVAL
     before = np.array([rng.normal(0.0, 0.02), rng.normal(0.0, 0.01), -step])
-    g_now, g_before = cast(scene, now, k, shape), cast(scene, before, k, shape)
+    g_now, g_before = cast_frames(scene, np.stack([now, before]), k, shape)
     tables = surface_tables(scene)
     maps_now = surface_maps(scene, g_now, tables)
     maps_before = surface_maps(scene, g_before, tables, radiance_only=True)  # seen by the event camera only

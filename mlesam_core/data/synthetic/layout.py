@@ -240,8 +240,9 @@ class _Builder:
         self.box(x - width / 2 - 0.05, x + width / 2 + 0.05, rng.uniform(2.8, 3.4), z + cab + 0.3,
                  z + cab + 0.3 + cargo, CLASS["Truck"], Surface.PAINT, _pick(rng, FACADE_COLORS[[2, 3, 6]]),
                  bottom=0.8, reflectivity=0.6, color2=(0.9, 0.1, 0.05), emissive=0.6)
-        self.box(x - width / 2 + 0.1, x + width / 2 - 0.1, 0.8, z, z + cab + cargo, CLASS["Truck"], Surface.PLAIN,
-                 (0.05, 0.05, 0.05), reflectivity=0.1)
+        chassis_start = z + 0.05  # just behind the cab's face: coplanar faces would flicker between renders
+        self.box(x - width / 2 + 0.1, x + width / 2 - 0.1, 0.8, chassis_start, z + cab + cargo, CLASS["Truck"],
+                 Surface.PLAIN, (0.05, 0.05, 0.05), reflectivity=0.1)
 
     def bus(self, x: float, z: float) -> None:
         rng = self.rng

@@ -143,7 +143,7 @@ def shade(scene: Scene, g: GBuffer, maps: SurfaceMaps, condition: Condition, ori
         direct = condition.sun * np.maximum(g.normal @ np.asarray(condition.sun_direction, np.float32), 0.0)
         if condition.shadows:
             # ground and sidewalk tops: level surfaces, at most kerb height above the ground
-            flat_low = (up > 0.9) & (g.depth * g.ray_y[:, None] + g.origin[1] > GROUND_Y - 0.2)
+            flat_low = (up > 0.9) & (g.depth * g.ray_y[:, None] + float(g.origin[1]) > GROUND_Y - 0.2)
             in_shadow = shadow_mask(scene, condition.sun_direction, origin, intrinsics, size) & flat_low
             direct[in_shadow] = 0.0
         irradiance += direct

@@ -8,7 +8,7 @@ The camera keeps the world's axes (level, looking along +z): ego-motion between 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+
 import numpy as np
 
 from mlesam_core.data.synthetic.layout import GROUND_Y, Primitive, Scene, Shape, Surface
@@ -36,14 +36,6 @@ class GBuffer:
         rows, cols = np.divmod(flat, self.depth.shape[1])
         o = self.origin.astype(np.float32)
         return o[0] + t * self.ray_x[cols], o[1] + t * self.ray_y[rows], o[2] + t
-
-    @cached_property
-    def point(self) -> np.ndarray:
-        """HxWx3 float32 world coordinates of every hit (sky: 0)."""
-        x, y, z = self.points_at(np.arange(self.depth.size))
-        point = np.stack([x, y, z], axis=-1).reshape(*self.depth.shape, 3)
-        point[~np.isfinite(self.depth)] = 0.0
-        return point
 
 
 def pixel_rays(intrinsics: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,26 +67,27 @@ def screen_rects(extents: np.ndarray, origin: np.ndarray, intrinsics: np.ndarray
     return rects, visible
 
 
-# Intersections take the camera origin, the column slopes ray_x [w] and row slopes ray_y [h] of a screen
-# rectangle, and return the hit depth t [h, w] (inf = miss) and a function giving unit normals [n, 3] of the
-# pixels selected by a boolean mask. Rays are (ray_x, ray_y, 1), so depth = t and most terms are separable.
+# Intersections take the camera origins of F frames as float32 arrays ox, oy, oz of shape [F, 1, 1], the column
+# slopes ray_x [w] and row slopes ray_y [h] of a screen rectangle, and return the hit depths t [F, h, w]
+# (inf = miss) and a function giving unit normals [n, 3] of the hits selected by a boolean mask [F, h, w].
+# Rays are (ray_x, ray_y, 1), so depth = t and most terms are separable.
 
-def _hit_box(origin, ray_x, ray_y, bounds):
+def _hit_box(ox, oy, oz, ray_x, ray_y, bounds):
     x0, x1, y0, y1, z0, z1 = bounds
-    tx0, tx1 = (x0 - origin[0]) / ray_x, (x1 - origin[0]) / ray_x
-    ty0, ty1 = (y0 - origin[1]) / ray_y, (y1 - origin[1]) / ray_y
-    tx_near, ty_near = np.minimum(tx0, tx1)[None, :], np.minimum(ty0, ty1)[:, None]
-    tz_near = z0 - origin[2]
+    rx, ry = ray_x[None, None, :], ray_y[None, :, None]
+    tx0, tx1 = (x0 - ox) / rx, (x1 - ox) / rx  # [F, 1, w]
+    ty0, ty1 = (y0 - oy) / ry, (y1 - oy) / ry  # [F, h, 1]
+    tx_near, ty_near, tz_near = np.minimum(tx0, tx1), np.minimum(ty0, ty1), z0 - oz
     t_enter = np.maximum(np.maximum(tx_near, ty_near), tz_near)
-    t_exit = np.minimum(np.minimum(np.maximum(tx0, tx1)[None, :], np.maximum(ty0, ty1)[:, None]), z1 - origin[2])
+    t_exit = np.minimum(np.minimum(np.maximum(tx0, tx1), np.maximum(ty0, ty1)), z1 - oz)
     t = np.where((t_exit >= t_enter) & (t_enter > NEAR), t_enter, np.inf)
 
     def normals(mask):
-        rows, cols = np.nonzero(mask)
-        enter = t_enter[rows, cols]
+        frames, rows, cols = np.nonzero(mask)
+        enter = t_enter[frames, rows, cols]
         n = np.zeros((rows.size, 3), dtype=np.float32)
-        on_z = enter == tz_near
-        on_x = ~on_z & (enter == tx_near[0, cols])
+        on_z = enter == tz_near[frames, 0, 0]
+        on_x = ~on_z & (enter == tx_near[frames, 0, cols])
         on_y = ~on_z & ~on_x
         n[on_z, 2] = -1.0
         n[on_x, 0] = -np.sign(ray_x[cols[on_x]])
@@ -104,48 +97,50 @@ def _hit_box(origin, ray_x, ray_y, bounds):
     return t, normals
 
 
-def _hit_cylinder(origin, ray_x, ray_y, bounds):
+def _hit_cylinder(ox, oy, oz, ray_x, ray_y, bounds):
     cx, cz, radius, y_top, y_bottom = bounds
-    px, pz = origin[0] - cx, origin[2] - cz
-    a = ray_x * ray_x + 1.0
-    b = ray_x * px + pz
+    # float64: thin far cylinders lose their normals to cancellation in float32 (the [F, 1, w] terms are cheap)
+    px, pz = ox.astype(np.float64) - cx, oz.astype(np.float64) - cz
+    rx, ry = ray_x.astype(np.float64)[None, None, :], ray_y[None, :, None]
+    a = rx * rx + 1.0
+    b = rx * px + pz
     disc = b * b - a * (px * px + pz * pz - radius * radius)
-    t_side = ((-b - np.sqrt(disc)) / a)[None, :]  # per column: the xz circle does not depend on the row
-    y = origin[1] + t_side * ray_y[:, None]
-    side = (disc >= 0)[None, :] & (t_side > NEAR) & (y >= y_top) & (y <= y_bottom)
-    t_cap = ((y_top - origin[1]) / ray_y)[:, None]
-    cap = (t_cap > NEAR) & ((px + t_cap * ray_x[None, :]) ** 2 + (pz + t_cap) ** 2 <= radius * radius)
-    t_side = np.where(side, t_side, np.inf)
+    t_side = (-b - np.sqrt(disc)) / a  # [F, 1, w]: the xz circle does not depend on the row
+    y = oy + t_side * ry
+    t_side = np.where((disc >= 0) & (t_side > NEAR) & (y >= y_top) & (y <= y_bottom), t_side, np.inf)
+    t_cap = (y_top - oy) / ry  # [F, h, 1]
+    cap = (t_cap > NEAR) & ((px + t_cap * rx) ** 2 + (pz + t_cap) ** 2 <= radius * radius)
     t_cap = np.where(cap, t_cap, np.inf)
     t = np.minimum(t_side, t_cap)
 
     def normals(mask):
-        rows, cols = np.nonzero(mask)
-        ts = t_side[rows, cols]
+        frames, rows, cols = np.nonzero(mask)
+        ts = t_side[frames, rows, cols]
         n = np.zeros((rows.size, 3), dtype=np.float32)
-        n[:, 0] = (px + ts * ray_x[cols]) / radius
-        n[:, 2] = (pz + ts) / radius
-        n[t_cap[rows, cols] < ts] = (0.0, -1.0, 0.0)
+        n[:, 0] = (px[frames, 0, 0] + ts * ray_x[cols]) / radius
+        n[:, 2] = (pz[frames, 0, 0] + ts) / radius
+        n[t_cap[frames, rows, cols] < ts] = (0.0, -1.0, 0.0)
         return n
 
     return t, normals
 
 
-def _hit_sphere(origin, ray_x, ray_y, bounds):
+def _hit_sphere(ox, oy, oz, ray_x, ray_y, bounds):
     cx, cy, cz, radius = bounds
-    ox, oy, oz = origin[0] - cx, origin[1] - cy, origin[2] - cz
-    rx, ry = ray_x[None, :], ray_y[:, None]
+    # float64 for the same reason as cylinders (heads are 11 cm spheres seen from tens of metres)
+    px, py, pz = ox.astype(np.float64) - cx, oy.astype(np.float64) - cy, oz.astype(np.float64) - cz
+    rx, ry = ray_x.astype(np.float64)[None, None, :], ray_y.astype(np.float64)[None, :, None]
     a = rx * rx + ry * ry + 1.0
-    b = rx * ox + ry * oy + oz
-    disc = b * b - a * (ox * ox + oy * oy + oz * oz - radius * radius)
+    b = rx * px + ry * py + pz
+    disc = b * b - a * (px * px + py * py + pz * pz - radius * radius)
     t = (-b - np.sqrt(disc)) / a
     t = np.where((disc >= 0) & (t > NEAR), t, np.inf)
 
     def normals(mask):
-        rows, cols = np.nonzero(mask)
-        ts = t[rows, cols]
-        return (np.stack([ox + ts * ray_x[cols], oy + ts * ray_y[rows], oz + ts], axis=1) / radius).astype(
-            np.float32)
+        frames, rows, cols = np.nonzero(mask)
+        ts = t[frames, rows, cols]
+        return (np.stack([px[frames, 0, 0] + ts * ray_x[cols], py[frames, 0, 0] + ts * ray_y[rows],
+                          pz[frames, 0, 0] + ts], axis=1) / radius).astype(np.float32)
 
     return t, normals
 
@@ -153,14 +148,14 @@ def _hit_sphere(origin, ray_x, ray_y, bounds):
 _HIT = {Shape.BOX: _hit_box, Shape.CYLINDER: _hit_cylinder, Shape.SPHERE: _hit_sphere}
 
 
-def _fence_mask(primitive: Primitive, origin, ray_x, ray_y, t) -> np.ndarray:
+def _fence_mask(primitive: Primitive, ox, oy, oz, ray_x, ray_y, t) -> np.ndarray:
     """Which hits on a fence's bounding box land on wire, posts or rails (the rest is seen through)."""
     x0, x1, y0, y1, z0, z1 = primitive.bounds
     if (z1 - z0) >= (x1 - x0):
-        along = origin[2] + t - z0
+        along = oz + t - z0
     else:
-        along = origin[0] + t * ray_x[None, :] - x0
-    height = y1 - (origin[1] + t * ray_y[:, None])
+        along = ox + t * ray_x[None, None, :] - x0
+    height = y1 - (oy + t * ray_y[None, :, None])
     spacing = primitive.params[0]
     wire = ((along / spacing) % 1.0 < 0.25) | ((height / spacing) % 1.0 < 0.25)
     posts = (along % 2.5) < 0.08
@@ -168,46 +163,57 @@ def _fence_mask(primitive: Primitive, origin, ray_x, ray_y, t) -> np.ndarray:
     return wire | posts | rails
 
 
-def _draw(primitive: Primitive, object_index: int, rect: np.ndarray, nearest: float, origin: np.ndarray,
+def _draw(primitive: Primitive, object_index: int, rect: np.ndarray, nearest: float, origins: tuple,
           ray_x: np.ndarray, ray_y: np.ndarray, depth: np.ndarray, index: np.ndarray, normal: np.ndarray) -> None:
-    """Z-buffer one primitive into the G-buffer arrays inside its screen rectangle."""
+    """Z-buffer one primitive into the stacked G-buffer arrays [F, ...] inside its screen rectangle."""
     v0, v1, u0, u1 = rect
-    region = depth[v0:v1, u0:u1]
+    region = depth[:, v0:v1, u0:u1]
     if region.max() < nearest:
-        return  # already hidden everywhere
+        return  # already hidden everywhere, in every frame
     rx, ry = ray_x[u0:u1], ray_y[v0:v1]
-    t, normals = _HIT[primitive.shape](origin, rx, ry, primitive.bounds)
+    t, normals = _HIT[primitive.shape](*origins, rx, ry, primitive.bounds)
     closer = t < region
     if primitive.surface == Surface.FENCE:
-        closer &= _fence_mask(primitive, origin, rx, ry, t)
+        closer &= _fence_mask(primitive, *origins, rx, ry, t)
     if not closer.any():
         return
     np.copyto(region, t, where=closer)
-    np.copyto(index[v0:v1, u0:u1], object_index, where=closer)
-    normal[v0:v1, u0:u1][closer] = normals(closer)
+    np.copyto(index[:, v0:v1, u0:u1], object_index, where=closer)
+    normal[:, v0:v1, u0:u1][closer] = normals(closer)
 
 
-def cast(scene: Scene, origin: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> GBuffer:
-    """Ray-cast `scene` from a camera at `origin` (world axes) with intrinsics K into an HxW G-buffer."""
-    origin = np.asarray(origin, dtype=np.float64)
+def cast_frames(scene: Scene, origins: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> list[GBuffer]:
+    """Ray-cast `scene` from F camera positions [F, 3] (world axes) into F G-buffers of H x W.
+
+    The frames share one pass over the primitives (the per-object overhead dominates at these sizes).
+    """
+    origins = np.atleast_2d(np.asarray(origins, dtype=np.float64))
+    frames = len(origins)
     k = np.asarray(intrinsics, dtype=np.float64)
     ray_x, ray_y = pixel_rays(k, size)
     height, width = size
     with np.errstate(divide="ignore"):
-        t_ground = np.where(ray_y > 0, (GROUND_Y - origin[1]) / ray_y, np.inf)
+        t_ground = np.where(ray_y[None, :] > 0, (GROUND_Y - origins[:, 1:2]) / ray_y[None, :], np.inf)
     t_ground = np.where(t_ground < FAR, t_ground, np.inf).astype(np.float32)
-    depth = np.repeat(t_ground[:, None], width, axis=1)
+    depth = np.repeat(t_ground[:, :, None], width, axis=2)
     index = np.where(np.isfinite(depth), GROUND, SKY).astype(np.int32)
-    normal = np.zeros((height, width, 3), dtype=np.float32)
+    normal = np.zeros((frames, height, width, 3), dtype=np.float32)
     normal[..., 1] = -1.0
 
     if scene.primitives:
         extents = np.array([p.extent() for p in scene.primitives], dtype=np.float64)
-        rects, visible = screen_rects(extents, origin, k, size)
-        nearest = np.maximum(extents[:, 4] - origin[2], NEAR)
+        per_frame = [screen_rects(extents, origin, k, size) for origin in origins]
+        rects = np.stack([r for r, _ in per_frame])
+        rects = np.stack([rects[:, :, 0].min(0), rects[:, :, 1].max(0), rects[:, :, 2].min(0),
+                          rects[:, :, 3].max(0)], axis=1)
+        visible = np.any([v for _, v in per_frame], axis=0)
+        nearest = np.maximum(extents[:, 4] - origins[:, 2].max(), NEAR)  # the smallest over the frames
+        # float32 [F, 1, 1]: arithmetic with the float32 rays stays float32
+        split = tuple(origins[:, i].astype(np.float32)[:, None, None] for i in range(3))
         with np.errstate(divide="ignore", invalid="ignore"):
             for i in np.argsort(nearest, kind="stable"):  # nearest first, so hidden objects can be skipped
                 if visible[i]:
-                    _draw(scene.primitives[i], i + 1, rects[i], nearest[i], origin, ray_x, ray_y, depth, index,
-                          normal)
-    return GBuffer(depth, index, normal, origin, ray_x, ray_y)
+                    _draw(scene.primitives[i], i + 1, rects[i], float(nearest[i]), split, ray_x, ray_y, depth,
+                          index, normal)
+    return [GBuffer(depth[f], index[f], normal[f], origins[f], ray_x, ray_y) for f in range(frames)]
+
