@@ -1,6 +1,6 @@
 """Speed of the procedural scene generator on ONE CPU core: render + write of complete DELIVER samples.
 
-    python benchmarks/generator_speed.py [--size 256] [--scenes 60] [--seed 0]
+    python benchmarks/generator_speed.py [--size 256] [--scenes 60] [--seed 0] [--png-compression 1]
         [--out benchmarks/results/generator_speed.json]
 
 The process pins itself to one core and limits every thread pool (OpenMP/BLAS, OpenCV) to one thread before
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from mlesam_core.data.synthetic.generate import render_sample, write_sample  # noqa: E402
 
 
-def measure(size: int, scenes: int, seed: int) -> dict:
+def measure(size: int, scenes: int, seed: int, png_compression: int) -> dict:
     """Render + write `scenes` samples; wall and CPU seconds of each phase."""
     totals = {"render_wall_s": 0.0, "render_cpu_s": 0.0, "write_wall_s": 0.0, "write_cpu_s": 0.0}
     with tempfile.TemporaryDirectory() as root:
@@ -44,7 +44,7 @@ def measure(size: int, scenes: int, seed: int) -> dict:
             wall, cpu = time.perf_counter(), time.process_time()
             sample = render_sample(size, seed, "val", index)
             wall2, cpu2 = time.perf_counter(), time.process_time()
-            write_sample(root, "val", index, sample)
+            write_sample(root, "val", index, sample, png_compression)
             totals["render_wall_s"] += wall2 - wall
             totals["render_cpu_s"] += cpu2 - cpu
             totals["write_wall_s"] += time.perf_counter() - wall2
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png-compression", type=int, default=1, help="as the generator's option (0 = stored)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/generator_speed.json"))
     args = parser.parse_args(argv)
 
@@ -65,13 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     os.sched_setaffinity(0, {core})
     cv2.setNumThreads(1)
     load_before = os.getloadavg()
-    totals = measure(args.size, args.scenes, args.seed)
+    totals = measure(args.size, args.scenes, args.seed, args.png_compression)
     load_after = os.getloadavg()
     wall = totals["render_wall_s"] + totals["write_wall_s"]
     cpu = totals["render_cpu_s"] + totals["write_cpu_s"]
     result = {
         "command": "python benchmarks/generator_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": {"size": args.size, "scenes": args.scenes, "seed": args.seed, "cores": 1, "pinned_core": core,
+        "settings": {"size": args.size, "scenes": args.scenes, "seed": args.seed,
+                     "png_compression": args.png_compression, "cores": 1, "pinned_core": core,
                      "threads": 1, "python": platform.python_version(), "numpy": np.__version__,
                      "opencv": cv2.__version__, "machine": platform.machine(),
                      "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],

@@ -68,6 +68,17 @@ def test_written_files_do_not_depend_on_the_number_of_workers(tmp_path):
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
 
 
+def test_uncompressed_pngs_hold_the_same_images(tmp_path):
+    counts = {"train": 2, "val": 0, "test": 0}
+    small, big = generate_dataset(tmp_path / "z1", 48, counts, 2), generate_dataset(tmp_path / "z0", 48, counts, 2,
+                                                                                      png_compression=0)
+    for a, b in zip(DeliverDataset(small, "train", ALL), DeliverDataset(big, "train", ALL)):
+        assert all(np.array_equal(a["images"][m], b["images"][m]) for m in ALL)
+        assert np.array_equal(a["label"], b["label"])
+    size = lambda root: sum(p.stat().st_size for p in root.rglob("*.png"))  # noqa: E731
+    assert size(big) > 2 * size(small)
+
+
 def test_hha_is_the_shared_encoding_of_the_stored_raw_depth(synthetic_deliver_root):
     ds = DeliverDataset(synthetic_deliver_root, "train", ["depth"])
     raw = DeliverDataset(synthetic_deliver_root, "train", ["depth"], depth_source="depth")
@@ -163,5 +174,7 @@ def test_generator_cli_and_argument_errors(tmp_path):
         generate_dataset(tmp_path / "x", 32, {"train": -1})
     with pytest.raises(ValueError, match="at least 16"):
         generate_dataset(tmp_path / "x", 8, {"train": 1})
+    with pytest.raises(ValueError, match="png_compression must be 0..9"):
+        generate_dataset(tmp_path / "x", 32, {"train": 1}, png_compression=10)
     with pytest.raises(ValueError, match="unknown case"):
         render_sample(32, 0, "train", 0, case="snow")

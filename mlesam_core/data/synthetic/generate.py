@@ -13,8 +13,6 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
 from tqdm import tqdm
 
@@ -117,31 +115,34 @@ def scene_name(index: int, case: str | None) -> str:
     return f"scene_{index:05d}" + (f"_{case}" if case else "")
 
 
-def write_sample(root: str | Path, split: str, index: int, sample: SyntheticSample) -> None:
-    """Write one sample's six files in the DELIVER layout."""
+def write_sample(root: str | Path, split: str, index: int, sample: SyntheticSample, png_compression: int = 1) -> None:
+    """Write one sample's six files in the DELIVER layout (PNG zlib level `png_compression`, 0 = fastest)."""
     scene, file_id = scene_name(index, sample.case), f"{index:06d}"
 
     def path(folder: str, tag: str) -> Path:
         return deliver_path(root, folder, sample.condition, split, scene, file_id, tag)
 
     depth16 = np.rint(sample.depth_m * DEPTH_PNG_SCALE).astype(np.uint16)
-    write_image(path("img", "rgb"), sample.rgb)
-    write_image(path("hha", "depth"), sample.hha)
-    write_image(path("depth", "depth"), depth16)
-    write_image(path("event", "event"), sample.event)
-    write_image(path("lidar", "lidar"), sample.lidar)
-    write_image(path("semantic", "semantic"), encode_deliver_label(sample.label))
+    write_image(path("img", "rgb"), sample.rgb, png_compression)
+    write_image(path("hha", "depth"), sample.hha, png_compression)
+    write_image(path("depth", "depth"), depth16, png_compression)
+    write_image(path("event", "event"), sample.event, png_compression)
+    write_image(path("lidar", "lidar"), sample.lidar, png_compression)
+    write_image(path("semantic", "semantic"), encode_deliver_label(sample.label), png_compression)
 
 
-def _render_and_write(task: tuple[str, int, int, int, str]) -> tuple[str, int]:
-    split, index, size, seed, root = task
-    write_sample(root, split, index, render_sample(size, seed, split, index))
+def _render_and_write(task: tuple[str, int, int, int, str, int]) -> tuple[str, int]:
+    split, index, size, seed, root, png_compression = task
+    write_sample(root, split, index, render_sample(size, seed, split, index), png_compression)
     return split, index
 
 
 def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | None = None, seed: int = 0,
-                     workers: int = 1) -> Path:
-    """Write `counts[split]` samples per split under `out` in the DELIVER layout, plus generator.json."""
+                     workers: int = 1, png_compression: int = 1) -> Path:
+    """Write `counts[split]` samples per split under `out` in the DELIVER layout, plus generator.json.
+
+    `png_compression` 0 stores PNGs uncompressed: ~5 ms less per 256 px sample, ~4x the disk space.
+    """
     counts = counts or {"train": 100, "val": 20, "test": 20}
     for split, n in counts.items():
         if split not in SPLITS:
@@ -150,10 +151,11 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
             raise ValueError(f"{split}: sample count must be >= 0, got {n}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not 0 <= png_compression <= 9:
+        raise ValueError(f"png_compression must be 0..9, got {png_compression}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    tasks: Iterable = [(split, i, size, seed, str(root)) for split, n in counts.items() for i in range(n)]
-    tasks = list(tasks)
+    tasks = [(split, i, size, seed, str(root), png_compression) for split, n in counts.items() for i in range(n)]
     progress = tqdm(total=len(tasks), desc="procedural scenes", unit="scene", disable=len(tasks) < 20)
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -167,7 +169,8 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
     info = {"generator": "mlesam_core.data.synthetic", "layout": "deliver", "size": [size, size], "seed": seed,
             "counts": counts, "camera": {"K": deliver_camera_matrix(size).tolist(), "height_m": CAMERA_HEIGHT,
                                          "horizontal_fov_deg": 90.0},
-            "depth_png_scale": DEPTH_PNG_SCALE, "event_count_scale": COUNT_SCALE, "lidar": asdict(LIDAR)}
+            "depth_png_scale": DEPTH_PNG_SCALE, "event_count_scale": COUNT_SCALE, "lidar": asdict(LIDAR),
+            "png_compression": png_compression}
     (root / "generator.json").write_text(json.dumps(info, indent=2))
     log.info("wrote %d procedural samples to %s", len(tasks), root)
     return root
