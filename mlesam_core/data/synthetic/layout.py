@@ -141,14 +141,18 @@ class _Builder:
         getattr(self, kind)(x, z)
 
     def add(self, *args, **kwargs) -> None:
+        """Append a Primitive built from these arguments."""
         self.scene.primitives.append(Primitive(*args, **kwargs))
 
-    def box(self, x0, x1, height, z0, z1, label, surface, color, bottom=0.0, **kwargs) -> None:
+    def box(self, x0: float, x1: float, height: float, z0: float, z1: float, label: int, surface: Surface,
+            color: tuple[float, float, float], bottom: float = 0.0, **kwargs) -> None:
+        """A box standing `bottom` metres above the ground, `height` tall, between x0..x1 and z0..z1."""
         lo_x, hi_x = sorted((x0, x1))
         self.add(Shape.BOX, (lo_x, hi_x, GROUND_Y - bottom - height, GROUND_Y - bottom, z0, z1), label, surface,
                  color, **kwargs)
 
     def building(self, side: int, x_front: float, z0: float, z1: float) -> None:
+        """A building whose facade faces the street at x_front, extending away from it on `side`."""
         rng = self.rng
         height = rng.choice([rng.uniform(5, 12), rng.uniform(12, 30)], p=[0.6, 0.4])
         depth = rng.uniform(10, 20)
@@ -159,26 +163,25 @@ class _Builder:
                  emissive=rng.uniform(0.2, 0.5))
 
     def wall(self, x: float, z0: float, z1: float, thickness: float = 0.3) -> None:
+        """A garden/boundary wall along the street."""
         # walls share the facades' colours on purpose: RGB alone cannot tell them from buildings
         height = self.rng.uniform(1.0, 2.6)
         self.box(x - thickness / 2, x + thickness / 2, height, z0, z1, CLASS["Wall"], Surface.CONCRETE,
                  _pick(self.rng, FACADE_COLORS), reflectivity=0.3)
 
-    def wall_across(self, x0: float, x1: float, z: float) -> None:
-        height = self.rng.uniform(1.0, 2.6)
-        self.box(x0, x1, height, z, z + 0.3, CLASS["Wall"], Surface.CONCRETE, _pick(self.rng, FACADE_COLORS),
-                 reflectivity=0.3)
-
     def fence(self, x: float, z0: float, z1: float) -> None:
+        """A see-through wire-mesh fence along the street."""
         height = self.rng.uniform(1.1, 2.2)
         self.box(x - 0.03, x + 0.03, height, z0, z1, CLASS["Fence"], Surface.FENCE, _grey(self.rng, 0.3, 0.6),
                  params=(self.rng.uniform(0.1, 0.2), 0.0, 0.0), reflectivity=0.5)
 
     def hedge(self, x0: float, x1: float, z0: float, z1: float) -> None:
+        """A hedge (vegetation) along the street."""
         self.box(x0, x1, self.rng.uniform(0.8, 1.8), z0, z1, CLASS["Vegetation"], Surface.LEAVES,
                  _pick(self.rng, np.array([[0.16, 0.32, 0.10], [0.22, 0.36, 0.12]]), 0.03), reflectivity=0.45)
 
     def tree(self, x: float, z: float) -> None:
+        """A tree: trunk and crown, both vegetation (as Cityscapes/DELIVER label them)."""
         rng = self.rng
         trunk = rng.uniform(2.0, 3.5)
         radius = rng.uniform(1.4, 2.6)
@@ -189,10 +192,12 @@ class _Builder:
                  reflectivity=0.45)
 
     def pole(self, x: float, z: float, height: float, radius: float = 0.1) -> None:
+        """A bare pole."""
         self.add(Shape.CYLINDER, (x, z, radius, GROUND_Y - height, GROUND_Y), CLASS["Pole"], Surface.METAL,
                  _grey(self.rng, 0.35, 0.6), reflectivity=0.55)
 
     def street_lamp(self, side: int, x: float, z: float) -> None:
+        """A lamp post with an arm over the road; its head lights the street at night."""
         height = self.rng.uniform(6.0, 8.5)
         self.pole(x, z, height, radius=0.09)
         arm = -side * 1.2
@@ -201,6 +206,7 @@ class _Builder:
         self.scene.lamps.append((x + arm, GROUND_Y - height + 0.3, z))
 
     def traffic_sign(self, x: float, z: float) -> None:
+        """A sign plate on a pole, facing the camera."""
         height = self.rng.uniform(2.0, 2.8)
         self.pole(x, z, height, radius=0.05)
         size = self.rng.uniform(0.5, 0.8)
@@ -208,6 +214,7 @@ class _Builder:
                  (0.92, 0.92, 0.92), bottom=height, color2=_pick(self.rng, SIGN_COLORS, 0.02), reflectivity=0.9)
 
     def traffic_light(self, x: float, z: float) -> None:
+        """A traffic light housing on a pole, one of its three lamps lit."""
         height = self.rng.uniform(2.8, 4.0)
         self.pole(x, z, height, radius=0.08)
         self.box(x - 0.18, x + 0.18, 1.0, z - 0.15, z + 0.15, CLASS["TrafficLight"], Surface.LAMP,
@@ -215,6 +222,7 @@ class _Builder:
                      [[1.0, 0.1, 0.05], [1.0, 0.7, 0.0], [0.1, 1.0, 0.3]]), 0.0), emissive=1.0, reflectivity=0.3)
 
     def car(self, x: float, z: float) -> None:
+        """A car: wheels/underbody, painted body with rear lights, glasshouse."""
         rng = self.rng
         width, length = rng.uniform(1.7, 1.95), rng.uniform(3.9, 4.9)
         color = _pick(rng, CAR_COLORS)
@@ -230,6 +238,7 @@ class _Builder:
                  reflectivity=0.2)
 
     def truck(self, x: float, z: float) -> None:
+        """A truck: cab with windscreen, cargo box, chassis."""
         rng = self.rng
         width = rng.uniform(2.3, 2.55)
         cab = rng.uniform(2.0, 2.4)
@@ -245,6 +254,7 @@ class _Builder:
                  Surface.PLAIN, (0.05, 0.05, 0.05), reflectivity=0.1)
 
     def bus(self, x: float, z: float) -> None:
+        """A bus with a band of windows."""
         rng = self.rng
         width, length = 2.55, rng.uniform(10.0, 12.5)
         self.box(x - width / 2, x + width / 2, 2.8, z, z + length, CLASS["Bus"], Surface.BUS,
@@ -255,11 +265,13 @@ class _Builder:
                  Surface.PLAIN, (0.05, 0.05, 0.05), reflectivity=0.1)
 
     def two_wheeler(self, x: float, z: float) -> None:
+        """A bicycle or motorbike (a narrow box)."""
         rng = self.rng
         self.box(x - 0.2, x + 0.2, rng.uniform(0.9, 1.2), z, z + rng.uniform(1.6, 2.1), CLASS["TwoWheeler"],
                  Surface.PAINT, _pick(rng, CAR_COLORS), bottom=0.05, reflectivity=0.5)
 
     def pedestrian(self, x: float, z: float) -> None:
+        """A person: body cylinder (shirt above the hips, trousers below) and head."""
         rng = self.rng
         height = rng.uniform(1.55, 1.95)
         radius = rng.uniform(0.2, 0.28)
@@ -271,6 +283,7 @@ class _Builder:
                  _pick(rng, SKIN), reflectivity=0.35)
 
     def static(self, x: float, z: float) -> None:
+        """A bin or box on the sidewalk (class Static)."""
         self.box(x - 0.3, x + 0.3, self.rng.uniform(0.8, 1.1), z, z + 0.6, CLASS["Static"], Surface.PLAIN,
                  _pick(self.rng, np.array([[0.15, 0.30, 0.15], [0.25, 0.25, 0.28], [0.55, 0.40, 0.20]])),
                  reflectivity=0.4)
@@ -329,9 +342,10 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
     z_far = min(depth_of_view, road_end)
 
     def open_at(z0: float, z1: float) -> bool:
+        """Whether [z0, z1) stays clear of the junction."""
         return junction is None or z1 <= junction[0] or z0 >= junction[1]
 
-    def pieces(z0: float, z1: float):
+    def pieces(z0: float, z1: float) -> list[tuple[float, float]]:
         """[z0, z1) minus the junction's z range."""
         if junction is None:
             return [(z0, z1)]

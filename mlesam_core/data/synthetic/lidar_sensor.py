@@ -36,7 +36,8 @@ class LidarSpec:
 
 
 def lidar_points(g: GBuffer, reflectivity: np.ndarray, intrinsics: np.ndarray, condition: Condition,
-                 case: str | None, rng: np.random.Generator, spec: LidarSpec = LidarSpec()):
+                 case: str | None, rng: np.random.Generator,
+                 spec: LidarSpec = LidarSpec()) -> tuple[np.ndarray, np.ndarray]:
     """Simulated scan within the camera's view: points [N, 3] in the LiDAR frame and intensities [N] (0-255)."""
     k = np.asarray(intrinsics, dtype=np.float64)
     height, width = g.depth.shape

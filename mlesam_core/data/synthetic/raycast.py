@@ -47,7 +47,8 @@ def pixel_rays(intrinsics: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarra
     return ray_x, ray_y
 
 
-def screen_rects(extents: np.ndarray, origin: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]):
+def screen_rects(extents: np.ndarray, origin: np.ndarray, intrinsics: np.ndarray,
+                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Pixel rectangles (v0, v1, u0, u1) covering world AABBs [N, 6], and which of them are in view."""
     k = np.asarray(intrinsics, dtype=np.float64)
     x0, x1, y0, y1, z0, z1 = (extents[:, i] for i in range(6))
