@@ -165,34 +165,37 @@ def _ground(patch: _Patch, ground: Ground, label: np.ndarray, reflectivity: np.n
         (z >= ground.junction[0]) & (z <= ground.junction[1]))
     on_median = (x > ground.median[0]) & (x < ground.median[1])
     road = (((x >= ground.road_left) & (x <= ground.road_right) & ~on_median) | in_junction) & (z < ground.road_end)
-    surface = np.where(road, Surface.ASPHALT, Surface.GRASS).astype(np.int8)
-    label[:] = np.where(road, CLASS["Road"], CLASS["Terrain"])
+    surface = np.full(x.shape, Surface.ASPHALT, np.int8)
+    label[:] = CLASS["Road"]
+    reflectivity[:] = 0.2
+    patch.color[:] = ground.asphalt
     # verge: flat vegetation beds vs terrain; same geometry, only colour and texture differ
-    smooth_tile = noise_tiles()[1]
-    patches = sample_noise(smooth_tile, x + ground.patch_offset[0], z + ground.patch_offset[1], 1.5)
-    vegetation = ~road & (patches < _tile_quantile(ground.vegetation_share))
-    label[vegetation] = CLASS["Vegetation"]
-    surface[vegetation] = Surface.LEAVES
-    brown = np.clip(sample_noise(smooth_tile, x, z, 4.0) * 0.5 + 0.5, 0, 1)[:, None]
-    terrain = np.array([0.40, 0.42, 0.22], np.float32) * (1 - 0.5 * brown) + np.array(
-        [0.46, 0.38, 0.26], np.float32) * 0.5 * brown
-    patch.color[:] = terrain
-    patch.color[road] = ground.asphalt
-    patch.color[vegetation] = (0.13, 0.27, 0.08)
-    reflectivity[:] = np.where(road, 0.2, 0.4)
-    marking = np.zeros(x.shape, bool)
+    verge = np.flatnonzero(~road)
+    if verge.size:
+        vx, vz = x[verge], z[verge]
+        smooth_tile = noise_tiles()[1]
+        patches = sample_noise(smooth_tile, vx + ground.patch_offset[0], vz + ground.patch_offset[1], 1.5)
+        vegetation = patches < _tile_quantile(ground.vegetation_share)
+        brown = np.clip(sample_noise(smooth_tile, vx, vz, 4.0) * 0.5 + 0.5, 0, 1)[:, None]
+        colour = np.array([0.40, 0.42, 0.22], np.float32) * (1 - 0.5 * brown) + np.array(
+            [0.46, 0.38, 0.26], np.float32) * 0.5 * brown
+        colour[vegetation] = (0.13, 0.27, 0.08)
+        patch.color[verge] = colour
+        label[verge] = np.where(vegetation, CLASS["Vegetation"], CLASS["Terrain"])
+        surface[verge] = np.where(vegetation, Surface.LEAVES, Surface.GRASS)
+        reflectivity[verge] = 0.4
+    # markings: thin stripes, so each line first picks its few candidate pixels by distance
+    paintable = road & ~in_junction
     for line_x, width, dashed, line_color in ground.lines:
-        on = (np.abs(x - line_x) < width / 2) & road & ~in_junction
-        if dashed:
-            on &= (z % 9.0) < 3.0
-        marking |= on
+        near = np.flatnonzero(np.abs(x - line_x) < width / 2)
+        on = near[paintable[near] & (((z[near] % 9.0) < 3.0) if dashed else True)]
         patch.color[on] = line_color
+        label[on], surface[on] = CLASS["RoadLine"], Surface.MARKING
     if ground.crosswalk is not None:
-        on = road & (z >= ground.crosswalk[0]) & (z <= ground.crosswalk[1]) & ((x - ground.road_center) % 1.0 < 0.5)
-        marking |= on
+        near = np.flatnonzero((z >= ground.crosswalk[0]) & (z <= ground.crosswalk[1]))
+        on = near[road[near] & ((x[near] - ground.road_center) % 1.0 < 0.5)]
         patch.color[on] = (0.88, 0.88, 0.85)
-    label[marking] = CLASS["RoadLine"]
-    surface[marking] = Surface.MARKING
+        label[on], surface[on] = CLASS["RoadLine"], Surface.MARKING
     # paint keeps the asphalt's LiDAR reflectivity on purpose: road lines are an RGB-only cue here
     return surface
 
