@@ -1,6 +1,6 @@
 """Speed of the procedural scene generator on ONE CPU core: render + write of complete DELIVER samples.
 
-    python benchmarks/generator_speed.py [--size 256] [--scenes 60] [--seed 0] [--png-compression 1]
+    python benchmarks/generator_speed.py [--size 256] [--scenes 60] [--seed 0] [--png-compression 0]
         [--out benchmarks/results/generator_speed.json]
 
 The process pins itself to one core and limits every thread pool (OpenMP/BLAS, OpenCV) to one thread before
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--png-compression", type=int, default=1, help="as the generator's option (0 = stored)")
+    parser.add_argument("--png-compression", type=int, default=0, help="as the generator's option (0 = stored)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/generator_speed.json"))
     args = parser.parse_args(argv)
 

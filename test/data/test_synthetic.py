@@ -68,10 +68,10 @@ def test_written_files_do_not_depend_on_the_number_of_workers(tmp_path):
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
 
 
-def test_uncompressed_pngs_hold_the_same_images(tmp_path):
+def test_compressed_and_stored_pngs_hold_the_same_images(tmp_path):
     counts = {"train": 2, "val": 0, "test": 0}
-    small, big = generate_dataset(tmp_path / "z1", 48, counts, 2), generate_dataset(tmp_path / "z0", 48, counts, 2,
-                                                                                      png_compression=0)
+    small = generate_dataset(tmp_path / "z1", 48, counts, 2, png_compression=1)
+    big = generate_dataset(tmp_path / "z0", 48, counts, 2)
     for a, b in zip(DeliverDataset(small, "train", ALL), DeliverDataset(big, "train", ALL)):
         assert all(np.array_equal(a["images"][m], b["images"][m]) for m in ALL)
         assert np.array_equal(a["label"], b["label"])

@@ -115,8 +115,8 @@ def scene_name(index: int, case: str | None) -> str:
     return f"scene_{index:05d}" + (f"_{case}" if case else "")
 
 
-def write_sample(root: str | Path, split: str, index: int, sample: SyntheticSample, png_compression: int = 1) -> None:
-    """Write one sample's six files in the DELIVER layout (PNG zlib level `png_compression`, 0 = fastest)."""
+def write_sample(root: str | Path, split: str, index: int, sample: SyntheticSample, png_compression: int = 0) -> None:
+    """Write one sample's six files in the DELIVER layout (PNG zlib level `png_compression`, 0 = stored)."""
     scene, file_id = scene_name(index, sample.case), f"{index:06d}"
 
     def path(folder: str, tag: str) -> Path:
@@ -138,10 +138,11 @@ def _render_and_write(task: tuple[str, int, int, int, str, int]) -> tuple[str, i
 
 
 def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | None = None, seed: int = 0,
-                     workers: int = 1, png_compression: int = 1) -> Path:
+                     workers: int = 1, png_compression: int = 0) -> Path:
     """Write `counts[split]` samples per split under `out` in the DELIVER layout, plus generator.json.
 
-    `png_compression` 0 stores PNGs uncompressed: ~5 ms less per 256 px sample, ~4x the disk space.
+    PNGs are stored uncompressed by default (`png_compression` 0): zlib would cost ~6 ms per 256 px sample, more
+    than a tenth of the generation time, for files ~3.5x smaller (level 1).
     """
     counts = counts or {"train": 100, "val": 20, "test": 20}
     for split, n in counts.items():
