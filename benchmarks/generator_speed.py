@@ -4,8 +4,9 @@
         [--out benchmarks/results/generator_speed.json]
 
 The process pins itself to one core and limits every thread pool (OpenMP/BLAS, OpenCV) to one thread before
-numpy and OpenCV load, then renders and writes `scenes` samples (all five conditions and failure cases, as
-`python -m mlesam_core.data.synthetic` does) into a temporary folder after two warm-up samples. Reports
+numpy and OpenCV load, tunes the allocator as the generator does (`keep_freed_memory`), then renders and writes
+`scenes` samples (all five conditions and failure cases, as `python -m mlesam_core.data.synthetic` does) into a
+temporary folder after two warm-up samples. Reports
 scenes per second by wall clock and by process CPU time (less sensitive to other jobs on a shared machine),
 the split between rendering and writing, and the load average around the run.
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mlesam_core.data.synthetic.allocator import keep_freed_memory  # noqa: E402
 from mlesam_core.data.synthetic.generate import render_sample, write_sample  # noqa: E402
 
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     core = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {core})
     cv2.setNumThreads(1)
+    tuned = keep_freed_memory()
     load_before = os.getloadavg()
     totals = measure(args.size, args.scenes, args.seed, args.png_compression)
     load_after = os.getloadavg()
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": "python benchmarks/generator_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {"size": args.size, "scenes": args.scenes, "seed": args.seed,
-                     "png_compression": args.png_compression, "cores": 1, "pinned_core": core,
+                     "png_compression": args.png_compression, "allocator_tuned": tuned, "cores": 1,
+                     "pinned_core": core,
                      "threads": 1, "python": platform.python_version(), "numpy": np.__version__,
                      "opencv": cv2.__version__, "machine": platform.machine(),
                      "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from mlesam_core.data.deliver import (CASES, CONDITIONS, SPLITS, deliver_camera_matrix, deliver_path,
                                       encode_deliver_label)
 from mlesam_core.data.image_io import write_image
+from mlesam_core.data.synthetic.allocator import keep_freed_memory
 from mlesam_core.data.synthetic.atmosphere import apply_fog, rain_streaks
 from mlesam_core.data.synthetic.camera import camera_image
 from mlesam_core.data.synthetic.conditions import Condition, sample_condition
@@ -156,10 +157,11 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
         raise ValueError(f"png_compression must be 0..9, got {png_compression}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()
     tasks = [(split, i, size, seed, str(root), png_compression) for split, n in counts.items() for i in range(n)]
     progress = tqdm(total=len(tasks), desc="procedural scenes", unit="scene", disable=len(tasks) < 20)
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=keep_freed_memory) as pool:
             for _ in pool.map(_render_and_write, tasks, chunksize=4):
                 progress.update()
     else:
