@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "settings": {"threads": args.threads, "size": args.size, "batch": args.batch, "modalities": 4,
                      "repeats": args.repeats,
-                     "statistic": f"{args.statistic} {args.clock}-clock seconds per call; grouped and loop runs alternate, "
-                                  "1 warm-up each",
+                     "statistic": f"{args.statistic} {args.clock}-clock seconds per call; grouped and loop "
+                                  "runs alternate, 1 warm-up each",
                      "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                      "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                      "note": "provisional: shared CPU; random frozen weights (timings do not depend on them)"},

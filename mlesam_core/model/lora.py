@@ -37,7 +37,7 @@ class ModalityContext:
 
 
 class LoRAQKV(nn.Module):
-    """Wraps a frozen `qkv` nn.Linear (peft-style `base_layer`, never copied) with one (A_q, B_q, A_v, B_v) per modality.
+    """Wraps a frozen `qkv` nn.Linear (peft-style `base_layer`, not copied) with one (A_q, B_q, A_v, B_v) per modality.
 
     Parameters are stacked: `lora_A` [M, 2, r, d_in] and `lora_B` [M, 2, d_out, r], index 1 = (q, v). d_out is
     `qkv.out_features // 3`, which differs from d_in in Hiera's stage-transition blocks. B starts at zero so the

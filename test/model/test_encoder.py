@@ -157,7 +157,8 @@ def test_checkpoint_missing_a_key_names_it(official, tmp_path):
     del state["image_encoder.neck.convs.1.conv.bias"]
     path = tmp_path / "partial.pt"
     torch.save({"model": state}, path)
-    with pytest.raises(CheckpointError, match=r"partial.pt: .*missing keys \(2\): image_encoder.neck.convs.1.conv.bias, "
+    with pytest.raises(CheckpointError, match=r"partial.pt: .*missing keys \(2\): "
+                                              r"image_encoder.neck.convs.1.conv.bias, "
                                               r"sam_mask_decoder.transformer.norm_final_attn.weight"):
         load_sam2_weights(build_model(tiny_config()), path)
 
