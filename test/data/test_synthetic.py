@@ -2,6 +2,8 @@
 sensor, physically plausible conditions and failure cases, complementary modalities."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,6 @@ from mlesam_core.data.classes import DELIVER
 from mlesam_core.data.deliver import CASES, CONDITIONS, DeliverDataset, deliver_camera_matrix
 from mlesam_core.data.image_io import read_image
 from mlesam_core.data.synthetic import generate_dataset, render_sample
-from mlesam_core.data.synthetic.__main__ import main as generator_cli
 from mlesam_core.data.synthetic.event_sensor import low_res_size
 from mlesam_core.data.synthetic.layout import CAMERA_HEIGHT
 from mlesam_core.sensors import depth_to_hha
@@ -61,8 +62,8 @@ def test_generation_is_deterministic_per_seed_and_sample():
 
 def test_written_files_do_not_depend_on_the_number_of_workers(tmp_path):
     counts = {"train": 3, "val": 1, "test": 0}
-    one, two = generate_dataset(tmp_path / "one", 48, counts, 1), generate_dataset(tmp_path / "two", 48, counts, 1,
-                                                                                    workers=2)
+    one = generate_dataset(tmp_path / "one", 48, counts, 1, tune_allocator=False)
+    two = generate_dataset(tmp_path / "two", 48, counts, 1, workers=2, tune_allocator=False)
     files = sorted(p.relative_to(one) for p in one.rglob("*.png"))
     assert len(files) == 4 * 6
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
@@ -70,8 +71,8 @@ def test_written_files_do_not_depend_on_the_number_of_workers(tmp_path):
 
 def test_compressed_and_stored_pngs_hold_the_same_images(tmp_path):
     counts = {"train": 2, "val": 0, "test": 0}
-    small = generate_dataset(tmp_path / "z1", 48, counts, 2, png_compression=1)
-    big = generate_dataset(tmp_path / "z0", 48, counts, 2)
+    small = generate_dataset(tmp_path / "z1", 48, counts, 2, png_compression=1, tune_allocator=False)
+    big = generate_dataset(tmp_path / "z0", 48, counts, 2, tune_allocator=False)
     for a, b in zip(DeliverDataset(small, "train", ALL), DeliverDataset(big, "train", ALL)):
         assert all(np.array_equal(a["images"][m], b["images"][m]) for m in ALL)
         assert np.array_equal(a["label"], b["label"])
@@ -166,7 +167,9 @@ def test_road_lines_differ_from_road_in_colour_but_not_in_depth_or_lidar():
 
 
 def test_generator_cli_and_argument_errors(tmp_path):
-    generator_cli(["--out", str(tmp_path / "cli"), "--size", "32", "--train", "2", "--val", "1", "--test", "0"])
+    # a real `python -m` run: the CLI tunes its own process's allocator, not the test session's
+    subprocess.run([sys.executable, "-m", "mlesam_core.data.synthetic", "--out", str(tmp_path / "cli"), "--size",
+                    "32", "--train", "2", "--val", "1", "--test", "0"], check=True, capture_output=True)
     assert len(list((tmp_path / "cli").rglob("*_semantic_front.png"))) == 3
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         generate_dataset(tmp_path / "x", 32, {"dev": 1})

@@ -139,8 +139,11 @@ def _render_and_write(task: tuple[str, int, int, int, str, int]) -> tuple[str, i
 
 
 def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | None = None, seed: int = 0,
-                     workers: int = 1, png_compression: int = 0) -> Path:
+                     workers: int = 1, png_compression: int = 0, tune_allocator: bool = True) -> Path:
     """Write `counts[split]` samples per split under `out` in the DELIVER layout, plus generator.json.
+
+    `tune_allocator` keeps freed buffers in this process's heap (`allocator.keep_freed_memory`, ~15 % faster);
+    worker processes are always tuned. Pass False to leave a long-lived calling process as it is.
 
     PNGs are stored uncompressed by default (`png_compression` 0): zlib would cost ~6 ms per 256 px sample, more
     than a tenth of the generation time, for files ~3.5x smaller (level 1).
@@ -157,7 +160,8 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
         raise ValueError(f"png_compression must be 0..9, got {png_compression}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    keep_freed_memory()
+    if tune_allocator:
+        keep_freed_memory()
     tasks = [(split, i, size, seed, str(root), png_compression) for split, n in counts.items() for i in range(n)]
     progress = tqdm(total=len(tasks), desc="procedural scenes", unit="scene", disable=len(tasks) < 20)
     if workers > 1:
