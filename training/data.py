@@ -44,6 +44,9 @@ def check_data_against_model(data: DataConfig, model_config: Any) -> None:
         check_modalities(model_config.modalities, data.format)
     except ValueError as exc:
         raise ConfigError(f"model.modalities: {exc}") from None
+    if model_config.classes is not None and model_config.classes != data.format:
+        raise ConfigError(f"model.classes: {model_config.classes!r}, but data.format is {data.format!r} (the labels "
+                          f"follow the data set's class table)")
     table = get_class_table(data.format)
     if model_config.num_classes != table.num_classes:
         raise ConfigError(f"model.num_classes: {model_config.num_classes}, but data set {data.format!r} has "

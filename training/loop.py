@@ -25,14 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mlesam_core.config_io import to_dict
+from mlesam_core.config_io import ConfigError, to_dict
 from mlesam_core.evaluation import autocast, evaluate
 from mlesam_core.losses import total_loss
 from training import checkpoint as ckpt
 from training.config import TrainConfig, build_model_config, model_config_mapping
 from training.data import DataBundle, build_data, check_data_against_model
 from training.distributed import all_reduce_sum, any_process, barrier, cleanup, gather_objects, init_distributed
-from training.model_setup import build_training_model, save_adapters_atomic
+from training.model_setup import build_training_model, sam2_checkpoint_path, save_adapters_atomic
 from training.run_log import RunLog
 from training.schedule import warmup_poly_scheduler
 
@@ -103,24 +103,26 @@ class Trainer:
         # Everything that can be wrong with config or data fails here, before the first step.
         self.model_config = build_model_config(config.model)
         check_data_against_model(config.data, self.model_config)
+        sam2_checkpoint_path(config)
         resume_payload = self._read_resume(resume)
         self.data: DataBundle = build_data(config, self.model_config, self.dist)
+        optim = config.optim
+        self.steps_per_epoch = self.data.batches_per_epoch // optim.grad_accum_steps
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"optim.batch_size: {len(self.data.train)} training samples give "
+                              f"{self.data.batches_per_epoch} batches of {optim.batch_size} per process, fewer than "
+                              f"optim.grad_accum_steps={optim.grad_accum_steps}; lower it or add samples")
         self.model = build_training_model(config, self.model_config, self.device)
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.distributed:
-            # find_unused_parameters: modality dropout leaves the experts of dropped modalities without gradient
+            # find_unused_parameters: a configuration may leave trainable tensors out of a step's graph (e.g. the
+            # router under fusion 'avg'); DDP would otherwise wait for their gradients forever
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
 
-        optim = config.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-        self.steps_per_epoch = self.data.batches_per_epoch // optim.grad_accum_steps
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"data: {len(self.data.train)} training samples give {self.data.batches_per_epoch} "
-                             f"batches of {optim.batch_size} per process, fewer than optim.grad_accum_steps="
-                             f"{optim.grad_accum_steps}; lower the batch size or add samples")
         self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
         schedule = optim.schedule
         warmup = (schedule.warmup_steps if schedule.warmup_steps is not None

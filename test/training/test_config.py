@@ -68,12 +68,14 @@ def test_bad_model_values_are_named_under_model(tmp_path):
     (["data.modalities=[rgb, sonar]"], "data.modalities: unknown modality 'sonar'"),
     (["data.modalities=[depth, rgb, event, lidar]"], "data.modalities: ['depth', 'rgb', 'event', 'lidar'] differ"),
     (["model.modalities=[rgb, nir]"], "model.modalities: data set 'deliver' has no modality 'nir'"),
-    (["model.num_classes=19"], "model.num_classes: 19, but data set 'deliver' has 25 classes"),
-    (["data.format=muses", "model.modalities=[frame]", "data.case=fog"], "data.case: only DELIVER"),
+    (["model.classes=null", "model.num_classes=19"], "model.num_classes: 19, but data set 'deliver' has 25 classes"),
+    (["data.format=muses", "model.modalities=[frame]"], "model.classes: 'deliver', but data.format is 'muses'"),
+    (["data.format=muses", "model.modalities=[frame]", "model.classes=muses", "data.case=fog"],
+     "data.case: only DELIVER"),
 ])
 def test_data_that_cannot_fit_the_model_is_refused_by_key(tmp_path, overrides, message):
     config = _config(tmp_path, *overrides)
-    if config.data.format == "muses":
+    if config.model.get("classes") == "muses":
         config.model["num_classes"] = 19
     with pytest.raises(ConfigError) as info:
         check_data_against_model(config.data, build_model_config(config.model))
