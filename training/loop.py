@@ -115,11 +115,10 @@ class Trainer:
         self.model = build_training_model(config, self.model_config, self.device)
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.distributed:
-            # find_unused_parameters: a configuration may leave trainable tensors out of a step's graph (e.g. the
-            # router under fusion 'avg'); DDP would otherwise wait for their gradients forever
+            # Every trainable tensor is in every step's graph (the model runs all expert chunks in training, even
+            # for modalities absent from the whole batch), so DDP needs no search for unused parameters.
             self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)

@@ -85,7 +85,8 @@ def test_two_process_gloo_torchrun_trains_and_rank0_writes_one_checkpoint(tiny_o
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000)]
-    overrides = tiny_overrides(out, steps=3) + ["num_threads=1"]
+    # modality dropout on: a modality absent from a process's whole batch must not stall the gradient all-reduce
+    overrides = tiny_overrides(out, steps=3) + ["num_threads=1", "data.modality_dropout.p=0.7"]
     done = subprocess.run(torchrun + ["-m", "training.train", "--no-progress", "--config",
                                       "config/train/synthetic_cpu.yaml", *overrides],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
