@@ -116,11 +116,15 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
     result = EvaluationResult(modalities, tuple(class_names),
                               {s: ConfusionMatrix(num_classes, ignore_index, device) for s in wanted},
                               {kind: {} for kind in group_by})
+    # examples evenly spread over the data (a DataLoader knows its data set's length), not all from its start
+    total = len(batches.dataset) if hasattr(batches, "dataset") else 0
+    stride = max(1, total // max_examples) if max_examples else 1
     model.eval()
     for batch in tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False):
         images = batch["images"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
         present = batch["present"].to(device, non_blocking=True)
+        first = result.samples
         result.samples += images.shape[0]
         for subset, mask in masks.items():
             subset_present = present & mask
@@ -135,14 +139,17 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
             result.subsets[subset].update(prediction, labels[rows])
             if subset != modalities:
                 continue
-            kept_meta = [m for m, keep in zip(batch["meta"], rows.tolist()) if keep]
+            positions = [first + i for i, keep in enumerate(rows.tolist()) if keep]
+            kept_meta = [batch["meta"][p - first] for p in positions]
             kept_images, kept_present, kept_labels = images[rows], subset_present[rows], labels[rows]
             for kind in group_by:
                 for i, meta in enumerate(kept_meta):
                     value = str(meta.get(kind) or "none")
                     cm = result.groups[kind].setdefault(value, ConfusionMatrix(num_classes, ignore_index, device))
                     cm.update(prediction[i], kept_labels[i])
-            for i in range(min(max_examples - len(result.examples), prediction.shape[0])):
+            for i, position in enumerate(positions):
+                if position % stride or len(result.examples) >= max_examples:
+                    continue
                 result.examples.append(Example(_display_image(kept_images[i], kept_present[i], modalities),
                                                kept_labels[i].cpu().numpy().astype(np.uint8),
                                                prediction[i].cpu().numpy().astype(np.uint8), kept_meta[i]))

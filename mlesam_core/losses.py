@@ -35,7 +35,15 @@ def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
 
 
 def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
-    """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}."""
+    """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}.
+
+    An output with `members` (SAM-LoRA in training) is scored per member on the samples where that member's
+    modality is present, and the terms are averaged over the members.
+    """
+    if output.members:
+        parts = [total_loss(member, torch.where(member.valid[:, None, None], labels, config.ignore_index), config)
+                 for member in output.members]
+        return {key: torch.stack([part[key] for part in parts]).mean() for key in parts[0]}
     terms = config.loss
 
     def ohem(logits: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mlesam_core.data.classes import ClassTable, get_class_table
 from mlesam_core.modalities import get_modality, normalization, to_three_channels
 from mlesam_core.model import OFFICIAL_CHECKPOINT_URL, CheckpointError, build_model, load_adapters
 from mlesam_core.model.base import LoRASam2Model
@@ -53,6 +54,8 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.config: MLESAMConfig = model.config
         self.modalities = tuple(model.modalities)
+        # names and colours of the labels (config key `classes`); None for a model of the user's own classes
+        self.class_table: ClassTable | None = get_class_table(self.config.classes) if self.config.classes else None
         self.size = (self.config.image_size, self.config.image_size)
         self._mean, self._std = normalization(self.modalities, device=self.device)  # [M, 3, 1, 1]
         self._modes = {n: ("nearest" if get_modality(n).kind == "sparse" else "bilinear") for n in self.modalities}

@@ -25,6 +25,10 @@ class SegmentationOutput:
     sam_logits: torch.Tensor
     aux_logits: torch.Tensor | None  # None without an aux head
     routing: dict[str, torch.Tensor]  # per level (or "logits" for SAM-LoRA): modality weights [B, M]
+    # SAM-LoRA in training mode: each modality model's own output, with `valid` [B] = that modality is present;
+    # the loss trains every member on its own prediction, as the paper's separately trained models
+    members: list[SegmentationOutput] | None = None
+    valid: torch.Tensor | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from mlesam_core.config_io import ConfigError, check, load_config, to_dict
+from mlesam_core.data.classes import CLASS_TABLES
 from mlesam_core.modalities import check_modalities
 
 # Config keys that do not change the model's tensors or their meaning: adapters trained with other values of
@@ -112,6 +113,7 @@ class MLESAMConfig:
 
     modalities: tuple[str, ...]
     num_classes: int
+    classes: str | None = None  # class table of the labels (deliver, muses, mcubes); null: the user's own classes
     architecture: Literal["mlesam", "sam_lora"] = "mlesam"
     sam2: Sam2Config = field(default_factory=Sam2Config)
     image_size: int = 1024
@@ -133,6 +135,12 @@ class MLESAMConfig:
             raise ConfigError(f"modalities: {exc}") from None
         check(0 < self.num_classes <= 255, "num_classes", f"must lie in 1..255 (labels are uint8), "
               f"got {self.num_classes}")
+        if self.classes is not None:
+            check(self.classes in CLASS_TABLES, "classes",
+                  f"unknown class table {self.classes!r} (known: {', '.join(CLASS_TABLES)})")
+            table_size = CLASS_TABLES[self.classes].num_classes
+            check(table_size == self.num_classes, "num_classes",
+                  f"{self.num_classes} does not match the {table_size} classes of class table {self.classes!r}")
         check(not 0 <= self.ignore_index < self.num_classes, "ignore_index",
               f"{self.ignore_index} is a class id (num_classes is {self.num_classes})")
         check(self.image_size > 0 and self.image_size % 32 == 0, "image_size",

@@ -2,8 +2,9 @@
 
 Per modality: the same LoRA experts on the shared frozen SAM2 encoder (grouped, exactly as MLE-SAM), its own
 class-token head and aux head (separate weights), no fusion; the logits of the present modalities are averaged.
-Unlike the paper's separately trained models, this one is trained end to end through the average (late
-fusion); the heads are evaluated one modality at a time (M separate decoders are what this baseline is).
+As in the paper, every member model is trained on its own prediction: in training mode the output carries the
+members (`SegmentationOutput.members`) and `total_loss` averages their losses, so no gradient crosses modalities
+and training them together equals training M separate models on the shared frozen backbone.
 """
 
 from __future__ import annotations
@@ -33,16 +34,24 @@ class SAMLoRA(LoRASam2Model):
         self.check_inputs(images, present)
         features = self._encode(images, present)
         weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
+        size = tuple(images.shape[-2:])
         sam = aux = None
+        members = [] if self.training else None
         for j, m in enumerate(features.ids):  # one decoder per modality: this baseline is M separate models
             ffp, ifp, sfm = (level[j] for level in features.levels)
             w = weights[:, m, None, None, None]
             sam_m = self.mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
             sam = w.to(sam_m.dtype) * sam_m if sam is None else sam + w.to(sam_m.dtype) * sam_m
-            if self.aux_heads is not None:
-                aux_m = self.aux_heads[m]([ffp, ifp, sfm])
+            aux_m = self.aux_heads[m]([ffp, ifp, sfm]) if self.aux_heads is not None else None
+            if aux_m is not None:
                 aux = w.to(aux_m.dtype) * aux_m if aux is None else aux + w.to(aux_m.dtype) * aux_m
-        return self.combine(sam, aux, tuple(images.shape[-2:]), {"logits": weights})
+            if members is not None:
+                member = self.combine(sam_m, aux_m, size, {"logits": weights})
+                member.valid = present[:, m]
+                members.append(member)
+        output = self.combine(sam, aux, size, {"logits": weights})
+        output.members = members
+        return output
 
 
 __all__ = ["SAMLoRA"]

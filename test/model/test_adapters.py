@@ -49,9 +49,10 @@ def test_adapters_round_trip_and_hold_only_trainable_tensors(tmp_path, architect
 
 def test_adapters_refuse_another_config_naming_the_keys(tmp_path):
     path = save_adapters(_trained_model(), tmp_path / "a.safetensors")
-    other = build_model(tiny_config("num_classes=19", "fusion=avg"))
-    with pytest.raises(AdapterError, match=r"a.safetensors: made for another model config: fusion: 'avg\+moe' "
-                                           r"\(file\) != 'avg' \(model\); num_classes: 25 \(file\) != 19"):
+    other = build_model(tiny_config("num_classes=19", "classes=muses", "fusion=avg"))
+    with pytest.raises(AdapterError, match=r"a.safetensors: made for another model config: classes: 'deliver' "
+                                           r"\(file\) != 'muses' \(model\); fusion: 'avg\+moe' \(file\) != 'avg' "
+                                           r"\(model\); num_classes: 25 \(file\) != 19"):
         load_adapters(other, path)
     runtime_only = build_model(tiny_config("image_size=128", "lora.dropout=0.1", "loss.aux_weight=1.0"))
     load_adapters(runtime_only, path)  # working size and training switches may differ

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures.model import random_batch, randomize_lora, tiny_config
+from fixtures.model import TINY_SIZE, random_batch, randomize_lora, tiny_config
 
 from mlesam_core.losses import total_loss
 from mlesam_core.model import build_model
@@ -158,3 +158,32 @@ def test_bf16_autocast_training_step_keeps_float32_gradients_and_finite_loss():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_sam_lora_members_are_trained_on_their_own_predictions():
+    """Each SAM-LoRA member learns from its own loss only, as the paper's separately trained models."""
+    from mlesam_core.losses import ohem_cross_entropy, total_loss
+
+    config = tiny_config("architecture=sam_lora", "aux_head.enabled=false")
+    model = build_model(config)
+    randomize_lora(model)
+    model.train()
+    images, present = random_batch(config, batch=2)
+    present[1, 2] = False  # event absent in sample 1: its member is scored on sample 0 only
+    labels = torch.randint(0, config.num_classes, (2, TINY_SIZE, TINY_SIZE), generator=torch.Generator().manual_seed(1))
+    output = model(images, present)
+    assert len(output.members) == len(config.modalities)
+    assert output.members[2].valid.tolist() == [True, False]
+
+    total_loss(output, labels, config)["loss"].backward()
+    head_grad = model.mask_heads[0].class_tokens.weight.grad.clone()
+    model.zero_grad()
+    # member 0 alone, scaled like its share of the mean: the same gradient reaches head 0 ...
+    (ohem_cross_entropy(model(images, present).members[0].sam_logits, labels) / len(config.modalities)).backward()
+    torch.testing.assert_close(model.mask_heads[0].class_tokens.weight.grad, head_grad)
+    # ... and nothing of it reaches another member's head or expert
+    assert model.mask_heads[1].class_tokens.weight.grad is None or not model.mask_heads[1].class_tokens.weight.grad.any()
+    assert not model.lora_layers[0].lora_B.grad[1].any()
+    model.eval()
+    with torch.no_grad():
+        assert model(images, present).members is None  # inference averages, no per-member upsampling

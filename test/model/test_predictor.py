@@ -88,3 +88,17 @@ def test_from_files_loads_adapters_and_bf16_runs_on_cpu(tmp_path):
     assert bf16.labels.shape == (50, 70) and np.isfinite(bf16.confidence).all()
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         Segmenter(segmenter.model, precision="fp16")
+
+
+def test_segmenter_carries_the_configs_class_table(tiny_segmenter):
+    assert tiny_segmenter.class_table.dataset == "deliver"
+    assert tiny_segmenter.class_table.num_classes == tiny_segmenter.config.num_classes == 25
+
+
+def test_class_table_and_class_count_must_agree():
+    from mlesam_core.config_io import ConfigError
+
+    with pytest.raises(ConfigError, match="num_classes: 25 does not match the 19 classes of class table 'muses'"):
+        tiny_config("classes=muses")
+    custom = tiny_config("classes=null", "num_classes=7")
+    assert custom.classes is None  # a user's own label set: no table, the ROS node then asks for one
