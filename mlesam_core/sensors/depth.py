@@ -52,29 +52,34 @@ def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray,
     k = np.asarray(intrinsics, dtype=np.float64)
     if k.shape not in ((3, 3), (3, 4)):
         raise ValueError(f"intrinsics: expected K (3x3) or P (3x4), got shape {k.shape}")
-    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    fx, fy, cx, cy = (float(v) for v in (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
     h, w = depth.shape
     valid = _valid(depth)
-    z = np.where(valid, depth, 0.0).astype(np.float32)
-    vs, us = np.mgrid[0:h, 0:w].astype(np.float32)
-    x = (us - cx) / fx * z
-    y = (vs - cy) / fy * z
+    z = np.where(valid, depth, np.float32(0.0))
+    # back-projection: x = (u - cx) / fx * z, y = (v - cy) / fy * z (float32, one channel at a time: this runs
+    # per frame in the ROS node and per sample in the generator)
+    ray_x = ((np.arange(w, dtype=np.float32) - cx) / fx)[None, :]
+    ray_y = ((np.arange(h, dtype=np.float32) - cy) / fy)[:, None]
+    x, y = ray_x * z, ray_y * z
 
-    disparity = np.clip(encoding.near / np.maximum(z, 1e-6), 0.0, 1.0) * 255.0
-    height = encoding.camera_height - y
+    out = np.empty((h, w, 3), dtype=np.float32)
+    np.multiply(np.clip(encoding.near / np.maximum(z, 1e-6), 0.0, 1.0), 255.0, out=out[..., 0])
     span = encoding.max_height - encoding.min_height
-    height_c = np.clip((height - encoding.min_height) / span, 0.0, 1.0) * 254.0 + 1.0
+    height = encoding.camera_height - y
+    out[..., 1] = np.clip((height - encoding.min_height) / span, 0.0, 1.0) * 254.0 + 1.0
 
-    points = np.stack([x, y, z], axis=-1)
-    du = np.gradient(points, axis=1)
-    dv = np.gradient(points, axis=0)
-    normal = np.cross(du, dv)
-    norm = np.linalg.norm(normal, axis=-1)
-    # angle between the surface normal and "up" (-y in the optical frame); sign-free, 0..90 degrees
-    cos_up = np.abs(-normal[..., 1]) / np.maximum(norm, 1e-9)
+    # surface normal = d(point)/du x d(point)/dv; its angle with "up" (-y in the optical frame), sign-free, 0..90 deg
+    xu, yu, zu = (np.gradient(c, axis=1) for c in (x, y, z))
+    xv, yv, zv = (np.gradient(c, axis=0) for c in (x, y, z))
+    nx = yu * zv - zu * yv
+    ny = zu * xv - xu * zv
+    nz = xu * yv - yu * xv
+    norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+    cos_up = np.abs(ny) / np.maximum(norm, 1e-9)
     angle = np.degrees(np.arccos(np.clip(cos_up, 0.0, 1.0)))
-    angle_c = np.where(norm > 0, angle / 90.0 * 254.0 + 1.0, 1.0)
+    out[..., 2] = np.where(norm > 0, angle / 90.0 * 254.0 + 1.0, 1.0)
 
-    hha = np.stack([disparity, height_c, angle_c], axis=-1)
-    hha = np.where(valid[..., None], np.rint(np.clip(hha, 1.0, 255.0)), 0.0)
-    return hha.astype(np.uint8)
+    np.clip(out, 1.0, 255.0, out=out)
+    np.rint(out, out=out)
+    out[~valid] = 0.0
+    return out.astype(np.uint8)
