@@ -1,7 +1,7 @@
 """Quality on the procedural scenes: MLE-SAM vs RGB-only vs SAM-LoRA vs modality dropout (+ fusion ablations),
 trained with the same budget (optimiser steps x batch) on CPU from `config/train/synthetic_cpu.yaml`.
 
-    python benchmarks/synthetic_quality.py [--steps 400] [--variants mlesam,rgb_only,...] [--quick]
+    python benchmarks/synthetic_quality.py [--steps 600] [--variants mlesam,rgb_only,...] [--quick]
         [--data data/synthetic_quality] [--runs runs/synthetic_quality] [--out benchmarks/results]
 
 Generates the data (unless --data already holds the same generator settings), trains each variant, evaluates it
@@ -199,7 +199,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--steps", type=int, default=400, help="optimiser steps per variant (same for all)")
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per variant (same for all)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--train", type=int, default=800, help="procedural training scenes")

@@ -69,10 +69,25 @@ class EvaluationResult:
     groups: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
     examples: list[Example] = field(default_factory=list)
     samples: int = 0
+    # group ('all', or e.g. 'condition=night') -> fusion level -> routing weights [M] summed over its samples
+    routing: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    routed_samples: dict[str, int] = field(default_factory=dict)
 
     def subset_scores(self) -> dict[Subset, SegmentationScores]:
         """Scores of every evaluated subset."""
         return {s: cm.scores(self.class_names) for s, cm in self.subsets.items()}
+
+    def mean_routing(self) -> dict[str, dict[str, dict[str, float]]]:
+        """group -> level -> {modality: mean routing weight} of the all-modality run (the router's trust)."""
+        return {group: {level: dict(zip(self.modalities, (total / self.routed_samples[group]).tolist()))
+                        for level, total in levels.items()}
+                for group, levels in self.routing.items()}
+
+    def _add_routing(self, group: str, weights: dict[str, torch.Tensor]) -> None:
+        levels = self.routing.setdefault(group, {})
+        for level, w in weights.items():
+            levels[level] = levels.get(level, 0) + w.float().sum(dim=0).cpu()
+        self.routed_samples[group] = self.routed_samples.get(group, 0) + next(iter(weights.values())).shape[0]
 
     def group_scores(self) -> dict[str, dict[str, SegmentationScores]]:
         """Scores per group kind ('condition', 'case') and value."""
@@ -132,7 +147,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
             if not bool(rows.any()):
                 continue
             with autocast(device, precision):
-                logits = model(images[rows], subset_present[rows]).logits
+                output = model(images[rows], subset_present[rows])
+            logits = output.logits
             if logits.shape[-2:] != labels.shape[-2:]:
                 logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
             prediction = logits.argmax(dim=1)
@@ -142,11 +158,13 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
             positions = [first + i for i, keep in enumerate(rows.tolist()) if keep]
             kept_meta = [batch["meta"][p - first] for p in positions]
             kept_images, kept_present, kept_labels = images[rows], subset_present[rows], labels[rows]
+            result._add_routing("all", output.routing)
             for kind in group_by:
                 for i, meta in enumerate(kept_meta):
                     value = str(meta.get(kind) or "none")
                     cm = result.groups[kind].setdefault(value, ConfusionMatrix(num_classes, ignore_index, device))
                     cm.update(prediction[i], kept_labels[i])
+                    result._add_routing(f"{kind}={value}", {k: w[i:i + 1] for k, w in output.routing.items()})
             for i, position in enumerate(positions):
                 if position % stride or len(result.examples) >= max_examples:
                     continue

@@ -61,6 +61,8 @@ def result_to_json(result: EvaluationResult) -> dict[str, Any]:
                                     for p in PROTOCOL_DESCRIPTIONS}
     for kind, groups in result.group_scores().items():
         data[f"by_{kind}"] = {value: sc.to_dict() for value, sc in groups.items()}
+    if result.routing:
+        data["mean_routing"] = result.mean_routing()
     return data
 
 
@@ -81,6 +83,13 @@ def result_to_markdown(result: EvaluationResult, title: str) -> str:
     for kind, groups in result.group_scores().items():
         parts += ["", f"## By {kind} (all modalities)", "",
                   markdown_table(SCORE_HEADER, [scores_row(v, sc) for v, sc in groups.items()])]
+    routing = result.mean_routing()
+    if routing:
+        rows = [[group, level, *[f"{w:.2f}" for w in weights.values()]]
+                for group, levels in routing.items() if group == "all" or group.startswith("condition=")
+                for level, weights in levels.items()]
+        parts += ["", "## Mean routing weight per fusion level (all modalities present)", "",
+                  markdown_table(["samples", "level", *result.modalities], rows)]
     parts += ["", "## Per-class IoU % (all modalities; '-' = class absent from ground truth and prediction)", "",
               markdown_table(["class", "IoU %"], [[n, "-" if math.isnan(v) else f"{100 * v:.2f}"]
                                                   for n, v in zip(full.class_names, full.iou)])]

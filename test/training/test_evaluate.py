@@ -42,6 +42,10 @@ def test_evaluate_writes_the_subset_matrix_groups_tables_and_plots(tiny_run, tmp
     assert len(full["per_class_iou"]) == 25
     assert data["by_condition"] and data["by_case"]
     assert sum(g["labelled_pixels"] for g in data["by_condition"].values()) == full["labelled_pixels"]
+    routing = data["mean_routing"]
+    assert set(routing["all"]) == {"sfm", "ifp", "ffp"}  # the three fusion levels
+    assert all(set(w) == set(data["modalities"]) and min(w.values()) >= 0 for w in routing["all"].values())
+    assert {g.split("=")[0] for g in routing} == {"all", "condition", "case"}
     markdown = (tmp_path / "evaluation.md").read_text()
     assert "Missing modalities" in markdown and "absent left out" in markdown and "By condition" in markdown
     for png in ("per_class_iou.png", "subsets.png", "overlays.png"):
