@@ -32,7 +32,7 @@ test: setup
 	@$(PY) -m pytest
 
 demo: setup
-	@$(PY) -m mlesam_ros.demo
+	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The newcomer demo: `make demo` (or `python -m demo` from the repository root)."""
