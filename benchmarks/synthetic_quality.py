@@ -187,6 +187,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         rows.append(["**mean**", *[_pct(v["val"]["subset_mean_miou"]["all_classes"]) for v in multi.values()]])
         lines += ["", "## Missing modalities (trained on RGB-D-E-L, evaluated on each subset)", "",
                   markdown_table(["present", *multi], rows)]
+    routed = {n: v["val"]["mean_routing"] for n, v in results.items()
+              if v["fusion"] != "avg" and v["architecture"] == "mlesam" and "mean_routing" in v["val"]}
+    if routed:
+        modalities = list(next(iter(routed.values()))["all"]["ffp"])
+        rows = [[name, group, level, *[f"{weights[m]:.2f}" for m in modalities]]
+                for name, routing in routed.items()
+                for group in ("all", *[f"condition={c}" for c in FOCUS_CONDITIONS]) if group in routing
+                for level, weights in routing[group].items()]
+        lines += ["", "## Router weights (mean over val samples, all modalities present)", "",
+                  markdown_table(["variant", "samples", "level", *modalities], rows)]
     lines += ["", "## The paper's expectations", ""]
     rows = [[c["claim"], _pct(c["a"]), _pct(c["b"]), f"{100 * c['difference']:+.1f}", "yes" if c["held"] else "**no**"]
             for c in report["expectations"]]

@@ -80,6 +80,32 @@ class StopRequest:
                     signal.Signals(signum).name)
 
 
+class LossWindow:
+    """Loss terms (device tensors, no host sync per step) and time since the last report."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window now."""
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one optimiser step's mean loss terms."""
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+
+    def flush(self, images_per_step: int) -> tuple[dict[str, float], float]:
+        """(mean terms as 'loss', 'loss_sam', 'loss_aux'; images per second), then start a new window."""
+        terms = {(k if k == "loss" else f"loss_{k}"): float(v) / self.steps for k, v in self.sums.items()}
+        rate = self.steps * images_per_step / (time.perf_counter() - self.started)
+        self.reset()
+        return terms, rate
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -129,6 +155,7 @@ class Trainer:
         self.scheduler = warmup_poly_scheduler(self.optimizer, self.total_steps, warmup, schedule.warmup_ratio,
                                                schedule.power)
         self.progress = ckpt.Progress()
+        self.last_val: dict[str, Any] | None = None
         if resume_payload is not None:
             self._restore(resume_payload, resume)
         self.run_log = RunLog(self.out_dir, self.progress.step if resume_payload else None) if self.is_main else None
@@ -240,6 +267,58 @@ class Trainer:
         return epoch_done and val.every_epochs is not None and self.progress.epoch % val.every_epochs == 0
 
     # ---- the run -------------------------------------------------------------------------------------------
+    def _log(self, window: LossWindow, lr: float, bar: tqdm) -> None:
+        """Report the mean loss terms and throughput since the last report (bar, metrics.jsonl, TensorBoard)."""
+        images_per_step = self.config.optim.batch_size * self.config.optim.grad_accum_steps * self.dist.world_size
+        terms, rate = window.flush(images_per_step)
+        if not math.isfinite(terms["loss"]):
+            raise FloatingPointError(f"step {self.progress.step}: training loss is {terms['loss']}; lower optim.lr "
+                                     f"or check the data")
+        bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        if self.run_log is not None:
+            self.run_log.write("train", self.progress.step,
+                               {"epoch": self.progress.epoch, **terms, "lr": lr, "images_per_s": rate})
+
+    def _run_epoch(self, bar: tqdm, stop: StopRequest, stop_at: int | None, window: LossWindow) -> str | None:
+        """Train the rest of the current epoch; 'finished' (budget reached), 'stopped' (signal or `stop_at`,
+        `last` saved) or None (epoch done)."""
+        accum = self.config.optim.grad_accum_steps
+        start_batch = self.progress.batch_in_epoch
+        self.data.sampler.set_epoch(self.progress.epoch, start=start_batch * self.config.optim.batch_size)
+        batches = iter(self.data.train_loader)
+        for _ in range(self.steps_per_epoch - start_batch // accum):
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            window.add(self._optimizer_step(batches))
+            self.progress.step += 1
+            self.progress.batch_in_epoch += accum
+            epoch_done = self.progress.batch_in_epoch >= self.steps_per_epoch * accum
+            if epoch_done:
+                self.progress.epoch += 1
+                self.progress.batch_in_epoch = 0
+            bar.update(1)
+            if self.progress.step % self.config.log_every_steps == 0 or epoch_done:
+                self._log(window, lr, bar)
+            finished = self.progress.step >= self.total_steps
+            saved = False
+            if self._validation_due(epoch_done) or finished:
+                self.last_val = self._validate_and_save()
+                saved = True
+            elif self.config.save_every_steps and self.progress.step % self.config.save_every_steps == 0:
+                self._save("last")
+                saved = True
+            signalled = stop.signum is not None
+            if self.dist.distributed:
+                signalled = any_process(signalled, self.device)  # every process stops at the same step
+            if signalled or (stop_at is not None and self.progress.step >= stop_at and not finished):
+                if not saved:
+                    self._save("last")
+                return "stopped"
+            if finished:
+                return "finished"
+            if epoch_done:
+                return None
+        return None
+
     def run(self, stop_at: int | None = None) -> TrainSummary:
         """Train to the step budget, validating and checkpointing on the way; SIGINT/SIGTERM or reaching step
         `stop_at` (a time slice; the schedule still spans the whole budget) save `last` and return early."""
@@ -247,65 +326,16 @@ class Trainer:
         stop = StopRequest()
         stop.install()
         self.model.train()
-        accum = self.config.optim.grad_accum_steps
-        images_per_step = self.config.optim.batch_size * accum * self.dist.world_size
         bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
                    disable=not self.progress_bar, dynamic_ncols=True)
-        last_val: dict[str, Any] | None = None
-        validated_at = -1
-        window: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
-        stopped = False
+        window = LossWindow()
+        outcome = None
         try:
-            while self.progress.step < self.total_steps and not stopped:
-                start_batch = self.progress.batch_in_epoch
-                self.data.sampler.set_epoch(self.progress.epoch, start=start_batch * self.config.optim.batch_size)
-                batches = iter(self.data.train_loader)
-                for _ in range(self.steps_per_epoch - start_batch // accum):
-                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                    for name, value in self._optimizer_step(batches).items():
-                        window[name] = window.get(name, 0.0) + value
-                    window_steps += 1
-                    self.progress.step += 1
-                    self.progress.batch_in_epoch += accum
-                    epoch_done = self.progress.batch_in_epoch >= self.steps_per_epoch * accum
-                    if epoch_done:
-                        self.progress.epoch += 1
-                        self.progress.batch_in_epoch = 0
-                    bar.update(1)
-                    if self.progress.step % self.config.log_every_steps == 0 or epoch_done:
-                        terms = {f"loss_{k}" if k != "loss" else k: float(v) / window_steps
-                                 for k, v in window.items()}
-                        loss = terms["loss"]
-                        if not math.isfinite(loss):
-                            raise FloatingPointError(f"step {self.progress.step}: training loss is {loss}; lower "
-                                                     f"optim.lr or check the data")
-                        rate = window_steps * images_per_step / (time.perf_counter() - window_start)
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-                        if self.run_log is not None:
-                            self.run_log.write("train", self.progress.step, {"epoch": self.progress.epoch, **terms,
-                                               "lr": lr, "images_per_s": rate})
-                        window.clear()
-                        window_steps, window_start = 0, time.perf_counter()
-                    finished = self.progress.step >= self.total_steps
-                    if self._validation_due(epoch_done) or finished:
-                        last_val = self._validate_and_save()
-                        validated_at = self.progress.step
-                    elif self.config.save_every_steps and self.progress.step % self.config.save_every_steps == 0:
-                        self._save("last")
-                    signalled = stop.signum is not None
-                    if self.dist.distributed:
-                        signalled = any_process(signalled, self.device)
-                    if signalled or (stop_at is not None and self.progress.step >= stop_at and not finished):
-                        if validated_at != self.progress.step:
-                            self._save("last")
-                        stopped = True
-                    if stopped or finished or epoch_done:
-                        break
-                del batches  # shut this epoch's loader workers down before the next epoch starts its own
-            if not stopped:
-                if validated_at != self.progress.step:
-                    last_val = self._validate_and_save()
+            while self.progress.step < self.total_steps and outcome is None:
+                outcome = self._run_epoch(bar, stop, stop_at, window)
+            if outcome != "stopped":
+                if outcome is None:  # resumed from a checkpoint written at the very end: validate it once
+                    self.last_val = self._validate_and_save()
                 if self.is_main:
                     save_adapters_atomic(self.model, self.out_dir / "adapters.safetensors")
                     log.info("adapters written to %s", self.out_dir / "adapters.safetensors")
@@ -316,7 +346,7 @@ class Trainer:
             if self.run_log is not None:
                 self.run_log.close()
         return TrainSummary(self.out_dir, self.progress.step, self.total_steps, self.progress.best_metric,
-                            self.progress.best_step, last_val, stop.signum, time.perf_counter() - started)
+                            self.progress.best_step, self.last_val, stop.signum, time.perf_counter() - started)
 
 
 def train(config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True,
