@@ -188,9 +188,11 @@ class Trainer:
                  self.progress.epoch, self.progress.batch_in_epoch)
 
     def _write_resolved_config(self) -> None:
+        """config.yaml (this run's train config: `--config` it to rerun or resume) and model.yaml (the resolved
+        model config, for `Segmenter.from_files(model.yaml, adapters=...)` and the ROS node)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": to_dict(self.config), "model": to_dict(self.model_config)}
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        (self.out_dir / "model.yaml").write_text(yaml.safe_dump(to_dict(self.model_config), sort_keys=False))
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def _save(self, name: str) -> None:

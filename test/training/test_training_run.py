@@ -138,11 +138,12 @@ def test_bad_config_or_data_fails_before_the_first_step(tiny_overrides, tmp_path
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
 
 
-def test_resolved_config_is_saved_with_the_run(tiny_run):
-    import yaml
+def test_the_run_saves_a_rerunnable_train_config_and_the_resolved_model_config(tiny_run):
+    from mlesam_core.model.config import load_model_config
+    from training.config import load_train_config
 
     config, _ = tiny_run
-    saved = yaml.safe_load((Path(config.out_dir) / "config.yaml").read_text())
-    assert saved["model"]["image_size"] == 64 and saved["model"]["modalities"] == ["rgb", "depth", "event", "lidar"]
-    assert saved["train"]["optim"]["max_steps"] == 6
-    json.dumps(saved)  # plain data only
+    out = Path(config.out_dir)
+    assert load_train_config(out / "config.yaml") == config
+    model = load_model_config(out / "model.yaml")
+    assert model.image_size == 64 and model.modalities == ("rgb", "depth", "event", "lidar")
