@@ -8,6 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Idle OpenMP threads sleep instead of spinning: on a small shared CPU (2 cores here, several processes in the
+# ROS tests and the demo) spinning threads stall each other by orders of magnitude (README, "Performance").
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test demo clean-venv
 

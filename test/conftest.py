@@ -6,6 +6,7 @@ Cross-area fixtures live in test/fixtures/ (one module per area) and are registe
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the node tests run several processes on 2 cores
 
 import torch  # noqa: E402
 
