@@ -188,7 +188,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Missing modalities (trained on RGB-D-E-L, evaluated on each subset)", "",
                   markdown_table(["present", *multi], rows)]
     routed = {n: v["val"]["mean_routing"] for n, v in results.items()
-              if v["fusion"] != "avg" and v["architecture"] == "mlesam" and "mean_routing" in v["val"]}
+              if v["fusion"] != "avg" and v["architecture"] == "mlesam" and len(v["modalities"]) > 1}
     if routed:
         modalities = list(next(iter(routed.values()))["all"]["ffp"])
         rows = [[name, group, level, *[f"{weights[m]:.2f}" for m in modalities]]
@@ -204,6 +204,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["", "## Diagnosis", "", report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def write_outputs(report: dict[str, Any], out: Path, name: str) -> None:
+    """<out>/<name>.json and <out>/<name>.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
+    (out / f"{name}.md").write_text(to_markdown(report))
+    log.info("wrote %s and %s", out / f"{name}.json", out / f"{name}.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,8 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="synthetic_quality", help="output file stem")
     parser.add_argument("--resume", action="store_true", help="reuse variants whose run already finished")
     parser.add_argument("--notes", help="a Markdown file whose text is added as the diagnosis section")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown (and notes) of a finished report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        if args.notes:
+            report["notes"] = Path(args.notes).read_text()
+        write_outputs(report, out, args.name)
+        return 0
     if args.quick:
         args.steps, args.train, args.val = 60, 200, 50
     torch.set_num_threads(args.threads)
@@ -255,12 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     report["expectations"] = expectations(results)
     if args.notes:
         report["notes"] = Path(args.notes).read_text()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
-    (out / f"{args.name}.md").write_text(to_markdown(report))
-    log.info("wrote %s and %s (%.1f min)", out / f"{args.name}.json", out / f"{args.name}.md",
-             report["wall_s"] / 60)
+    write_outputs(report, out, args.name)
+    log.info("%.1f min in all", report["wall_s"] / 60)
     for check in report["expectations"]:
         log.info("%-60s %s (%+.1f)", check["claim"], "held" if check["held"] else "DID NOT HOLD",
                  100 * check["difference"])
