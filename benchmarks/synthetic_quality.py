@@ -2,7 +2,7 @@
 trained with the same budget (optimiser steps x batch) on CPU from `config/train/synthetic_cpu.yaml`.
 
     python benchmarks/synthetic_quality.py [--steps 600] [--variants mlesam,rgb_only,...] [--quick]
-        [--data data/synthetic_quality] [--runs runs/synthetic_quality] [--out benchmarks/results]
+        [--set key=value ...] [--data data/synthetic_quality] [--runs runs/synthetic_quality] [--out benchmarks/results]
 
 Generates the data (unless --data already holds the same generator settings), trains each variant, evaluates it
 on val (all modalities, every modality subset for multi-modal models, per condition and failure case) and writes
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/synthetic_quality")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="synthetic_quality", help="output file stem")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra train-config override for every variant (repeatable), e.g. data.augment=true")
     parser.add_argument("--resume", action="store_true", help="reuse variants whose run already finished")
     parser.add_argument("--notes", help="a Markdown file whose text is added as the diagnosis section")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown (and notes) of a finished report")
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_data(data, args.size, counts, args.seed, workers=max(1, args.threads))
     common = [f"data.root={data}", f"optim.max_steps={args.steps}", f"optim.batch_size={args.batch_size}",
               f"model.image_size={args.size}", f"seed={args.seed}", f"num_threads={args.threads}",
-              f"data.workers={args.workers}", f"validation.every_steps={args.steps}", "device=cpu"]
+              f"data.workers={args.workers}", f"validation.every_steps={args.steps}", "device=cpu", *args.set]
     results = {name: run_variant(name, common, Path(args.runs), args.resume) for name in names}
     report = {
         "command": "python benchmarks/synthetic_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},
         "data": {"root": str(data), "size": args.size, "counts": counts, "seed": args.seed},
-        "budget": {"steps": args.steps, "batch_size": args.batch_size, "base_config": BASE_CONFIG},
+        "budget": {"steps": args.steps, "batch_size": args.batch_size, "base_config": BASE_CONFIG,
+                   "overrides": args.set},
         "majority_baseline": majority_baseline(data),
         "variants": results,
         "wall_s": round(time.perf_counter() - started, 1),
