@@ -115,6 +115,13 @@ class MessageKit:
         """std_msgs/String."""
         return self.resolve("std_msgs/msg/String")(data=text)
 
+    def label_info(self, names: Sequence[str], header: Any, threshold: float = 0.0) -> Any:
+        """vision_msgs/LabelInfo: class id -> name (raises LookupError/ImportError when vision_msgs is absent)."""
+        vision_class = self.resolve("vision_msgs/msg/VisionClass")
+        class_map = [vision_class(class_id=i, class_name=name) for i, name in enumerate(names)]
+        return self.resolve("vision_msgs/msg/LabelInfo")(header=header, class_map=class_map,
+                                                         threshold=float(threshold))
+
 
 def diagnostic_level(status: Any) -> int:
     """DiagnosticStatus.level as an int (rclpy gives bytes, rosbags an int)."""

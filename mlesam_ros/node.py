@@ -29,8 +29,8 @@ from std_msgs.msg import String
 from mlesam_core.config_io import ConfigError, from_dict
 from mlesam_ros.mailbox import Mailbox
 from mlesam_ros.messages import MessageKit
-from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, OUTPUT_TYPES, class_names_json,
-                                enabled_outputs, output_messages)
+from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, LABEL_INFO_TOPIC, OUTPUT_TOPICS, OUTPUT_TYPES,
+                                class_names_json, enabled_outputs, output_messages)
 from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest
 from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
 from mlesam_ros.sync import SyncedFrame
@@ -141,6 +141,13 @@ class SegmentationNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.class_names_pub = self.create_publisher(String, CLASS_NAMES_TOPIC, latched)
         self.class_names_pub.publish(String(data=class_names_json(self.pipeline.class_table)))
+        try:  # the vision_msgs convention for label ids, where the package is installed
+            label_info = self.kit.label_info(self.pipeline.class_table.names, self.kit.header(0, ""))
+        except (ImportError, AttributeError, LookupError) as exc:
+            self.get_logger().info(f"vision_msgs not available ({exc}): class names only on {CLASS_NAMES_TOPIC}")
+        else:
+            self.label_info_pub = self.create_publisher(type(label_info), LABEL_INFO_TOPIC, latched)
+            self.label_info_pub.publish(label_info)
 
     def _on_message(self, sensor: str, msg: Any) -> None:
         for frame in self.pipeline.add(sensor, msg, received=time.monotonic()):

@@ -21,7 +21,8 @@ OUTPUT_TOPICS = {
 }
 OUTPUT_TYPES = {"labels": "sensor_msgs/msg/Image", "labels_color": "sensor_msgs/msg/Image",
                 "confidence": "sensor_msgs/msg/Image", "routing": "std_msgs/msg/Float32MultiArray"}
-CLASS_NAMES_TOPIC = "mlesam/class_names"  # std_msgs/String JSON, transient-local
+CLASS_NAMES_TOPIC = "mlesam/class_names"  # std_msgs/String JSON, transient-local (always)
+LABEL_INFO_TOPIC = "mlesam/label_info"  # vision_msgs/LabelInfo, transient-local (when vision_msgs is installed)
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
 
@@ -56,5 +57,5 @@ def class_names_json(table: ClassTable) -> str:
                        "palette": [list(c) for c in table.palette], "ignore_index": table.ignore_index})
 
 
-__all__ = ["OUTPUT_TOPICS", "OUTPUT_TYPES", "CLASS_NAMES_TOPIC", "DIAGNOSTICS_TOPIC", "enabled_outputs",
+__all__ = ["OUTPUT_TOPICS", "OUTPUT_TYPES", "CLASS_NAMES_TOPIC", "LABEL_INFO_TOPIC", "DIAGNOSTICS_TOPIC", "enabled_outputs",
            "output_messages", "class_names_json"]

@@ -43,7 +43,8 @@ class ModelParams:
     adapters: str = _doc("", "trained adapters (.safetensors); empty = none")
     device: str = _doc("cpu", "torch device: cpu, cuda, cuda:1, ...")
     precision: Literal["fp32", "fp16", "bf16"] = _doc("fp32", "inference precision")
-    allow_random_init: bool = _doc(False, "run without weights (testing only: predictions are meaningless)")
+    allow_random_init: bool = _doc(False, "no SAM2 checkpoint: seeded random frozen backbone (only adapters trained "
+                                          "on that same random backbone make sense: tests, CPU demo)")
 
 
 @dataclass

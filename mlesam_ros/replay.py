@@ -192,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="ROS 2 parameters file of the node (default: config/segment.yaml)")
     parser.add_argument("--storage", choices=tuple(STORAGES), default="sqlite3", help="output bag storage")
     parser.add_argument("--allow-random-init", action="store_true",
-                        help="run without weights (tests only: predictions are meaningless)")
+                        help="no SAM2 checkpoint: seeded random frozen backbone (only adapters trained on that "
+                             "same random backbone, as the CPU demo's, make sense)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set model.device=cuda (repeatable)")
     args = parser.parse_args(argv)
