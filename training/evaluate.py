@@ -83,7 +83,12 @@ def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[Evalua
     dataset = build_dataset(config.data, request.split, modalities, transform, request.max_samples)
     loader = DataLoader(dataset, batch_size=request.batch_size, shuffle=False, num_workers=config.data.workers,
                         collate_fn=ModalityCollate(modalities), pin_memory=device.type == "cuda")
-    subsets = {"full": None, "all": all_subsets(modalities)}.get(request.subsets, request.subsets)  # type: ignore
+    if request.subsets == "full":
+        subsets = None
+    elif request.subsets == "all":
+        subsets = all_subsets(modalities)
+    else:
+        subsets = [tuple(s) for s in request.subsets]
     result = evaluate(model, loader, modalities, get_class_table(config.data.format).names, subsets=subsets,
                       group_by=("condition", "case") if request.by_case else (), device=device,
                       precision=config.optim.precision, ignore_index=model_config.ignore_index,

@@ -52,6 +52,13 @@ def test_evaluate_writes_the_subset_matrix_groups_tables_and_plots(tiny_run, tmp
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_listed_subsets_are_evaluated_beside_the_full_set(tiny_run, tmp_path):
+    config, _ = tiny_run
+    assert evaluate_main(_args(config, tmp_path, "--subsets", "depth,rgb+lidar")) == 0
+    data = json.loads((tmp_path / "evaluation.json").read_text())
+    assert list(data["subsets"]) == ["rgb+depth+event+lidar", "depth", "rgb+lidar"]
+
+
 def test_noise_on_one_modality_is_recorded_and_repeatable(tiny_run, tmp_path):
     config, _ = tiny_run
     noisy = ("--noise", "uniform", "--noise-on", "depth")
