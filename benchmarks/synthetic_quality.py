@@ -170,7 +170,8 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"protocol). Trivial baseline (most frequent training class per pixel position): "
              f"{_pct(report['majority_baseline']['all_classes'])}.", "",
              "These numbers come from a randomly initialised frozen backbone and procedural data: they show how "
-             "the method behaves, not what it reaches with real SAM2 weights on DELIVER.", "", "## Overall and per condition", ""]
+             "the method behaves, not what it reaches with real SAM2 weights on DELIVER.", "",
+             "## Overall and per condition", ""]
     header = ["variant", "mIoU", "mIoU (absent left out)", *conditions, "train s", "img/s"]
     rows = [[name, _pct(_miou(v)), _pct(_miou(v, protocol="present_classes")),
              *[_pct(v["val"]["by_condition"].get(c, {}).get("miou", {}).get("all_classes")) for c in conditions],

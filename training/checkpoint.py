@@ -1,8 +1,8 @@
 """Training checkpoints: trainable tensors + optimiser + scheduler + RNG states + progress, written atomically.
 
 A checkpoint holds only what training changes (the model's `adapter_state_dict`: trainable parameters and
-the buffers of their modules), so it stays adapter-sized; the frozen SAM2 weights come from the SAM2 checkpoint (or the seeded random init) again
-on resume. Files are written to a temporary name in the same folder, flushed and fsync'ed, then renamed over
+the buffers of their modules), so it stays adapter-sized; the frozen SAM2 weights come from the SAM2
+checkpoint (or the seeded random init) again on resume. Files are written to a temporary name in the same folder, flushed and fsync'ed, then renamed over
 the target with `os.replace`, so a crash mid-write never leaves a truncated `last.pt`.
 """
 

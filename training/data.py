@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mlesam_core.config_io import ConfigError, to_dict

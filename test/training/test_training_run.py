@@ -1,6 +1,5 @@
 """python -m training.train end to end on tiny procedural data: outputs, exact resume, signals, bad input."""
 
-import json
 import os
 import signal
 import subprocess
