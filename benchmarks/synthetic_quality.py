@@ -97,10 +97,9 @@ def run_variant(name: str, common: list[str], runs: Path, resume: bool) -> dict[
     train_seconds = train_records[-1]["time"] - records[0]["time"] if train_records else None
     multi_modal = len(build_model_config(config.model).modalities) > 1
     started = time.perf_counter()
-    with torch.inference_mode():
-        result, model_config = evaluate_adapters(config, EvalRequest(
-            adapters, split="val", subsets="all" if multi_modal else "full", by_case=True, batch_size=16,
-            examples=4, progress=False))
+    result, model_config = evaluate_adapters(config, EvalRequest(
+        adapters, split="val", subsets="all" if multi_modal else "full", by_case=True, batch_size=16,
+        examples=4, progress=False))
     report = write_report(result, DELIVER, out_dir / "eval_val", f"{name} on procedural val")
     return {
         "description": description,

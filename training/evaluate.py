@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import torch
 from torch.utils.data import DataLoader
 
 from mlesam_core.config_io import ConfigError
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             from mlesam_core.model.adapters import adapter_config
 
             request.subsets = parse_subsets(args.subsets, adapter_config(resolve_path(request.adapters)).modalities)
-        with torch.inference_mode():
-            result, _ = evaluate_adapters(config, request)
+        result, _ = evaluate_adapters(config, request)
     except (FileNotFoundError, ValueError) as exc:  # ConfigError, AdapterError, CheckpointError are ValueErrors
         log.error("%s", exc)
         return 2
