@@ -4,6 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 TORCH_SPEC ?= torch==2.13.0
 SAM2_SPEC ?= rf-sam-2==1.0.3
+PIP_VERSION := 26.3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
@@ -19,6 +20,8 @@ setup: $(STAMP)
 $(STAMP): requirements.txt setup.py Makefile
 	@echo "[setup] virtual environment $(VENV) (python: $(PYTHON))"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] pip $(PIP_VERSION) (a fresh venv brings an old pip without PEP 660 editable installs)"
+	@$(PIP) pip==$(PIP_VERSION)
 	@echo "[setup] $(TORCH_SPEC) (CPU build here; never torchvision)"
 	@$(PIP) $(TORCH_SPEC)
 	@echo "[setup] sam2 modelling code ($(SAM2_SPEC), installed without its torchvision requirement)"
@@ -26,7 +29,7 @@ $(STAMP): requirements.txt setup.py Makefile
 	@echo "[setup] pinned requirements (OpenCV, rosbags, rclpy Jazzy wheels, pytest, ...)"
 	@$(PIP) -r requirements.txt
 	@echo "[setup] mlesam_core + mlesam_ros (editable)"
-	@PYTHONWARNINGS=ignore $(PIP) --no-deps --no-build-isolation -e .
+	@PYTHONWARNINGS=ignore $(PIP) --no-deps --no-build-isolation --use-pep517 -e .
 	@$(PY) -c "import torch, sam2, cv2, rclpy, rosbags, mlesam_core, mlesam_ros; print('[setup] ok: torch', torch.__version__)"
 	@touch $(STAMP)
 
