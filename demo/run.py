@@ -43,6 +43,10 @@ class DemoPlan:
     train_config: str = "config/train/synthetic_cpu.yaml"
     train_overrides: list[str] = field(default_factory=list)
     train_steps: int | None = None
+    # Training marks random modalities absent (never all) with this probability, so that the model learns to do
+    # without any one sensor: with 0.0 the router leans on depth alone and a depth dropout collapses the output
+    # (docs/training.md, "Modality dropout in the demo")
+    modality_dropout: float = 0.25
     sam2_checkpoint: Path | None = None
     retrain: bool = False
     rate: float = 10.0
@@ -123,18 +127,24 @@ def run_demo(plan: DemoPlan) -> dict:
 
     adapters = plan.train_dir / "adapters.safetensors"
     model_config = plan.train_dir / "model.yaml"
-    if adapters.exists() and model_config.exists() and not plan.retrain:
+    overrides = [f"data.root={plan.data}", f"data.modality_dropout.p={plan.modality_dropout:g}",
+                 *plan.train_overrides]
+    if plan.train_steps is not None:
+        overrides.append(f"optim.max_steps={plan.train_steps}")
+    if plan.sam2_checkpoint is not None:
+        overrides += ["model.config=config/model/mlesam_hiera_t.yaml", "model.image_size=256",
+                      f"sam2_checkpoint={plan.sam2_checkpoint}", "allow_random_init=false"]
+    train_command = _python("training.train", "--config", plan.train_config, "--out", str(plan.train_dir),
+                            *overrides)
+    train_stamp = plan.train_dir / "demo_training.json"
+    trained_the_same_way = (train_stamp.exists() and json.loads(train_stamp.read_text()) == train_command[1:]
+                            and adapters.exists() and model_config.exists())
+    if trained_the_same_way and not plan.retrain:
         log.skip(2, total, "training", f"adapters already in {plan.train_dir} (--retrain to train again)")
     else:
         shutil.rmtree(plan.train_dir, ignore_errors=True)
-        overrides = [f"data.root={plan.data}", *plan.train_overrides]
-        if plan.train_steps is not None:
-            overrides.append(f"optim.max_steps={plan.train_steps}")
-        if plan.sam2_checkpoint is not None:
-            overrides += ["model.config=config/model/mlesam_hiera_t.yaml", "model.image_size=256",
-                          f"sam2_checkpoint={plan.sam2_checkpoint}", "allow_random_init=false"]
-        log.run(2, total, "training a small MLE-SAM on this CPU", _python(
-            "training.train", "--config", plan.train_config, "--out", str(plan.train_dir), *overrides))
+        log.run(2, total, "training a small MLE-SAM on this CPU", train_command)
+        train_stamp.write_text(json.dumps(train_command[1:]))
 
     bags = {"dropout": plan.out / "bag_dropout", "clean": plan.out / "bag_clean"}
     for bag in bags.values():
@@ -222,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="official sam2.1_hiera_tiny.pt (default: $SAM2_CHECKPOINT; none = random backbone)")
     parser.add_argument("--retrain", action="store_true", help="train again even if adapters exist in --out")
     parser.add_argument("--train-steps", type=int, help="optimiser steps (default: the train config's)")
+    parser.add_argument("--modality-dropout", type=float, default=DemoPlan.modality_dropout,
+                        help="probability that training marks a modality absent (default %(default)s)")
     parser.add_argument("--train-scenes", type=int, default=600)
     parser.add_argument("--val-scenes", type=int, default=100)
     parser.add_argument("--set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -231,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.sam2_checkpoint is not None and not args.sam2_checkpoint.is_file():
         parser.error(f"--sam2-checkpoint: no such file: {args.sam2_checkpoint}")
     plan = DemoPlan(out=args.out.resolve(), sam2_checkpoint=args.sam2_checkpoint, retrain=args.retrain,
-                    train_steps=args.train_steps, train_scenes=args.train_scenes, val_scenes=args.val_scenes,
+                    train_steps=args.train_steps, modality_dropout=args.modality_dropout,
+                    train_scenes=args.train_scenes, val_scenes=args.val_scenes,
                     train_overrides=args.train_overrides)
     try:
         run_demo(plan)
