@@ -52,7 +52,8 @@ def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Any:
     logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
     return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,
                                 device=model.device, precision=model.precision,
-                                allow_random_init=model.allow_random_init)
+                                allow_random_init=model.allow_random_init, compile=model.compile,
+                                cuda_graphs=model.cuda_graphs, merge_lora=model.merge_lora)
 
 
 def class_table_for(config: SegmentConfig, segmenter: Any) -> ClassTable:

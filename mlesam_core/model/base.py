@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ class LoRASam2Model(nn.Module):
         self.lora_grouped = config.lora.grouped
         self.backbone_id = random_backbone_id(config.random_init_seed)
         self.size_multiple = math.lcm(32, 4 * self.image_encoder.trunk.window_spec[0])
+        self._index_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}  # see `_active_index`
         self.build_heads(parts.mask_decoder)
 
     def build_heads(self, mask_decoder: nn.Module) -> None:
@@ -89,11 +91,13 @@ class LoRASam2Model(nn.Module):
         if present.device != images.device:
             raise ValueError(f"present is on {present.device} but images are on {images.device}")
 
-    def encode(self, images: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+    def encode(self, images: torch.Tensor, present: torch.Tensor,
+               active: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Per-modality FPN maps before fusion, as SAM2's `backbone_fpn` (before conv_s0/conv_s1): 3 tensors
-        [B, M, 256, h, w], stride 4 to 16. Absent modalities are zero; their input content is never read."""
+        [B, M, 256, h, w], stride 4 to 16. Absent modalities are zero; their input content is never read.
+        `active`: see `_encode`."""
         self.check_inputs(images, present)
-        features = self._encode(images, present)
+        features = self._encode(images, present, active)
         batch, m = present.shape
         mask = present[:, :, None, None, None]
         out = []
@@ -104,19 +108,27 @@ class LoRASam2Model(nn.Module):
             out.append(torch.where(mask, level, 0))
         return out
 
-    def _encode(self, images: torch.Tensor, present: torch.Tensor) -> ModalityFeatures:
-        """Run the encoder on the modality-major batch; absent modalities' inputs are zeroed first."""
+    def _encode(self, images: torch.Tensor, present: torch.Tensor,
+                active: Sequence[int] | None = None) -> ModalityFeatures:
+        """Run the encoder on the modality-major batch; absent modalities' inputs are zeroed first.
+
+        `active` (inference only, ignored in training): the ids of the modalities present in some sample, known
+        on the host (must agree with `present`); None reads them from `present`, a host sync on a GPU.
+        """
         batch, m, _, h, w = images.shape
         # Zeroing absent inputs before anything runs keeps NaN/Inf in an absent modality out of every sum
         # (downstream, absent modalities get weight 0 and their router embedding is zeroed).
         images = torch.where(present[:, :, None, None, None], images, 0)
         # Training runs every modality chunk (no host sync, every expert in the graph for DDP); inference runs
-        # only the modalities present in some sample (a tiny host sync when `present` lives on a GPU).
-        active = None if self.training else [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
-        if active is not None and len(active) == m:
-            active = None
-        ids = list(range(m)) if active is None else active
-        index = None if active is None else torch.tensor(active, device=images.device)
+        # only the modalities present in some sample.
+        if self.training:
+            ids = list(range(m))
+        elif active is None:
+            ids = [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
+        else:
+            ids = sorted(active)
+        self._check_merged(ids)
+        index = None if len(ids) == m else self._active_index(tuple(ids), images.device)
         chunks = (images if index is None else images.index_select(1, index)).transpose(0, 1)  # [M', B, 3, H, W]
         if self.lora_grouped:
             with self.context.use(index):
@@ -125,10 +137,34 @@ class LoRASam2Model(nn.Module):
         else:  # reference path: one encoder pass per modality
             runs = []
             for j, modality in enumerate(ids):
-                with self.context.use(torch.tensor([modality], device=images.device)):
+                with self.context.use(self._active_index((modality,), images.device)):
                     runs.append(self._run_encoder(chunks[j]))
             levels = [torch.stack(per_level) for per_level in zip(*runs)]
         return ModalityFeatures(levels=levels, ids=ids, index=index)
+
+    def _active_index(self, ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """`ids` as a LongTensor on `device`, made once per subset: no host-to-device copy per call, and a
+        fixed tensor that CUDA-graph capture can bake in."""
+        key = (ids, device)
+        if key not in self._index_cache:
+            with torch.inference_mode(False):  # a normal tensor: autograd may save it (eval mode with gradients)
+                self._index_cache[key] = torch.tensor(ids, dtype=torch.long, device=device)
+        return self._index_cache[key]
+
+    def _check_merged(self, ids: list[int]) -> None:
+        """ValueError when a merged expert (`lora_merge.merge_lora`) cannot give this forward pass's result."""
+        merged = self.lora_layers[0].merged if self.lora_layers else None
+        if merged is None:
+            return
+        name = self.modalities[merged]
+        if self.training:
+            raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora): a merged "
+                             f"model cannot train; call unmerge_lora(model) before model.train()")
+        others = [self.modalities[i] for i in ids if i != merged]
+        if others:
+            raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora), but "
+                             f"{others} {'is' if len(others) == 1 else 'are'} present too: a merged model runs "
+                             f"{name!r} alone; call unmerge_lora(model) to run several modalities")
 
     def _run_encoder(self, x: torch.Tensor) -> list[torch.Tensor]:
         """SAM2's ImageEncoder (trunk + FPN neck, scalp 1) on a modality-major batch -> backbone_fpn, finest first.

@@ -41,7 +41,8 @@ class LoRAQKV(nn.Module):
 
     Parameters are stacked: `lora_A` [M, 2, r, d_in] and `lora_B` [M, 2, d_out, r], index 1 = (q, v). d_out is
     `qkv.out_features // 3`, which differs from d_in in Hiera's stage-transition blocks. B starts at zero so the
-    wrapped layer starts equal to SAM2's.
+    wrapped layer starts equal to SAM2's. `merge` folds one expert into the frozen weight for deployment
+    (`lora_merge.merge_lora`): forward is then the base layer alone, and `unmerge` restores the exact original.
     """
 
     def __init__(self, base_layer: nn.Linear, num_modalities: int, rank: int, scale: float, dropout: float,
@@ -59,6 +60,9 @@ class LoRAQKV(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(num_modalities, 2, self.head_features, rank))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._context = context  # shared, not a submodule
+        self.merged: int | None = None  # the modality whose expert is folded into base_layer.weight
+        # the frozen weight as it was before `merge` (non-persistent: moves with .to(), never saved)
+        self.register_buffer("unmerged_weight", None, persistent=False)
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -68,7 +72,34 @@ class LoRAQKV(nn.Module):
             self.lora_A.uniform_(-bound, bound)
             self.lora_B.zero_()
 
+    def merge(self, modality: int) -> None:
+        """Fold expert `modality`'s q and v deltas (scale * B @ A) into the frozen qkv weight."""
+        if self.merged is not None:
+            raise ValueError(f"this LoRA layer already has expert {self.merged} merged; unmerge it first")
+        weight = self.base_layer.weight
+        with torch.no_grad():
+            delta = self.scale * (self.lora_B[modality].float() @ self.lora_A[modality].float())  # [2, d_out, d_in]
+            merged = weight.detach().clone()
+            d = self.head_features
+            merged[:d] += delta[0].to(merged.dtype)
+            merged[2 * d:] += delta[1].to(merged.dtype)
+        # Swap the parameter's data (not the parameter), so references to it stay valid; keep the original to
+        # restore it exactly (subtracting the delta again would not give the same bits back).
+        self.unmerged_weight = weight.data
+        weight.data = merged
+        self.merged = modality
+
+    def unmerge(self) -> None:
+        """Restore the frozen weight exactly as it was before `merge` (no-op when nothing is merged)."""
+        if self.merged is None:
+            return
+        self.base_layer.weight.data = self.unmerged_weight
+        self.unmerged_weight = None
+        self.merged = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged is not None:  # the expert lives in the base weight: no LoRA matmul at all
+            return self.base_layer(x)
         qkv = self.base_layer(x)
         index = self._context.index
         a, b = (self.lora_A, self.lora_B) if index is None else (self.lora_A[index], self.lora_B[index])
@@ -92,8 +123,9 @@ class LoRAQKV(nn.Module):
         return qkv
 
     def extra_repr(self) -> str:
+        merged = "" if self.merged is None else f", merged={self.merged}"
         return (f"modalities={self.num_modalities}, rank={self.rank}, scale={self.scale:g}, "
-                f"in={self.in_features}, out=3x{self.head_features}")
+                f"in={self.in_features}, out=3x{self.head_features}{merged}")
 
 
 def add_lora(trunk: nn.Module, num_modalities: int, rank: int, scale: float, dropout: float,

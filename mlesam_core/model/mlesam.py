@@ -12,6 +12,8 @@ the aux head; everything from SAM2 else is frozen.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -35,10 +37,12 @@ class MLESAM(LoRASam2Model):
     def mask_head_prefixes(self) -> list[str]:
         return ["mask_head"]
 
-    def forward(self, images: torch.Tensor, present: torch.Tensor) -> SegmentationOutput:
-        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput."""
+    def forward(self, images: torch.Tensor, present: torch.Tensor,
+                active: Sequence[int] | None = None) -> SegmentationOutput:
+        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput.
+        `active`: optional host-side ids of the modalities present in some sample (saves a host sync)."""
         self.check_inputs(images, present)
-        features = self._encode(images, present)
+        features = self._encode(images, present, active)
         fused, routing = self.fusion(features.levels, present, features.index)
         ffp, ifp, sfm = fused
         sam = self.mask_head(self.sam_decoder, sfm, ifp, ffp)

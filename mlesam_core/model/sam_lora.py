@@ -9,6 +9,8 @@ and training them together equals training M separate models on the shared froze
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -29,10 +31,12 @@ class SAMLoRA(LoRASam2Model):
     def mask_head_prefixes(self) -> list[str]:
         return [f"mask_heads.{i}" for i in range(len(self.modalities))]
 
-    def forward(self, images: torch.Tensor, present: torch.Tensor) -> SegmentationOutput:
-        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput."""
+    def forward(self, images: torch.Tensor, present: torch.Tensor,
+                active: Sequence[int] | None = None) -> SegmentationOutput:
+        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput.
+        `active`: optional host-side ids of the modalities present in some sample (saves a host sync)."""
         self.check_inputs(images, present)
-        features = self._encode(images, present)
+        features = self._encode(images, present, active)
         weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
         size = tuple(images.shape[-2:])
         sam = aux = None

@@ -131,3 +131,16 @@ def test_robot_docs_list_every_parameter():
     docs = (REPO / "docs" / "robot.md").read_text()
     names = {re.sub(r"^sensors\.\w+\.", "sensors.<m>.", name) for name, *_ in iter_parameters(SegmentConfig())}
     assert sorted(n for n in names if f"`{n}`" not in docs) == []
+
+
+def test_fast_inference_options_default_off_and_reach_the_segmenter(monkeypatch):
+    from mlesam_core import Segmenter
+    from mlesam_ros.pipeline import load_segmenter
+
+    defaults = load_segment_config(PARAMS).model
+    assert (defaults.compile, defaults.cuda_graphs, defaults.merge_lora) == (False, False, False)
+    received = {}
+    monkeypatch.setattr(Segmenter, "from_files", lambda path, **kwargs: received.update(kwargs))
+    load_segmenter(load_segment_config(PARAMS, ["model.compile=true", "model.cuda_graphs=true",
+                                                "model.merge_lora=true"]))
+    assert (received["compile"], received["cuda_graphs"], received["merge_lora"]) == (True, True, True)
