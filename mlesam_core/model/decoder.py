@@ -39,6 +39,21 @@ class PromptFreeSamDecoder(nn.Module):
                 self.obj_score_token = mask_decoder.obj_score_token
             self.iou_token = mask_decoder.iou_token
         self.embed_dim = mask_decoder.transformer_dim
+        self._pe_cache: dict[tuple, torch.Tensor] = {}
+
+    def dense_pe(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """SAM2's dense positional encoding [D, h, w] for the feature size, computed once per size and device
+        (the pe_layer is frozen; the key includes its Gaussian matrix's version, so loading weights recomputes)."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (h, w, str(device), matrix.data_ptr(), matrix._version)
+        pe = self._pe_cache.get(key)
+        if pe is None:
+            # a normal tensor even when first asked for under inference_mode (training may reuse it), fp32 for
+            # sin/cos of large arguments
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+                pe = self.pe_layer((h, w))
+            self._pe_cache = {key: pe}  # one size at a time (the node and training use a fixed size)
+        return pe
 
     def leading_tokens(self) -> torch.Tensor:
         """SAM2's own output tokens kept in front of the class tokens ([0, D] when disabled)."""
@@ -58,8 +73,7 @@ class PromptFreeSamDecoder(nn.Module):
             parts.append(self.not_a_point_embed.weight.unsqueeze(0).expand(batch, self.not_a_point_tokens, -1))
         tokens = torch.cat([p.to(sfm.dtype) for p in parts], dim=1)
         src = sfm + self.no_mask_embed.weight.reshape(1, -1, 1, 1).to(sfm.dtype)
-        with torch.autocast(sfm.device.type, enabled=False):  # sin/cos of large arguments: fp32 only
-            pos = self.pe_layer((h, w))  # for the actual (h, w): works for non-square inputs
+        pos = self.dense_pe(h, w, sfm.device)  # for the actual (h, w): works for non-square inputs
         pos = pos.unsqueeze(0).to(sfm.dtype).expand(batch, -1, -1, -1)
         hs, image = self.transformer(src, pos, tokens)
         start = lead.shape[0]

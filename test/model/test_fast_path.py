@@ -316,3 +316,18 @@ def test_cuda_fast_path_with_graphs_matches_eager_across_changing_subsets(model,
         assert (fast.labels == expected.labels).mean() > 0.999
         np.testing.assert_allclose(fast.confidence, expected.confidence, rtol=1e-3, atol=1e-3)
     assert len(graphs._graphs) == 3  # one capture per modality subset, replayed when it comes back
+
+
+def test_decoder_positional_encoding_is_computed_once_and_follows_loaded_weights():
+    decoder = build_model(tiny_config()).eval().sam_decoder
+    with torch.inference_mode():
+        first = decoder.dense_pe(8, 8, torch.device("cpu"))
+    assert not first.is_inference()  # safe to reuse in a training step after an inference-mode validation
+    assert decoder.dense_pe(8, 8, torch.device("cpu")) is first
+    torch.testing.assert_close(first, decoder.pe_layer((8, 8)))
+    matrix = decoder.pe_layer.positional_encoding_gaussian_matrix
+    with torch.no_grad():
+        matrix.copy_(torch.randn_like(matrix))  # as loading a checkpoint does
+    second = decoder.dense_pe(8, 8, torch.device("cpu"))
+    assert second is not first
+    torch.testing.assert_close(second, decoder.pe_layer((8, 8)))
