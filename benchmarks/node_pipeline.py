@@ -1,0 +1,283 @@
+"""Per-frame cost of the segmentation node's work, without ROS executors or DDS: receiving (deserialising) four
+sensor messages, synchronisation, conversion to model inputs, Segmenter pre/post-processing, the model, building
+and serialising the outputs, against the model's own time.
+
+    python benchmarks/node_pipeline.py [--device cuda|cpu] [--config hiera_b+|PATH] [--precision bf16]
+        [--sam2-checkpoint PATH] [--params config/segment.yaml] [--set KEY=VALUE ...] [--size 1024 1024]
+        [--frames N] [--warmup N] [--messages rclpy|rosbags] [--threads N] [--profile] [--out PATH]
+
+Four sensors (rgb8 camera, 32FC1 depth turned into HHA, 8UC2 event frame, rgb8 projected LiDAR) at --size with a
+camera_info go through the same SegmentationPipeline and output code as the node. Per frame: `receive` (rclpy
+deserialize_message of the four inputs, what a subscription does), `sync` (pipeline.add), `decode`
+(pipeline.process minus Segmenter.predict), `predict` (Segmenter.predict), `output_messages`, `publish`
+(serialize_message of each output: what publishing costs the node's thread; no DDS), `total` (all of these), and,
+after each frame, `model` (the Segmenter's model alone on device-resident inputs: forward pass under the
+Segmenter's precision). `pre_post` = predict - model and `overhead` = total - model, per frame.
+Defaults: on CUDA Hiera-B+, bf16, 1024², 200 frames; on a CPU the tiny config (its 128² model: the overhead part
+at full size, the model small), fp32, 1024², 20 frames. Random frozen weights unless --sam2-checkpoint (timings do
+not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, autocast, config_label, config_path,  # noqa: E402
+                                     default_device, device_slug, milliseconds, report_header, set_cpu_threads,
+                                     synchronize, target, timed, torch_profile, write_report)
+from mlesam_ros.messages import MessageKit  # noqa: E402
+from mlesam_ros.outputs import output_messages  # noqa: E402
+from mlesam_ros.params import load_segment_config  # noqa: E402
+from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter  # noqa: E402
+
+P50_MS, P95_MS, OVERHEAD_FRACTION = 25.0, 35.0, 0.05
+FRAME_STAGES = ("receive", "sync", "decode", "predict", "output_messages", "publish")
+CUDA_DEFAULTS = {"config": "hiera_b+", "precision": "bf16", "frames": 200, "warmup": 20}
+CPU_DEFAULTS = {"config": "tiny", "precision": "fp32", "frames": 20, "warmup": 3}
+
+
+class Wire:
+    """Serialisation as rclpy (or rosbags' CDR) does it: what a publisher and a subscription cost in-process."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        if kind == "rclpy":
+            from rclpy.serialization import deserialize_message, serialize_message
+
+            self.kit = MessageKit.rclpy()
+            self.serialize = serialize_message
+            self._deserialize = deserialize_message
+        else:
+            from rosbags.typesys import Stores, get_typestore
+
+            store = get_typestore(Stores.ROS2_HUMBLE)
+            self.kit = MessageKit.rosbags(store)
+            self.serialize = lambda msg: store.serialize_cdr(msg, msg.__msgtype__)
+            self._deserialize = lambda raw, cls: store.deserialize_cdr(raw, cls.__msgtype__)
+
+    def deserialize(self, raw: Any, like: Any) -> Any:
+        """The message `raw` holds, of the type of `like`."""
+        return self._deserialize(raw, type(like))
+
+    @staticmethod
+    def available(kind: str) -> bool:
+        """Whether rclpy's message packages can be imported (rosbags always can)."""
+        if kind != "rclpy":
+            return True
+        try:
+            import rclpy.serialization  # noqa: F401
+            import sensor_msgs.msg  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+
+def sensor_arrays(size: tuple[int, int], rng: np.random.Generator) -> dict[str, tuple[np.ndarray, str]]:
+    """One DELIVER-like frame of the four sensors at `size`: (array, encoding) per modality."""
+    height, width = size
+    lidar = np.zeros((height, width, 3), np.uint8)
+    lidar[::8] = rng.integers(1, 256, lidar[::8].shape, dtype=np.uint8)  # scan lines
+    return {"rgb": (rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "rgb8"),
+            "depth": (rng.uniform(1, 80, size).astype(np.float32), "32FC1"),
+            "event": (rng.integers(0, 3, (height, width, 2), dtype=np.uint8), "8UC2"),
+            "lidar": (lidar, "rgb8")}
+
+
+def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
+    """The node's pipeline around a Segmenter for --config on --device at --precision."""
+    sets = [f"model.config={config_path(args.config)}", f"model.device={args.device}",
+            f"model.precision={args.precision}", *args.set]
+    sets.append(f"model.sam2_checkpoint={args.sam2_checkpoint}" if args.sam2_checkpoint
+                else "model.allow_random_init=true")
+    config = load_segment_config(args.params, sets)
+    return SegmentationPipeline(config, load_segmenter(config), clock=time.monotonic)
+
+
+def model_call(segmenter: Any) -> Callable[[], Any]:
+    """The Segmenter's model alone on device-resident inputs (every configured modality present)."""
+    model, device = segmenter.model, segmenter.device
+    size = segmenter.config.image_size
+    m = len(segmenter.modalities)
+    images = torch.randn(1, m, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    present = torch.ones(1, m, dtype=torch.bool, device=device)
+
+    def run() -> Any:
+        with torch.inference_mode(), autocast(device, segmenter.precision):
+            return model(images, present)
+
+    return run
+
+
+class FrameLoop:
+    """Feeds synchronised four-sensor frames through the pipeline like the node's callbacks and worker do."""
+
+    def __init__(self, pipeline: SegmentationPipeline, wire: Wire, size: tuple[int, int]) -> None:
+        self.pipeline = pipeline
+        self.wire = wire
+        self.device = pipeline.segmenter.device
+        self.model_alone = model_call(pipeline.segmenter)
+        rng = np.random.default_rng(0)
+        self.variants = [sensor_arrays(size, rng) for _ in range(2)]  # alternate content, no RNG per frame
+        self.sent = 0
+
+    def run(self, count: int, stages: dict[str, list[float]] | None = None) -> None:
+        """Push `count` frames; append per-stage seconds to `stages` if given."""
+        for _ in range(count):
+            self.frame(stages)
+
+    def frame(self, stages: dict[str, list[float]] | None) -> None:
+        pipeline, wire = self.pipeline, self.wire
+        header = wire.kit.header(1_000_000_000 + self.sent * 50_000_000, "camera_optical_frame")  # 20 Hz
+        sent = {s: wire.kit.image(array, encoding, header)
+                for s, (array, encoding) in self.variants[self.sent % 2].items() if s in pipeline.config.modalities}
+        raw = {s: wire.serialize(msg) for s, msg in sent.items()}  # the sensor drivers' work, not timed
+        self.sent += 1
+        marks = [time.perf_counter()]
+        received = {s: wire.deserialize(raw[s], sent[s]) for s in sent}
+        marks.append(time.perf_counter())
+        frames = [f for sensor in pipeline.config.modalities for f in pipeline.add(sensor, received[sensor])]
+        if not frames:
+            raise RuntimeError("the synchroniser released no frame for a complete set of sensor messages")
+        marks.append(time.perf_counter())
+        result = pipeline.process(frames[0])
+        marks.append(time.perf_counter())
+        if result.latency is None:
+            raise RuntimeError(f"the pipeline produced no prediction: {result.errors}")
+        outputs = output_messages(wire.kit, pipeline, result)
+        marks.append(time.perf_counter())
+        for msg in outputs.values():
+            wire.serialize(msg)
+        marks.append(time.perf_counter())
+        synchronize(self.device)
+        model_s, _ = timed(self.model_alone, self.device)
+        if stages is None:
+            return
+        receive, sync, process, build, publish = np.diff(marks)
+        total = marks[-1] - marks[0]
+        for name, value in (("receive", receive), ("sync", sync), ("decode", process - result.latency),
+                            ("predict", result.latency), ("output_messages", build), ("publish", publish),
+                            ("total", total), ("model", model_s), ("pre_post", result.latency - model_s),
+                            ("overhead", total - model_s)):
+            stages[name].append(value)
+
+
+def profiles(loop: FrameLoop) -> dict[str, Any]:
+    """torch.profiler top ops and cProfile's top Python functions (by own time) over 3 frames each."""
+    result = {"torch": torch_profile(lambda: loop.run(1), loop.device)}
+    profiler = cProfile.Profile()
+    profiler.enable()
+    loop.run(3)
+    profiler.disable()
+    rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)[:10]
+    result["python"] = {"clock": "cProfile own time (tottime), per frame", "frames": 3, "top_functions": [
+        {"function": name if file == "~" else f"{Path(file).name}:{line} {name}", "own_ms_per_frame": round(tottime * 1000 / 3, 3),
+         "calls_per_frame": calls // 3}
+        for (file, line, name), (_, calls, tottime, _, _) in rows]}
+    return result
+
+
+def evaluate_targets(report: dict[str, Any], device: torch.device) -> dict[str, dict[str, str]]:
+    """The issue's node targets: Hiera-B+, four sensors, 1024², bf16, on one H100."""
+    latency = report["latency_ms"]
+    s = report["settings"]
+    applicable = (device.type == "cuda" and s["config"] == "hiera_b+" and s["precision"] == "bf16"
+                  and list(s["size"]) == [1024, 1024] and len(report["modalities"]) == 4)
+    note = "" if applicable else GPU_TARGET_NOTE.format(device=device.type)
+
+    def status(ok: bool) -> str:
+        return ("met" if ok else "missed") if applicable else "not-applicable"
+
+    total, model, overhead = latency["total"], latency["model"], latency["overhead"]
+    ratio = overhead["p50_ms"] / model["p50_ms"]
+    return {
+        "node_p50": target(f"node end-to-end p50 <= {P50_MS:g} ms per synchronised frame (>= 40 Hz)",
+                           status(total["p50_ms"] <= P50_MS),
+                           f"p50 {total['p50_ms']:.1f} ms ({1000 / total['p50_ms']:.1f} Hz)", note),
+        "node_p95": target(f"node end-to-end p95 <= {P95_MS:g} ms", status(total["p95_ms"] <= P95_MS),
+                           f"p95 {total['p95_ms']:.1f} ms", note),
+        "node_overhead": target(f"node overhead outside the model <= {OVERHEAD_FRACTION:.0%} of model time",
+                                status(ratio <= OVERHEAD_FRACTION),
+                                f"overhead p50 {overhead['p50_ms']:.1f} ms = {ratio:.1%} of model p50 "
+                                f"{model['p50_ms']:.1f} ms (receive {latency['receive']['p50_ms']:.1f}, sync "
+                                f"{latency['sync']['p50_ms']:.2f}, decode {latency['decode']['p50_ms']:.1f}, "
+                                f"pre/post {latency['pre_post']['p50_ms']:.1f}, outputs "
+                                f"{latency['output_messages']['p50_ms']:.1f}, publish "
+                                f"{latency['publish']['p50_ms']:.1f} ms)", note),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--config", help="model config: tiny, hiera_t, hiera_b+ or a path")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--sam2-checkpoint", default="", help="official SAM2 weights (default: random init)")
+    parser.add_argument("--params", default=str(REPO_ROOT / "config/segment.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="segment.yaml override")
+    parser.add_argument("--size", type=int, nargs=2, default=[1024, 1024], metavar=("H", "W"), help="sensor size")
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--messages", choices=["rclpy", "rosbags"], default="rclpy",
+                        help="message library (rclpy falls back to rosbags when not installed)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler and cProfile top-10 over 3 frames")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    defaults = CUDA_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # "no adapters given" is expected here
+    device = torch.device(args.device)
+    set_cpu_threads(device, args.threads)
+    messages = args.messages if Wire.available(args.messages) else "rosbags"
+    wire = Wire(messages)
+    pipeline = build_pipeline(args)
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "device")}
+    settings["config"] = config_label(args.config)
+    settings["messages"] = messages
+    report = report_header(device, settings)
+    height, width = args.size
+    k = np.array([[width / 2, 0, width / 2], [0, width / 2, height / 2], [0, 0, 1]])
+    pipeline.set_camera_info(wire.kit.camera_info(k, (height, width), wire.kit.header(0, "camera_optical_frame")))
+    report.update(modalities=list(pipeline.config.modalities), depth_encoding=pipeline.config.depth.encoding,
+                  model_image_size=pipeline.segmenter.config.image_size)
+    loop = FrameLoop(pipeline, wire, (height, width))
+    loop.run(args.warmup)
+    stages: dict[str, list[float]] = {name: [] for name in (*FRAME_STAGES, "total", "model", "pre_post", "overhead")}
+    loop.run(args.frames, stages)
+    report["latency_ms"] = {name: milliseconds(values) for name, values in stages.items()}
+    if args.profile:
+        report["profile"] = profiles(loop)
+    report["targets"] = evaluate_targets(report, device)
+    print(f"device: {report['device']['name']}; model {settings['config']} at {report['model_image_size']}², "
+          f"{args.precision}; sensors {height}x{width} ({messages} messages), {args.frames} frames")
+    print(f"{'stage':16} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9}")
+    for name, stats in report["latency_ms"].items():
+        print(f"{name:16} {stats['p50_ms']:9.2f} {stats['p95_ms']:9.2f} {stats['mean_ms']:9.2f}")
+    for key, value in report["targets"].items():
+        print(f"target {key}: {value['status']}: {value['figure']}")
+    write_report(report, args.out or RESULTS_DIR / f"node_pipeline_{device_slug(device)}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
