@@ -11,8 +11,9 @@ camera_info go through the same SegmentationPipeline and output code as the node
 deserialize_message of the four inputs, what a subscription does), `sync` (pipeline.add), `decode`
 (pipeline.process minus Segmenter.predict), `predict` (Segmenter.predict), `output_messages`, `publish`
 (serialize_message of each output: what publishing costs the node's thread; no DDS), `total` (all of these), and,
-after each frame, `model` (the Segmenter's model alone on device-resident inputs: forward pass under the
-Segmenter's precision). `pre_post` = predict - model and `overhead` = total - model, per frame.
+after each frame, `model` (the Segmenter's model alone on device-resident inputs, at the Segmenter's precision, run
+as the node's `model.compile` / `model.cuda_graphs` settings run it). `pre_post` = predict - model and
+`overhead` = total - model, per frame. Node settings go through --set (e.g. --set model.cuda_graphs=true).
 Defaults: on CUDA Hiera-B+, bf16, 1024², 200 frames; on a CPU the tiny config (its 128² model: the overhead part
 at full size, the model small), fp32, 1024², 20 frames. Random frozen weights unless --sam2-checkpoint (timings do
 not depend on the weights).
@@ -53,7 +54,6 @@ class Wire:
     """Serialisation as rclpy (or rosbags' CDR) does it: what a publisher and a subscription cost in-process."""
 
     def __init__(self, kind: str) -> None:
-        self.kind = kind
         if kind == "rclpy":
             from rclpy.serialization import deserialize_message, serialize_message
 
@@ -106,19 +106,42 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
     return SegmentationPipeline(config, load_segmenter(config), clock=time.monotonic)
 
 
-def model_call(segmenter: Any) -> Callable[[], Any]:
-    """The Segmenter's model alone on device-resident inputs (every configured modality present)."""
+def model_call(segmenter: Any, params: Any) -> tuple[Callable[[], Any], str]:
+    """The Segmenter's model alone on device-resident inputs (every modality present), run as the node's
+    `model.compile` / `model.cuda_graphs` settings (`params`) run it; returns the call and how it runs."""
     model, device = segmenter.model, segmenter.device
-    size = segmenter.config.image_size
-    m = len(segmenter.modalities)
+    size, m = segmenter.config.image_size, len(segmenter.modalities)
     images = torch.randn(1, m, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     present = torch.ones(1, m, dtype=torch.bool, device=device)
+    ids = tuple(range(m))
+    cuda_graphs = getattr(params, "cuda_graphs", False) and device.type == "cuda"
+    forward, how = model, "eager"
+    if getattr(params, "compile", False):
+        forward, how = torch.compile(model, dynamic=False), "torch.compile"
 
     def run() -> Any:
-        with torch.inference_mode(), autocast(device, segmenter.precision):
-            return model(images, present)
+        with torch.inference_mode(), autocast(device, segmenter.precision, cache_enabled=not cuda_graphs):
+            return forward(images, present, ids)
 
-    return run
+    try:
+        run()  # compiles here
+    except Exception as exc:  # noqa: BLE001 -- the Segmenter falls back to eager the same way
+        forward, how = model, f"eager (torch.compile failed: {type(exc).__name__})"
+    if not cuda_graphs:
+        return run, how
+    try:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+    except Exception as exc:  # noqa: BLE001
+        return run, f"{how} (CUDA graph capture failed: {type(exc).__name__})"
+    return graph.replay, f"{how} + CUDA graph"
 
 
 class FrameLoop:
@@ -128,7 +151,7 @@ class FrameLoop:
         self.pipeline = pipeline
         self.wire = wire
         self.device = pipeline.segmenter.device
-        self.model_alone = model_call(pipeline.segmenter)
+        self.model_alone, self.model_alone_mode = model_call(pipeline.segmenter, pipeline.config.model)
         rng = np.random.default_rng(0)
         self.variants = [sensor_arrays(size, rng) for _ in range(2)]  # alternate content, no RNG per frame
         self.sent = 0
@@ -183,8 +206,8 @@ def profiles(loop: FrameLoop) -> dict[str, Any]:
     profiler.disable()
     rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)[:10]
     result["python"] = {"clock": "cProfile own time (tottime), per frame", "frames": 3, "top_functions": [
-        {"function": name if file == "~" else f"{Path(file).name}:{line} {name}", "own_ms_per_frame": round(tottime * 1000 / 3, 3),
-         "calls_per_frame": calls // 3}
+        {"function": name if file == "~" else f"{Path(file).name}:{line} {name}",
+         "own_ms_per_frame": round(tottime * 1000 / 3, 3), "calls_per_frame": calls // 3}
         for (file, line, name), (_, calls, tottime, _, _) in rows]}
     return result
 
@@ -261,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update(modalities=list(pipeline.config.modalities), depth_encoding=pipeline.config.depth.encoding,
                   model_image_size=pipeline.segmenter.config.image_size)
     loop = FrameLoop(pipeline, wire, (height, width))
+    report["model_alone"] = loop.model_alone_mode
     loop.run(args.warmup)
     stages: dict[str, list[float]] = {name: [] for name in (*FRAME_STAGES, "total", "model", "pre_post", "overhead")}
     loop.run(args.frames, stages)
@@ -269,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         report["profile"] = profiles(loop)
     report["targets"] = evaluate_targets(report, device)
     print(f"device: {report['device']['name']}; model {settings['config']} at {report['model_image_size']}², "
-          f"{args.precision}; sensors {height}x{width} ({messages} messages), {args.frames} frames")
+          f"{args.precision}, {report['model_alone']}; sensors {height}x{width} ({messages} messages), "
+          f"{args.frames} frames")
     print(f"{'stage':16} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9}")
     for name, stats in report["latency_ms"].items():
         print(f"{name:16} {stats['p50_ms']:9.2f} {stats['p95_ms']:9.2f} {stats['mean_ms']:9.2f}")

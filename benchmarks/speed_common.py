@@ -119,11 +119,11 @@ def milliseconds(seconds: Sequence[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3), "n": int(ms.size)}
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """torch.autocast to bf16/fp16 on `device`; nothing for fp32."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+    """torch.autocast to bf16/fp16 on `device` (no weight-cast cache inside CUDA-graph capture); nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
+    return torch.autocast(device.type, dtype=DTYPES[precision], cache_enabled=cache_enabled)
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 0.5) -> dict[str, Any]:

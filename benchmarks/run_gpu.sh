@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# All of issue 8's GPU speed results in one go, on a machine with one H100 (about 15 minutes, most of it
+# torch.compile). Run from anywhere; results land in benchmarks/results/ (*_<gpu name>.json) and speed.md is
+# rewritten. The environment needs a CUDA build of torch (never torchvision), e.g.
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# (on a fresh checkout; an existing CPU .venv: `make clean-venv` first). Random frozen weights are used (timings do
+# not depend on them); set SAM2_CHECKPOINT=/path/sam2.1_hiera_base_plus.pt to time the node with the real ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
+
+"$PY" benchmarks/encoder.py --device cuda --profile
+CHECKPOINT=(${SAM2_CHECKPOINT:+--sam2-checkpoint "$SAM2_CHECKPOINT"})
+"$PY" benchmarks/node_pipeline.py --device cuda --profile "${CHECKPOINT[@]}"
+"$PY" benchmarks/node_pipeline.py --device cuda --profile "${CHECKPOINT[@]}" --set model.cuda_graphs=true \
+    --out benchmarks/results/node_pipeline_cuda_graphs_gpu.json
+"$PY" benchmarks/train_step.py --device cuda --estimate-memory
+"$PY" benchmarks/speed_summary.py
+echo "done: commit benchmarks/results/*.json and benchmarks/results/speed.md"

@@ -1,0 +1,122 @@
+"""The speed benchmarks (benchmarks/encoder.py, node_pipeline.py, train_step.py, speed_summary.py) run on a CPU at
+their smallest settings and write complete JSON; the summary leaves GPU targets open without a GPU run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HEADER_KEYS = {"command", "device", "torch", "timestamp", "settings", "targets"}
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("speed_results")
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> dict:
+    """Run benchmarks/<script>.py on the CPU in a subprocess; its JSON report."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / f"{script}.py"), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert HEADER_KEYS <= set(report), sorted(report)
+    assert report["command"].startswith(f"python {REPO_ROOT / 'benchmarks' / script}.py")
+    assert report["device"]["type"] == "cpu" and report["device"]["name"]
+    return report
+
+
+@pytest.fixture(scope="module")
+def encoder_report(results_dir) -> dict:
+    return run_benchmark("encoder", results_dir / "encoder_cpu.json", "--device", "cpu", "--configs", "tiny",
+                         "--sizes", "64", "--modalities", "1", "2", "--precisions", "fp32", "bf16", "--warmup", "1",
+                         "--repeats", "1", "--matmul-size", "128", "--threads", "2", "--profile")
+
+
+@pytest.fixture(scope="module")
+def node_report(results_dir) -> dict:
+    return run_benchmark("node_pipeline", results_dir / "node_pipeline_cpu.json", "--device", "cpu",
+                         "--config", "tiny", "--size", "96", "128", "--frames", "2", "--warmup", "1",
+                         "--threads", "2", "--profile")
+
+
+@pytest.fixture(scope="module")
+def train_report(results_dir) -> dict:
+    return run_benchmark("train_step", results_dir / "train_step_cpu.json", "--device", "cpu", "--config", "tiny",
+                         "--size", "64", "--batch", "1", "--warmup", "0", "--steps", "1", "--threads", "2",
+                         "--estimate-memory")
+
+
+def test_encoder_reports_matmul_rate_flops_timings_and_matching_loop_and_grouped_outputs(encoder_report):
+    assert set(encoder_report["matmul"]) == {"fp32", "bf16"}
+    assert all(rate["tflops"] > 0 for rate in encoder_report["matmul"].values())
+    assert encoder_report["flops_per_image"][0]["flops"] > 0
+    cases = encoder_report["cases"]
+    assert [(c["precision"], c["modalities"]) for c in cases] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    for case in cases:
+        assert case["flops"] == case["modalities"] * encoder_report["flops_per_image"][0]["flops"]
+        for path in ("grouped", "loop"):
+            stats = case["timings"][path]
+            assert stats["p50_ms"] > 0 and stats["images_per_s"] > 0 and stats["achieved_tflops"] > 0
+            assert 0 < stats["fraction_of_bf16_matmul"]
+        assert case["loop_over_grouped"] > 0
+        outputs = case["outputs"]
+        assert outputs["match"] and outputs["relative"] <= outputs["tolerance"], case
+        assert outputs["output_scale"] > 0
+    profile = encoder_report["profiles"][0]
+    assert len(profile["top_ops"]) == 10 and profile["top_ops"][0]["self_ms_per_iteration"] > 0
+    targets = encoder_report["targets"]
+    assert targets["encoder_matmul_fraction"]["status"] == "not-applicable"
+    assert targets["grouped_faster_than_loop"]["status"] == "not-applicable"
+    assert targets["grouped_matches_loop"]["status"] == "met"
+
+
+def test_node_pipeline_splits_per_frame_overhead_from_model_time(node_report):
+    latency = node_report["latency_ms"]
+    assert set(latency) == {"receive", "sync", "decode", "predict", "output_messages", "publish", "total", "model",
+                            "pre_post", "overhead"}
+    for stage in ("receive", "decode", "predict", "output_messages", "publish", "total", "model"):
+        assert latency[stage]["p50_ms"] > 0 and latency[stage]["n"] == 2, stage
+    assert latency["total"]["p50_ms"] >= latency["predict"]["p50_ms"]
+    assert node_report["modalities"] == ["rgb", "depth", "event", "lidar"]
+    assert node_report["profile"]["torch"]["top_ops"] and node_report["profile"]["python"]["top_functions"]
+    assert {t["status"] for t in node_report["targets"].values()} == {"not-applicable"}
+    assert set(node_report["targets"]) == {"node_p50", "node_p95", "node_overhead"}
+
+
+def test_train_step_measures_and_estimates_both_checkpointing_variants(train_report):
+    variants = train_report["variants"]
+    assert [v["activation_checkpointing"] for v in variants] == [True, False]
+    for variant in variants:
+        assert variant["step"]["p50_ms"] > 0 and variant["images_per_s"] > 0
+        assert variant["memory"]["peak_bytes"] > 0 and variant["memory"]["method"]
+    on, off = train_report["memory_estimates"]
+    assert 0 < on["after_forward_gib"] <= off["after_forward_gib"] and off["peak_gib"] > 0
+    assert train_report["targets"]["train_batch_fits"]["status"] == "not-applicable"
+
+
+def test_summary_leaves_gpu_targets_open_after_cpu_runs(results_dir, encoder_report, node_report, train_report):
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "speed_summary.py"), "--results",
+                    str(results_dir)], check=True, capture_output=True, timeout=60)
+    text = (results_dir / "speed.md").read_text()
+    assert "The GPU targets are OPEN" in text and "benchmarks/run_gpu.sh" in text
+    target_rows = [line for line in text.splitlines() if "| **" in line]
+    assert len(target_rows) == 7 and all("**OPEN**" in row for row in target_rows)
+
+
+def test_summary_reports_a_missed_gpu_target_with_its_profile(results_dir, encoder_report, tmp_path):
+    gpu = dict(encoder_report, device={**encoder_report["device"], "type": "cuda", "name": "NVIDIA H100"})
+    gpu["targets"] = {**gpu["targets"], "encoder_matmul_fraction": {
+        **gpu["targets"]["encoder_matmul_fraction"], "status": "missed"}}
+    (tmp_path / "encoder_nvidia_h100.json").write_text(json.dumps(gpu))
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "speed_summary.py"), "--results", str(tmp_path)],
+                   check=True, capture_output=True, timeout=60)
+    text = (tmp_path / "speed.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Encoder at"))
+    assert "**MISSED**" in row and "the profile:" in row and encoder_report["profiles"][0]["top_ops"][0]["op"] in row
+    assert "The GPU targets are OPEN" not in text
