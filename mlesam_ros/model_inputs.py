@@ -110,7 +110,8 @@ class InputDecoder:
                              f"depth.min_valid_fraction is {self.config.depth.min_valid_fraction:.1%}")
         if self.config.depth.encoding == "depth":
             return to_three_channels(depth_to_image(metres, self.depth_encoding))
-        return depth_to_hha(metres, self.intrinsics(), self.depth_encoding)
+        # on the model's device when that is a GPU (the numpy path on a CPU)
+        return depth_to_hha(metres, self.intrinsics(), self.depth_encoding, device=self.config.model.device)
 
     def _event(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
         info = encoding_info(msg.encoding)

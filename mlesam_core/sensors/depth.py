@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 DEPTH_PNG_SCALE = 256.0  # 16-bit depth PNG value = metres * 256 (KITTI convention), 0 = no measurement
 
@@ -40,11 +41,13 @@ def depth_to_image(depth_m: np.ndarray, encoding: DepthEncoding = DepthEncoding(
     return np.where(valid, np.rint(scaled), 0).astype(np.uint8)
 
 
-def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray,
-                 encoding: DepthEncoding = DepthEncoding()) -> np.ndarray:
+def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEncoding = DepthEncoding(),
+                 device: str | torch.device | None = None) -> np.ndarray:
     """HxW metric depth + 3x3 intrinsics K -> HxWx3 uint8 (disparity, height, angle to gravity).
 
-    Invalid depth (0, NaN, +-Inf) gives 0 in every channel.
+    Invalid depth (0, NaN, +-Inf) gives 0 in every channel. With a CUDA `device` the work runs there
+    (`hha_tensor`: the ROS node passes its model's device, so a 1024² frame costs a 4 MB upload and a 3 MB
+    download instead of 20-40 ms of CPU); on the CPU numpy is 5x faster than torch's many small kernels here.
     """
     depth = np.asarray(depth_m, dtype=np.float32)
     if depth.ndim != 2:
@@ -53,6 +56,10 @@ def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray,
     if k.shape not in ((3, 3), (3, 4)):
         raise ValueError(f"intrinsics: expected K (3x3) or P (3x4), got shape {k.shape}")
     fx, fy, cx, cy = (float(v) for v in (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
+    if device is not None and torch.device(device).type != "cpu":
+        with torch.inference_mode():
+            on_device = torch.from_numpy(np.ascontiguousarray(depth)).to(device, non_blocking=False)
+            return hha_tensor(on_device, (fx, fy, cx, cy), encoding).cpu().numpy()
     h, w = depth.shape
     valid = _valid(depth)
     z = np.where(valid, depth, np.float32(0.0))
@@ -83,3 +90,28 @@ def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray,
     np.rint(out, out=out)
     out[~valid] = 0.0
     return out.astype(np.uint8)
+
+
+def hha_tensor(depth: torch.Tensor, focal_centre: tuple[float, float, float, float],
+               encoding: DepthEncoding = DepthEncoding()) -> torch.Tensor:
+    """`depth_to_hha` in torch, for a device: HxW float32 metric depth, (fx, fy, cx, cy) -> HxWx3 uint8 on the
+    depth's device. The same function as the numpy path (tests: equal up to float rounding, at most 1 level)."""
+    fx, fy, cx, cy = (float(v) for v in focal_centre)
+    h, w = depth.shape
+    valid = torch.isfinite(depth) & (depth > 0)
+    z = torch.where(valid, depth, 0.0)
+    ray_x = ((torch.arange(w, dtype=torch.float32, device=depth.device) - cx) / fx)[None, :]
+    ray_y = ((torch.arange(h, dtype=torch.float32, device=depth.device) - cy) / fy)[:, None]
+    xyz = torch.stack([ray_x * z, ray_y * z, z])
+
+    disparity = (encoding.near / z.clamp_min(1e-6)).clamp(0.0, 1.0) * 255.0
+    span = encoding.max_height - encoding.min_height
+    height = ((encoding.camera_height - xyz[1] - encoding.min_height) / span).clamp(0.0, 1.0) * 254.0 + 1.0
+    du, = torch.gradient(xyz, dim=2)  # central differences inside, one-sided at the border, as numpy.gradient
+    dv, = torch.gradient(xyz, dim=1)
+    normal = torch.linalg.cross(du, dv, dim=0)
+    norm = torch.linalg.vector_norm(normal, dim=0)
+    angle = torch.rad2deg(torch.arccos((normal[1].abs() / norm.clamp_min(1e-9)).clamp(0.0, 1.0)))
+    gravity = torch.where(norm > 0, angle / 90.0 * 254.0 + 1.0, 1.0)
+    out = torch.stack([disparity, height, gravity], dim=-1).clamp_(1.0, 255.0).round_()
+    return torch.where(valid[..., None], out, 0.0).to(torch.uint8)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from mlesam_core.sensors import (depth_to_hha, depth_to_image, lidar_image_to_uint8, project_points,
                                  render_event_frame)
@@ -67,3 +68,39 @@ def test_event_frame_counts_polarities():
     assert frame[0, 1].tolist() == [2, 0, 0] and frame[1, 2].tolist() == [0, 1, 0] and frame.sum() == 3
     scaled = render_event_frame(np.array([0]), np.array([0]), np.array([-1]), (1, 1), count_scale=64)
     assert scaled[0, 0].tolist() == [0, 64, 0]
+
+
+def _street_depth(shape, seed=0):
+    """A ground plane below the horizon, a far wall above, noise, holes, NaN and Inf."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    rows = np.arange(h)[:, None]
+    depth = np.where(rows > h / 2, 1.5 * 500 / np.maximum(rows - h / 2, 1), 30.0) + rng.normal(0, 0.05, shape)
+    depth = depth.astype(np.float32)
+    depth[rng.random(shape) < 0.05] = 0
+    depth[0, 0], depth[1, 1], depth[2, 2] = np.nan, np.inf, -np.inf
+    return depth
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (480, 640)])
+def test_device_hha_computes_the_numpy_hha(shape):
+    from mlesam_core.sensors import hha_tensor
+
+    depth = _street_depth(shape)
+    K = np.array([[500.0, 0, shape[1] / 2], [0, 500.0, shape[0] / 2], [0, 0, 1]])
+    reference = depth_to_hha(depth, K)
+    fast = hha_tensor(torch.from_numpy(depth), (500.0, 500.0, shape[1] / 2, shape[0] / 2)).numpy()
+    difference = np.abs(reference.astype(int) - fast.astype(int))
+    assert difference.max() <= 1  # float rounding of arccos / division may move a value across .5
+    assert (difference > 0).mean() < 1e-4
+    assert (fast[~(np.isfinite(depth) & (depth > 0))] == 0).all()
+    assert reference.std() > 10  # a real encoding, not a constant
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+def test_hha_on_a_cuda_device_equals_the_cpu_hha():
+    depth = _street_depth((480, 640))
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    difference = np.abs(depth_to_hha(depth, K).astype(int) - depth_to_hha(depth, K, device="cuda").astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-4
