@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                      "threads": 1, "python": platform.python_version(), "numpy": np.__version__,
                      "opencv": cv2.__version__, "machine": platform.machine(),
                      "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-                     "note": "provisional on a shared CPU: load from other jobs lowers the wall-clock figure; "
+                     "note": "load from other jobs (see the load average) lowers the wall-clock figure; "
                              "the CPU-time figure is less affected"},
         "scenes_per_s_wall": round(args.scenes / wall, 2),
         "scenes_per_s_cpu": round(args.scenes / cpu, 2),

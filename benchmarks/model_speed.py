@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "runs alternate, 1 warm-up each",
                      "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                      "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                     "note": "provisional: shared CPU; random frozen weights (timings do not depend on them)"},
+                     "note": "random frozen weights (timings do not depend on them); the load average around the run is recorded: compare runs made at similar load"},
         "results": {}, "loop_over_grouped": {},
     }
     for name in args.configs:
