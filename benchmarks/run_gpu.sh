@@ -5,15 +5,22 @@
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 # (on a fresh checkout; an existing CPU .venv: `make clean-venv` first). Random frozen weights are used (timings do
 # not depend on them); set SAM2_CHECKPOINT=/path/sam2.1_hiera_base_plus.pt to time the node with the real ones.
+# On the lent GPU machine of our workplace (its own python3 with a CUDA torch, no network): carry the wheels that
+# benchmarks/device_wheels.sh fetches and run `PY=python3 bash benchmarks/run_gpu.sh` (see that script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
 
+# the CUDA fast path computes what the reference path computes (CUDA graphs fp32/bf16, HHA on the device)
+"$PY" -m pytest -q -m gpu test/model/test_fast_path.py test/core/test_sensor_encodings.py
 "$PY" benchmarks/encoder.py --device cuda --profile
-CHECKPOINT=(${SAM2_CHECKPOINT:+--sam2-checkpoint "$SAM2_CHECKPOINT"})
-"$PY" benchmarks/node_pipeline.py --device cuda --profile "${CHECKPOINT[@]}"
-"$PY" benchmarks/node_pipeline.py --device cuda --profile "${CHECKPOINT[@]}" --set model.cuda_graphs=true \
+NODE_ARGS=(${SAM2_CHECKPOINT:+--sam2-checkpoint "$SAM2_CHECKPOINT"})
+# message (de)serialisation as rclpy does it where rclpy is installed, else rosbags' CDR
+MESSAGES=$("$PY" -c "import rclpy" 2>/dev/null && echo rclpy || echo rosbags)
+NODE_ARGS+=(--messages "$MESSAGES")
+"$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}"
+"$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
     --out benchmarks/results/node_pipeline_cuda_graphs_gpu.json
 "$PY" benchmarks/train_step.py --device cuda --estimate-memory
 "$PY" benchmarks/speed_summary.py
