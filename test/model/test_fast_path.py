@@ -291,7 +291,6 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(model, caplog, monke
     assert_same_prediction(prediction, reference_predict(segmenter, inputs))
 
 
-@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is unsupported here")
 def test_compiled_forward_matches_eager_for_every_subset_it_sees(model, monkeypatch):
     # Inductor's C++ build of the tiny model takes ~90 s on a 2-core CPU, so the suite lets dynamo capture the
     # whole forward and runs the captured graph with the eager backend: same guards, recompiles and plumbing.

@@ -244,8 +244,6 @@ def test_modalities_the_model_lacks_are_refused(tiny_segmenter):
 
 
 def test_the_models_class_table_is_used_when_no_classes_parameter_is_set(tiny_segmenter):
-    if not hasattr(tiny_segmenter, "class_table"):
-        pytest.skip("Segmenter.class_table (model contract) is not implemented yet")
     pipeline = make_pipeline(tiny_segmenter, 'classes=""')
     assert pipeline.class_table is tiny_segmenter.class_table
 
