@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.speed_common import (DTYPES, GPU_TARGET_NOTE, RESULTS_DIR, autocast,  # noqa: E402
                                      config_label, config_path, default_device, device_slug, matmul_rate,
-                                     milliseconds, report_header, set_cpu_threads, target, timed, torch_profile,
-                                     write_report)
+                                     milliseconds, parse_args_for_device, report_header, start_run, target, timed,
+                                     torch_profile, write_report)
 from mlesam_core.model import build_model  # noqa: E402
 
 # Loop vs grouped outputs must agree to this fraction of the output scale (max |feature|): fp32 differs only in
@@ -261,19 +261,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler top-10 ops (largest M, grouped)")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    defaults = CUDA_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    set_cpu_threads(device, args.threads)
-    settings = {key: value for key, value in vars(args).items() if key not in ("out", "device")}
+    device, settings = start_run(args)
     report = report_header(device, settings)
     report.update(matmul={}, flops_per_image=[], cases=[], profiles=[])
     for precision in sorted({"fp32", "bf16", *args.precisions}):

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "runs alternate, 1 warm-up each",
                      "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                      "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                     "note": "random frozen weights (timings do not depend on them); the load average around the run is recorded: compare runs made at similar load"},
+                     "note": "random frozen weights (timings do not depend on them); compare runs made at "
+                             "similar load (recorded around the run)"},
         "results": {}, "loop_over_grouped": {},
     }
     for name in args.configs:

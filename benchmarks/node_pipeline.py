@@ -37,8 +37,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, autocast, config_label, config_path,  # noqa: E402
-                                     default_device, device_slug, milliseconds, report_header, set_cpu_threads,
-                                     synchronize, target, timed, torch_profile, write_report)
+                                     default_device, device_slug, milliseconds, parse_args_for_device,
+                                     report_header, start_run, synchronize, target, timed, torch_profile,
+                                     write_report)
 from mlesam_ros.messages import MessageKit  # noqa: E402
 from mlesam_ros.outputs import output_messages  # noqa: E402
 from mlesam_ros.params import load_segment_config  # noqa: E402
@@ -258,23 +259,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler and cProfile top-10 over 3 frames")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    defaults = CUDA_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # "no adapters given" is expected here
-    device = torch.device(args.device)
-    set_cpu_threads(device, args.threads)
+    device, settings = start_run(args)
     messages = args.messages if Wire.available(args.messages) else "rosbags"
     wire = Wire(messages)
     pipeline = build_pipeline(args)
-    settings = {key: value for key, value in vars(args).items() if key not in ("out", "device")}
     settings["config"] = config_label(args.config)
     settings["messages"] = messages
     report = report_header(device, settings)

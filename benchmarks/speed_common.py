@@ -4,6 +4,7 @@ JSON report header. Not a benchmark itself."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -236,3 +237,21 @@ def set_cpu_threads(device: torch.device, threads: int | None) -> None:
     """On a CPU run, use `threads` intra-op threads (default: torch's choice)."""
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
+
+
+def parse_args_for_device(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                          cpu_defaults: dict[str, Any], cuda_defaults: dict[str, Any]) -> argparse.Namespace:
+    """Parse `argv`; options left unset take the CUDA or the CPU defaults, by the chosen `--device`."""
+    args = parser.parse_args(argv)
+    defaults = cuda_defaults if torch.device(args.device).type == "cuda" else cpu_defaults
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def start_run(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
+    """The run's device (CPU threads set as asked) and its settings for the report (every option but out/device)."""
+    device = torch.device(args.device)
+    set_cpu_threads(device, args.threads)
+    return device, {key: value for key, value in vars(args).items() if key not in ("out", "device")}

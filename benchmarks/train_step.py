@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, PeakMemory, autocast, config_label,  # noqa: E402
                                      config_path, default_device, device_slug, milliseconds, report_header,
-                                     set_cpu_threads, synchronize, target, timed, write_report)
+                                     parse_args_for_device, start_run, synchronize, target, timed, write_report)
 from mlesam_core.losses import total_loss  # noqa: E402
 from mlesam_core.model import build_model  # noqa: E402
 
@@ -199,19 +199,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     estimate.add_argument("--estimate-only", action="store_true", help="only the fake-tensor estimate, no timing")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    defaults = CUDA_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    set_cpu_threads(device, args.threads)
-    settings = {key: value for key, value in vars(args).items() if key not in ("out", "device")}
+    device, settings = start_run(args)
     settings["config"] = config_label(args.config)
     report = report_header(device, settings)
     report.update(variants=[], memory_estimates=[])
