@@ -16,6 +16,7 @@ from mlesam_core.model.build import build_sam2_parts, random_backbone_id
 from mlesam_core.model.config import MLESAMConfig
 from mlesam_core.model.decoder import ClassMaskHead, PromptFreeSamDecoder
 from mlesam_core.model.lora import LoRAQKV, ModalityContext, add_lora
+from mlesam_core.model.lora_merge import merged_modality
 
 
 @dataclass
@@ -153,14 +154,13 @@ class LoRASam2Model(nn.Module):
 
     def _check_merged(self, ids: list[int]) -> None:
         """ValueError when a merged expert (`lora_merge.merge_lora`) cannot give this forward pass's result."""
-        merged = self.lora_layers[0].merged if self.lora_layers else None
-        if merged is None:
+        name = merged_modality(self)
+        if name is None:
             return
-        name = self.modalities[merged]
         if self.training:
             raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora): a merged "
                              f"model cannot train; call unmerge_lora(model) before model.train()")
-        others = [self.modalities[i] for i in ids if i != merged]
+        others = [self.modalities[i] for i in ids if self.modalities[i] != name]
         if others:
             raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora), but "
                              f"{others} {'is' if len(others) == 1 else 'are'} present too: a merged model runs "
