@@ -4,7 +4,8 @@ and serialising the outputs, against the model's own time.
 
     python benchmarks/node_pipeline.py [--device cuda|cpu] [--config hiera_b+|PATH] [--precision bf16]
         [--sam2-checkpoint PATH] [--params config/segment.yaml] [--set KEY=VALUE ...] [--size 1024 1024]
-        [--frames N] [--warmup N] [--messages rclpy|rosbags] [--threads N] [--profile] [--out PATH]
+        [--frames N] [--warmup N] [--messages rclpy|rosbags] [--threads N] [--profile] [--post-variants]
+        [--out PATH]
 
 Four sensors (rgb8 camera, 32FC1 depth turned into HHA, 8UC2 event frame, rgb8 projected LiDAR) at --size with a
 camera_info go through the same SegmentationPipeline and output code as the node. Per frame: `receive` (rclpy
@@ -16,7 +17,9 @@ as the node's `model.compile` / `model.cuda_graphs` settings run it). `pre_post`
 `overhead` = total - model, per frame. Node settings go through --set (e.g. --set model.cuda_graphs=true).
 Defaults: on CUDA Hiera-B+, bf16, 1024², 200 frames; on a CPU the tiny config (its 128² model: the overhead part
 at full size, the model small), fp32, 1024², 20 frames. Random frozen weights unless --sam2-checkpoint (timings do
-not depend on the weights).
+not depend on the weights). `--post-variants` also times the Segmenter's sensor-size post-processing alone
+(upsample the logits, softmax, max) eager and torch.compiled, with and without the confidence output, as ratios
+to the eager default in the same run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, autocast, con
                                      default_device, device_slug, milliseconds, parse_args_for_device,
                                      report_header, start_run, synchronize, target, timed, torch_profile,
                                      write_report)
+from mlesam_core.predictor import labels_and_confidence, labels_and_confidence_for_compile  # noqa: E402
 from mlesam_ros.messages import MessageKit  # noqa: E402
 from mlesam_ros.outputs import output_messages  # noqa: E402
 from mlesam_ros.params import load_segment_config  # noqa: E402
@@ -213,6 +217,43 @@ def profiles(loop: FrameLoop) -> dict[str, Any]:
     return result
 
 
+def post_processing_variants(segmenter: Any, size: tuple[int, int], runs: int) -> dict[str, Any]:
+    """The Segmenter's post-processing alone (model logits [1, C, S/4, S/4] -> labels and confidence at the sensor
+    `size`): eager and torch.compiled, with and without the confidence output; p50 ms and eager-default/variant."""
+    device = segmenter.device
+    side = segmenter.config.image_size // 4
+    logits = torch.randn(1, segmenter.config.num_classes, side, side, generator=torch.Generator().manual_seed(0))
+    logits = logits.to(device)
+    functions: dict[str, Any] = {"eager": labels_and_confidence}
+    try:
+        functions["compiled"] = torch.compile(labels_and_confidence_for_compile, dynamic=False)  # as Segmenter
+    except Exception as exc:  # noqa: BLE001 -- reported instead
+        functions["compiled"] = exc
+    variants = {}
+    for how, function in functions.items():
+        for confidence in (True, False):
+            name = f"{how}, {'with' if confidence else 'without'} confidence"
+            if isinstance(function, Exception):
+                variants[name] = {"skipped": f"torch.compile failed: {type(function).__name__}: {function}"}
+                continue
+            seconds = []
+            with torch.inference_mode():
+                try:
+                    for i in range(runs + 2):  # two warm-up calls (the compiled one builds in the first)
+                        elapsed, _ = timed(lambda: function(logits, size, confidence), device)
+                        if i >= 2:
+                            seconds.append(elapsed)
+                except Exception as exc:  # noqa: BLE001 -- e.g. no C++ compiler for inductor
+                    variants[name] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                    continue
+            variants[name] = milliseconds(seconds)
+    base = variants["eager, with confidence"]["p50_ms"]
+    for stats in variants.values():
+        if "p50_ms" in stats:
+            stats["speedup_vs_eager_with_confidence"] = round(base / stats["p50_ms"], 3)
+    return {"logits": [1, segmenter.config.num_classes, side, side], "size": list(size), "variants": variants}
+
+
 def evaluate_targets(report: dict[str, Any], device: torch.device) -> dict[str, dict[str, str]]:
     """The issue's node targets: Hiera-B+, four sensors, 1024², bf16, on one H100."""
     latency = report["latency_ms"]
@@ -258,6 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="message library (rclpy falls back to rosbags when not installed)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler and cProfile top-10 over 3 frames")
+    parser.add_argument("--post-variants", action="store_true",
+                        help="time the post-processing alone: eager/compiled, with/without confidence")
     parser.add_argument("--out", type=Path)
     return parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
 
@@ -285,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     report["latency_ms"] = {name: milliseconds(values) for name, values in stages.items()}
     if args.profile:
         report["profile"] = profiles(loop)
+    if args.post_variants:
+        report["post_processing"] = post_processing_variants(pipeline.segmenter, (height, width), args.frames)
     report["targets"] = evaluate_targets(report, device)
     print(f"device: {report['device']['name']}; model {settings['config']} at {report['model_image_size']}², "
           f"{args.precision}, {report['model_alone']}; sensors {height}x{width} ({messages} messages), "
@@ -292,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stage':16} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9}")
     for name, stats in report["latency_ms"].items():
         print(f"{name:16} {stats['p50_ms']:9.2f} {stats['p95_ms']:9.2f} {stats['mean_ms']:9.2f}")
+    for name, stats in report.get("post_processing", {}).get("variants", {}).items():
+        print(f"post-processing {name}: " + (stats["skipped"] if "skipped" in stats else
+                                             f"p50 {stats['p50_ms']:.2f} ms, "
+                                             f"{stats['speedup_vs_eager_with_confidence']:.2f}x"))
     for key, value in report["targets"].items():
         print(f"target {key}: {value['status']}: {value['figure']}")
     write_report(report, args.out or RESULTS_DIR / f"node_pipeline_{device_slug(device)}.json")

@@ -16,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 "$PY" -m pytest -q -m gpu test/model/test_fast_path.py test/core/test_sensor_encodings.py
 "$PY" benchmarks/encoder.py --device cuda --profile
 NODE_ARGS=(${SAM2_CHECKPOINT:+--sam2-checkpoint "$SAM2_CHECKPOINT"})
-"$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}"
+"$PY" benchmarks/node_pipeline.py --device cuda --profile --post-variants "${NODE_ARGS[@]}"
 "$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
     --out benchmarks/results/node_pipeline_cuda_graphs_gpu.json
 "$PY" benchmarks/train_step.py --device cuda --estimate-memory

@@ -154,7 +154,17 @@ def node_section(path: Path, report: dict[str, Any]) -> list[str]:
              f"{s['frames']} frames after {s['warmup']} warm-up.", ""]
     rows = [[name, f"{v['p50_ms']:.2f}", f"{v['p95_ms']:.2f}", f"{v['mean_ms']:.2f}"]
             for name, v in report["latency_ms"].items()]
-    return lines + table(["stage", "p50 ms", "p95 ms", "mean ms"], rows) + [""]
+    lines += table(["stage", "p50 ms", "p95 ms", "mean ms"], rows) + [""]
+    post = report.get("post_processing")
+    if post:
+        c, h, w = post["logits"][1], *post["size"]
+        lines += [f"Post-processing alone (`--post-variants`): {c}-class logits {post['logits'][2]}² -> labels and "
+                  f"confidence at {h}x{w}:", ""]
+        rows = [[name, stats["skipped"], ""] if "skipped" in stats else
+                [name, f"{stats['p50_ms']:.2f}", f"{stats['speedup_vs_eager_with_confidence']:.2f}x"]
+                for name, stats in post["variants"].items()]
+        lines += table(["variant", "p50 ms", "vs eager with confidence"], rows) + [""]
+    return lines
 
 
 def profile_section(path: Path, report: dict[str, Any]) -> list[str]:

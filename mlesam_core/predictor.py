@@ -1,6 +1,6 @@
 """`Segmenter`: the one predictor used by evaluation, bag replay and the ROS node.
 
-predict({modality: HxW or HxWxC array}) -> Prediction(labels HxW uint8, confidence HxW float32, routing).
+predict({modality: HxW or HxWxC array}) -> Prediction(labels HxW uint8, confidence HxW float32 (optional), routing).
 Preprocessing per modality, as `to_three_channels` -> resize to the model size (bilinear for dense modalities,
 nearest for sparse ones, per the modality table) -> `normalization` (value/255, table mean/std). Any non-empty
 subset of the configured modalities; the absent ones are marked absent (the model skips them entirely).
@@ -44,7 +44,7 @@ class Prediction:
     """One segmentation: class ids, the winning class's softmax probability, and the modality weights."""
 
     labels: np.ndarray  # HxW uint8 (input size)
-    confidence: np.ndarray  # HxW float32
+    confidence: np.ndarray | None  # HxW float32; None when predict was asked not to compute it
     routing: dict[str, dict[str, float]]  # level -> {modality: weight}, every configured modality (absent: 0.0)
 
 
@@ -100,9 +100,12 @@ class Segmenter:
         self._uploads: dict[str, _UploadBuffers] = {}  # CUDA only: per modality, for its last input shape
         self.compile = compile
         self._compiled: Callable[..., SegmentationOutput] | None = None
+        self._compiled_post: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None
         if compile:
             try:
                 self._compiled = torch.compile(self.model, dynamic=False)
+                # the sensor-size post-processing too: upsample + softmax + max fused (no [C, H, W] temporaries)
+                self._compiled_post = torch.compile(labels_and_confidence_for_compile, dynamic=False)
             except Exception as exc:  # noqa: BLE001 -- any failure to set up compilation means eager
                 self._no_compile(exc)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
@@ -145,15 +148,18 @@ class Segmenter:
                 _, present, size = self._stage(inputs)
             return self._images.clone(), present.clone(), size
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> Prediction:
-        """Segment one multi-modal sample given as {modality name: HxW or HxWxC uint8/float array}."""
+    def predict(self, inputs: Mapping[str, np.ndarray], confidence: bool = True) -> Prediction:
+        """Segment one multi-modal sample given as {modality name: HxW or HxWxC uint8/float array}.
+
+        `confidence=False` skips the softmax over the sensor-size logits (labels are the same; on a CPU that is
+        about a third of the post-processing) and returns `confidence=None`."""
         with self._lock, torch.inference_mode():
             ids, present, size = self._stage(inputs)
             output = self._graph_forward(ids, present) if self.cuda_graphs else self._forward(ids, present)
-            logits = F.interpolate(output.logits.float(), size=size, mode="bilinear", align_corners=False)
-            confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+            labels, probability = self._postprocess(output.logits, size, confidence)
             routing = torch.stack([weights[0].float() for weights in output.routing.values()])  # [levels, M]
-            return self._download(labels[0], confidence[0], routing, list(output.routing))
+            return self._download(labels[0], None if probability is None else probability[0], routing,
+                                  list(output.routing))
 
     # ---------------------------------------------------------------------------------------- preprocessing
     def _stage(self, inputs: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], torch.Tensor, tuple[int, int]]:
@@ -238,12 +244,23 @@ class Segmenter:
                     self._no_compile(exc)
             return self.model(self._images, present, ids)
 
+    def _postprocess(self, logits: torch.Tensor, size: tuple[int, int],
+                     confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`labels_and_confidence`, compiled if enabled (a compile failure switches to eager for good)."""
+        if self._compiled_post is not None:
+            try:
+                return self._compiled_post(logits, size, confidence)
+            except Exception as exc:  # noqa: BLE001 -- eager raises again if the problem is not compilation
+                self._no_compile(exc)
+        return labels_and_confidence(logits, size, confidence)
+
     def _no_compile(self, exc: Exception) -> None:
         first_line = next(iter(str(exc).strip().splitlines()), "")  # compiler errors run to pages
         log.warning("compile: torch.compile is unavailable here (%s: %s): running the model eagerly",
                     type(exc).__name__, first_line)
         self.compile = False
         self._compiled = None
+        self._compiled_post = None
 
     def _graph_forward(self, ids: tuple[int, ...], present: torch.Tensor) -> SegmentationOutput:
         """Replay the CUDA graph of this modality subset (captured on its first call); eager if capture fails."""
@@ -278,19 +295,45 @@ class Segmenter:
         return _CapturedForward(graph, output)
 
     # ---------------------------------------------------------------------------------------------- output
-    def _download(self, labels: torch.Tensor, confidence: torch.Tensor, routing: torch.Tensor,
+    def _download(self, labels: torch.Tensor, confidence: torch.Tensor | None, routing: torch.Tensor,
                   levels: list[str]) -> Prediction:
-        """labels [H, W], confidence [H, W] and routing [levels, M] (on the device) -> Prediction, in one copy:
-        the floats' bytes first (4-byte aligned), then the labels as uint8."""
-        floats = torch.cat([confidence.reshape(-1), routing.reshape(-1)]).view(torch.uint8)
-        packed = torch.cat([floats, labels.reshape(-1).to(torch.uint8)]).cpu().numpy()
+        """labels [H, W], confidence [H, W] (or None) and routing [levels, M] (on the device) -> Prediction, in
+        one copy: the floats' bytes first (4-byte aligned), then the labels as uint8."""
         h, w = labels.shape
+        pixels = 0 if confidence is None else h * w
+        parts = [routing.reshape(-1)] if confidence is None else [confidence.reshape(-1), routing.reshape(-1)]
+        floats = torch.cat(parts).view(torch.uint8)
+        packed = torch.cat([floats, labels.reshape(-1).to(torch.uint8)]).cpu().numpy()
         split = floats.numel()
         values = packed[:split].view(np.float32)
-        weights = values[h * w:].reshape(routing.shape)
-        return Prediction(labels=packed[split:].reshape(h, w), confidence=values[:h * w].reshape(h, w),
+        weights = values[pixels:].reshape(routing.shape)
+        return Prediction(labels=packed[split:].reshape(h, w),
+                          confidence=None if confidence is None else values[:pixels].reshape(h, w),
                           routing={level: dict(zip(self.modalities, row.tolist())) for level, row in
                                    zip(levels, weights)})
+
+
+def labels_and_confidence(logits: torch.Tensor, size: tuple[int, int],
+                           confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model logits [1, C, h, w] -> class ids [1, H, W] of the logits upsampled (bilinear) to `size`, and the
+    softmax probability of each chosen class [1, H, W] (None unless `confidence`)."""
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    if not confidence:
+        return logits.max(dim=1).indices, None  # max, not argmax: 5x faster over the class dim on a CPU
+    probability, labels = torch.softmax(logits, dim=1).max(dim=1)
+    return labels, probability
+
+
+def labels_and_confidence_for_compile(logits: torch.Tensor, size: tuple[int, int],
+                                      confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`labels_and_confidence` in the form torch.compile fuses best: the winning probability as
+    1 / sum_c exp(l_c - l_max), which inductor computes with the upsampling in two passes over the classes and
+    no [C, H, W] tensor (1.6x faster than compiling the softmax form on a CPU; eager, the softmax form is faster)."""
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    top, labels = logits.max(dim=1, keepdim=True)
+    if not confidence:
+        return labels[:, 0], None
+    return labels[:, 0], (logits - top).exp().sum(dim=1).reciprocal()
 
 
 def _check_single_modality(modalities: tuple[str, ...]) -> None:
@@ -314,4 +357,4 @@ def _check_image(array: np.ndarray, name: str) -> np.ndarray:
     return array[:, :, :3]
 
 
-__all__ = ["Segmenter", "Prediction"]
+__all__ = ["Segmenter", "Prediction", "labels_and_confidence", "labels_and_confidence_for_compile"]

@@ -1,10 +1,12 @@
-"""Sensor messages -> the model's HxWx3 uint8 input image of each modality.
+"""Sensor messages -> the model's input image of each modality (uint8, or float32 on the 0-255 scale).
 
 Colour cameras give RGB; depth (16UC1 mm / 32FC1 m) becomes HHA or a depth image with the shared
 `mlesam_core.sensors` encodings (a 3-channel 8-bit depth message is taken as already encoded); event frames
-(positive, negative counts) get a zero third channel; LiDAR arrives as a projected image (8-bit, already
-encoded, or 32FC3 range/intensity/height) or as a PointCloud2 projected with the camera model. Every problem
-raises `InputError` naming it; the pipeline then treats that modality as absent for the frame.
+give their two count channels (positive, negative); LiDAR arrives as a projected image (8-bit, already
+encoded, or 32FC3 range/intensity/height) or as a PointCloud2 projected with the camera model. Images with one
+or two channels stay that way: the Segmenter maps them to three (`to_three_channels`: repeated / zero third
+channel) on the model's device, so the host makes no 3-channel copy. Every problem raises `InputError` naming it;
+the pipeline then treats that modality as absent for the frame.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlesam_core.modalities import to_three_channels
 from mlesam_core.sensors import DepthEncoding, depth_to_hha, depth_to_image, lidar_image_to_uint8
 from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, encoding_info, image_msg_to_array,
                                          to_rgb8)
@@ -78,8 +79,8 @@ class InputDecoder:
         return self.camera_info.k
 
     def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> np.ndarray:
-        """The model image (HxWx3, uint8, or float32 0-255 for generic float input) of `modality` from its
-        message; `size` is the expected (H, W)."""
+        """The model image of `modality` from its message, as `Segmenter.predict` takes it: HxW or HxWxC
+        (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; `size` is the expected (H, W)."""
         try:
             image = self._decoders.get(modality, self._color)(msg, size)
         except (ImageConversionError, PointCloudError) as exc:
@@ -93,9 +94,10 @@ class InputDecoder:
         info = encoding_info(msg.encoding)
         array = image_msg_to_array(msg)
         if info.order is None and info.dtype.kind == "f":
-            return to_three_channels(array.astype(np.float32))  # generic float data on the 0-255 scale
+            array = array.astype(np.float32, copy=False)  # generic float data on the 0-255 scale
+            return array[:, :, :3] if array.ndim == 3 else array  # alpha dropped
         if info.order is None and info.channels == 2:
-            return to_three_channels(_to_uint8(array, msg.encoding))  # generic 2-channel (e.g. AoLP sin/cos)
+            return _to_uint8(array, msg.encoding)  # generic 2-channel (e.g. AoLP sin/cos)
         return to_rgb8(array, msg.encoding)
 
     def _depth(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
@@ -109,7 +111,7 @@ class InputDecoder:
             raise InputError(f"only {valid:.1%} of depth pixels are valid (NaN/Inf/0 elsewhere); "
                              f"depth.min_valid_fraction is {self.config.depth.min_valid_fraction:.1%}")
         if self.config.depth.encoding == "depth":
-            return to_three_channels(depth_to_image(metres, self.depth_encoding))
+            return depth_to_image(metres, self.depth_encoding)  # one channel, repeated on the device
         # on the model's device when that is a GPU (the numpy path on a CPU)
         return depth_to_hha(metres, self.intrinsics(), self.depth_encoding, device=self.config.model.device)
 
@@ -118,9 +120,9 @@ class InputDecoder:
         if info.channels not in (2, 3) or info.dtype not in (np.uint8, np.uint16):
             raise InputError(f"an event frame needs 2 or 3 channels of 8/16-bit counts (positive, negative), "
                              f"got {msg.encoding}")
-        frame = to_three_channels(_to_uint8(image_msg_to_array(msg), msg.encoding, saturate=True))
-        frame[:, :, 2] = 0  # the third channel of an event frame is 0 by convention
-        return frame
+        # the counts of both polarities; the third channel of an event frame is 0 by convention (the Segmenter
+        # adds it), so a third channel in the message is dropped (a view, no copy)
+        return _to_uint8(image_msg_to_array(msg), msg.encoding, saturate=True)[:, :, :2]
 
     def _lidar(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
         if hasattr(msg, "fields"):  # sensor_msgs/PointCloud2

@@ -37,7 +37,7 @@ class FrameResult:
     status: dict[str, str]  # per sensor: ok, stale, missing (from the synchroniser) or invalid (unusable)
     used: tuple[str, ...]  # modalities given to the model
     labels: np.ndarray | None = None  # HxW class ids (uint8; uint16 with more than 255 classes)
-    confidence: np.ndarray | None = None  # HxW float32
+    confidence: np.ndarray | None = None  # HxW float32 (computed only when the confidence output is on)
     routing: dict[str, dict[str, float]] = field(default_factory=dict)  # level -> modality -> weight
     latency: float | None = None  # seconds spent in Segmenter.predict
     errors: dict[str, str] = field(default_factory=dict)  # sensor (or "inference") -> problem
@@ -139,7 +139,7 @@ class SegmentationPipeline:
             return result
         start = time.perf_counter()
         try:
-            prediction = self.segmenter.predict(images)
+            prediction = self.segmenter.predict(images, confidence=self.config.outputs.confidence)
         except Exception as exc:  # a model failure must not take the node down; it is reported and logged
             result.errors["inference"] = f"{type(exc).__name__}: {exc}"
             self.health.inference(None, error=result.errors["inference"])
@@ -148,7 +148,8 @@ class SegmentationPipeline:
         result.latency = time.perf_counter() - start
         labels = np.asarray(prediction.labels)
         result.labels = labels.astype(np.uint16 if self.class_table.num_classes > 255 else np.uint8, copy=False)
-        result.confidence = np.asarray(prediction.confidence, dtype=np.float32)
+        if prediction.confidence is not None:
+            result.confidence = np.asarray(prediction.confidence, dtype=np.float32)
         result.routing = {level: {m: float(w) for m, w in weights.items()}
                           for level, weights in prediction.routing.items()}
         self.health.inference(result.latency)

@@ -42,7 +42,7 @@ def encoder_report(results_dir) -> dict:
 def node_report(results_dir) -> dict:
     return run_benchmark("node_pipeline", results_dir / "node_pipeline_cpu.json", "--device", "cpu",
                          "--config", "tiny", "--size", "96", "128", "--frames", "2", "--warmup", "1",
-                         "--threads", "2", "--profile")
+                         "--threads", "2", "--profile", "--post-variants")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,13 @@ def test_node_pipeline_splits_per_frame_overhead_from_model_time(node_report):
     assert node_report["profile"]["torch"]["top_ops"] and node_report["profile"]["python"]["top_functions"]
     assert {t["status"] for t in node_report["targets"].values()} == {"not-applicable"}
     assert set(node_report["targets"]) == {"node_p50", "node_p95", "node_overhead"}
+    post = node_report["post_processing"]
+    assert post["size"] == [96, 128] and post["logits"] == [1, 25, 32, 32]  # the tiny model's 128² / 4
+    assert set(post["variants"]) == {f"{how}, {w} confidence" for how in ("eager", "compiled")
+                                     for w in ("with", "without")}
+    for name, stats in post["variants"].items():
+        assert stats["p50_ms"] > 0 and stats["n"] == 2 and stats["speedup_vs_eager_with_confidence"] > 0, name
+    assert post["variants"]["eager, with confidence"]["speedup_vs_eager_with_confidence"] == 1.0
 
 
 def test_train_step_measures_and_estimates_both_checkpointing_variants(train_report):

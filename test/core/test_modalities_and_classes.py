@@ -53,3 +53,13 @@ def test_class_tables_and_colorize():
     assert colors[0, 0].tolist() == [128, 64, 128] and colors[0, 1].tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="unknown class table 'kitti'"):
         get_class_table("kitti")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
+def test_colorize_maps_every_id_through_the_palette(dtype):
+    ids = np.arange(300).reshape(15, 20) % (256 if dtype == np.uint8 else 300)
+    colors = DELIVER.colorize(ids.astype(dtype))
+    assert colors.shape == (15, 20, 3) and colors.dtype == np.uint8
+    for i, color in zip(ids.reshape(-1), colors.reshape(-1, 3)):
+        expected = DELIVER.palette[i] if i < DELIVER.num_classes else (0, 0, 0)  # ignore / unknown: black
+        assert tuple(color) == expected, i

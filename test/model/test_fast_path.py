@@ -302,6 +302,22 @@ def test_compiled_forward_matches_eager_for_every_subset_it_sees(model, monkeypa
     assert segmenter.compile is True
 
 
+def test_compiled_post_processing_matches_eager():
+    # the real (inductor) build of the small post-processing function: a few seconds on a 2-core CPU
+    from mlesam_core.predictor import labels_and_confidence, labels_and_confidence_for_compile
+
+    compiled = torch.compile(labels_and_confidence_for_compile, dynamic=False)
+    logits = torch.randn(1, 25, 16, 12, generator=torch.Generator().manual_seed(0)) * 4
+    with torch.inference_mode():
+        labels, confidence = compiled(logits, (50, 70), True)
+        expected_labels, expected_confidence = labels_and_confidence(logits, (50, 70), True)
+        lean_labels, none = compiled(logits, (50, 70), False)
+    assert labels.shape == (1, 50, 70) and none is None
+    torch.testing.assert_close(confidence, expected_confidence, rtol=1e-5, atol=1e-6)
+    assert (labels == expected_labels).float().mean() > 0.999  # a near-tie may round the other way
+    torch.testing.assert_close(lean_labels, labels, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -36,6 +36,15 @@ def test_predict_any_subset_and_size_returns_input_sized_labels_and_confidence(t
     assert big.labels.shape == (240, 320)
 
 
+def test_predict_without_confidence_gives_the_same_labels_and_routing(tiny_segmenter):
+    inputs = {k: v for k, v in _inputs().items() if k != "event"}
+    full = tiny_segmenter.predict(inputs)
+    lean = tiny_segmenter.predict(inputs, confidence=False)
+    assert lean.confidence is None
+    np.testing.assert_array_equal(lean.labels, full.labels)
+    assert lean.routing == full.routing
+
+
 def test_uint8_and_float_inputs_on_the_0_255_scale_agree(tiny_segmenter):
     rgb = _inputs()["rgb"]
     a = tiny_segmenter.predict({"rgb": rgb})

@@ -109,6 +109,34 @@ def test_only_present_modalities_reach_the_model(tiny_segmenter, rig):
     assert all(weights["lidar"] == 0.0 for weights in result.routing.values())
 
 
+def _model_input(segmenter, modality, image):
+    images, _, _ = segmenter.preprocess({modality: image})
+    return images[0, segmenter.modalities.index(modality)]
+
+
+@pytest.mark.parametrize("modality, array, encoding, overrides, expected", [
+    # a 3-channel event frame: the counts of both polarities, the third channel zero whatever the message holds
+    ("event", np.full((H, W, 3), (3, 200, 9), np.uint8), "8UC3", (), np.full((H, W, 3), (3, 200, 0), np.uint8)),
+    # 16-bit counts saturate at 255
+    ("event", np.full((H, W, 2), (7, 999), np.uint16), "16UC2", (), np.full((H, W, 3), (7, 255, 0), np.uint8)),
+    # the linear depth image is one channel, repeated (20 m of max_depth 100 m -> 51)
+    ("depth", np.full((H, W), 20.0, np.float32), "32FC1", ("depth.encoding=depth",), np.full((H, W, 3), 51, np.uint8)),
+    # generic 4-channel float data on the 0-255 scale: alpha dropped
+    ("rgb", np.full((H, W, 4), (1.5, 2.5, 3.5, 99.0), np.float32), "32FC4", (),
+     np.full((H, W, 3), (1.5, 2.5, 3.5), np.float32)),
+])
+def test_decoded_inputs_become_the_three_channel_model_input(tiny_segmenter, rig, modality, array, encoding,
+                                                              overrides, expected):
+    """The decoder leaves 1- and 2-channel images as they are (no host copy); what reaches the model is the
+    3-channel mapping of the modality table."""
+    pipeline = make_pipeline(tiny_segmenter, *overrides)
+    pipeline.set_camera_info(rig.camera_info())
+    decoded = pipeline.decoder.decode(modality, rig.kit.image(array, encoding, rig.header(1.0)), (H, W))
+    assert decoded.shape[:2] == (H, W) and decoded.dtype == expected.dtype
+    np.testing.assert_array_equal(_model_input(tiny_segmenter, modality, decoded),
+                                  _model_input(tiny_segmenter, modality, expected))
+
+
 @pytest.mark.parametrize("bad, problem", [
     (lambda rig, t: rig.kit.image(np.zeros((H, W), np.uint8), "mono8", rig.header(t)), "2 or 3 channels"),
     (lambda rig, t: rig.kit.image(np.zeros((H // 2, W, 2), np.uint8), "8UC2", rig.header(t)), "does not match"),
@@ -190,7 +218,7 @@ def test_silent_primary_hands_driving_to_depth(tiny_segmenter, rig):
 def test_model_failure_is_reported_not_raised(tiny_segmenter, rig, monkeypatch, caplog):
     pipeline = make_pipeline(tiny_segmenter)
 
-    def broken(images):
+    def broken(images, confidence=True):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(pipeline.segmenter, "predict", broken)
@@ -225,6 +253,15 @@ def test_switched_off_outputs_are_not_built(tiny_segmenter, rig):
     pipeline = make_pipeline(tiny_segmenter, "outputs.labels_color=false", "outputs.routing=false")
     [result] = run(pipeline, rig, duration=0.1)
     assert set(output_messages(rig.kit, pipeline, result)) == {"labels", "confidence"}
+
+
+def test_confidence_is_not_computed_when_its_output_is_off(tiny_segmenter, rig):
+    [full] = run(make_pipeline(tiny_segmenter), Rig(rig.kit, seed=3), duration=0.1)
+    pipeline = make_pipeline(tiny_segmenter, "outputs.confidence=false")
+    [result] = run(pipeline, Rig(rig.kit, seed=3), duration=0.1)  # the same messages
+    assert result.confidence is None and full.confidence is not None
+    np.testing.assert_array_equal(result.labels, full.labels)
+    assert set(output_messages(rig.kit, pipeline, result)) == {"labels", "labels_color", "routing"}
 
 
 def test_health_reports_ok_sensors_and_the_inference_latency(tiny_segmenter, rig):
