@@ -1,6 +1,7 @@
 """`Segmenter`: the one predictor used by evaluation, bag replay and the ROS node.
 
-predict({modality: HxW or HxWxC array}) -> Prediction(labels HxW uint8, confidence HxW float32 (optional), routing).
+predict({modality: HxW or HxWxC array or tensor}) -> Prediction(labels HxW uint8, confidence HxW float32 (optional),
+routing).
 Preprocessing per modality, as `to_three_channels` -> resize to the model size (bilinear for dense modalities,
 nearest for sparse ones, per the modality table) -> `normalization` (value/255, table mean/std). Any non-empty
 subset of the configured modalities; the absent ones are marked absent (the model skips them entirely).
@@ -8,7 +9,8 @@ subset of the configured modalities; the absent ones are marked absent (the mode
 The hot path works in place: each modality's array is uploaded in its own dtype and channel count (through a
 reused pinned buffer and a non-blocking copy on CUDA), mapped to 3 channels, resized and normalised on the device
 straight into a preallocated model input [1, M, 3, S, S]; the present mask of each modality subset is made once;
-the active modalities are known on the host from the input dict; labels, confidence and routing are computed on
+a torch tensor input (e.g. HHA computed on the GPU) is taken where it is; the active modalities are known on the
+host from the input dict; labels, confidence and routing are computed on
 the device and downloaded in one copy, the call's only host sync. Options: bf16/fp16 autocast, `torch.compile`
 of the model, CUDA-graph replay per modality subset, and a merged LoRA expert for single-modality models; each
 optimisation falls back to the eager model, with a warning, where it is unavailable.
@@ -140,7 +142,8 @@ class Segmenter:
                    merge_lora=merge_lora)
 
     # -------------------------------------------------------------------------------------------- public API
-    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def preprocess(self, inputs: Mapping[str, np.ndarray | torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Raw arrays -> (normalised images [1, M, 3, S, S], present [1, M], input (H, W)), new tensors the caller
         owns (predict uses reused buffers instead); ValueError on bad input."""
         with self._lock:
@@ -148,8 +151,9 @@ class Segmenter:
                 _, present, size = self._stage(inputs)
             return self._images.clone(), present.clone(), size
 
-    def predict(self, inputs: Mapping[str, np.ndarray], confidence: bool = True) -> Prediction:
-        """Segment one multi-modal sample given as {modality name: HxW or HxWxC uint8/float array}.
+    def predict(self, inputs: Mapping[str, np.ndarray | torch.Tensor], confidence: bool = True) -> Prediction:
+        """Segment one multi-modal sample given as {modality name: HxW or HxWxC uint8/float image}, each a numpy
+        array or a torch tensor (on any device; one already on the model's device is not copied).
 
         `confidence=False` skips the softmax over the sensor-size logits (labels are the same; on a CPU that is
         about a third of the post-processing) and returns `confidence=None`."""
@@ -162,7 +166,8 @@ class Segmenter:
                                   list(output.routing))
 
     # ---------------------------------------------------------------------------------------- preprocessing
-    def _stage(self, inputs: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], torch.Tensor, tuple[int, int]]:
+    def _stage(self, inputs: Mapping[str, np.ndarray | torch.Tensor]
+               ) -> tuple[tuple[int, ...], torch.Tensor, tuple[int, int]]:
         """Check `inputs` and write them into the model input buffer -> (present modality ids, present mask
         [1, M], input (H, W)). Nothing is written unless every input is valid."""
         if not isinstance(inputs, Mapping) or not inputs:
@@ -171,13 +176,13 @@ class Segmenter:
         unknown = [name for name in inputs if name not in self.modalities]
         if unknown:
             raise ValueError(f"unknown modality {unknown[0]!r}: this model takes {list(self.modalities)}")
-        arrays: dict[int, np.ndarray] = {}
+        arrays: dict[int, np.ndarray | torch.Tensor] = {}
         size = None
         for name, array in inputs.items():
             array = _check_image(array, name)
             if size is None:
-                size = array.shape[:2]
-            elif array.shape[:2] != size:
+                size = tuple(array.shape[:2])
+            elif tuple(array.shape[:2]) != size:
                 raise ValueError(f"{name}: size {array.shape[0]}x{array.shape[1]} differs from the other "
                                  f"modalities' {size[0]}x{size[1]}")
             arrays[self.modalities.index(name)] = array
@@ -191,8 +196,11 @@ class Segmenter:
             self._present[ids] = torch.tensor([[i in ids for i in range(len(self.modalities))]], device=self.device)
         return ids, self._present[ids], size
 
-    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
-        """HxWxC array (C 1-3) -> [C, H, W] on the device: uint8 stays uint8, floats become float32."""
+    def _upload(self, name: str, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """HxWxC array or tensor (C 1-3) -> [C, H, W] on the device: uint8 stays uint8, floats become float32."""
+        if isinstance(array, torch.Tensor):  # already a tensor: moved only if it is elsewhere
+            x = array.to(self.device, non_blocking=True)
+            return (x if x.dtype == torch.uint8 else x.float()).permute(2, 0, 1)
         dtype = torch.uint8 if array.dtype == np.uint8 else torch.float32
         if self.device.type != "cuda":
             return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype).permute(2, 0, 1)
@@ -343,12 +351,15 @@ def _check_single_modality(modalities: tuple[str, ...]) -> None:
                          f"{list(modalities)}")
 
 
-def _check_image(array: np.ndarray, name: str) -> np.ndarray:
-    """A uint8/float HxW or HxWxC (C 1-4) numpy image as HxWxC with C 1-3 (alpha dropped, a view, no copy);
-    ValueError naming `name` otherwise. The channel mapping itself happens on the device (`_write_slot`)."""
-    if not isinstance(array, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array, got {type(array).__name__}")
-    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+def _check_image(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray | torch.Tensor:
+    """A uint8/float HxW or HxWxC (C 1-4) numpy image or tensor as HxWxC with C 1-3 (alpha dropped, a view, no
+    copy); ValueError naming `name` otherwise. The channel mapping itself happens on the device (`_write_slot`)."""
+    if isinstance(array, torch.Tensor):
+        if array.dtype != torch.uint8 and not array.dtype.is_floating_point:
+            raise ValueError(f"{name}: expected uint8 or float (0-255 scale) values, got {array.dtype}")
+    elif not isinstance(array, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(array).__name__}")
+    elif array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name}: expected uint8 or float (0-255 scale) values, got {array.dtype}")
     if array.ndim == 2:
         array = array[:, :, None]

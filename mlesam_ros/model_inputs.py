@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlesam_core.sensors import DepthEncoding, depth_to_hha, depth_to_image, lidar_image_to_uint8
+from mlesam_core.sensors import DepthEncoding, depth_to_hha, depth_to_hha_on, depth_to_image, lidar_image_to_uint8
 from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, encoding_info, image_msg_to_array,
                                          to_rgb8)
 from mlesam_ros.params import SegmentConfig
@@ -54,6 +54,7 @@ class InputDecoder:
         fixed_k = config.camera.intrinsics
         self.fixed_k = np.asarray(fixed_k, dtype=np.float64).reshape(3, 3) if fixed_k else None
         self.camera_info: CameraModel | None = None
+        self.on_device = not str(config.model.device).startswith("cpu")  # HHA on the model's device
         self._decoders: dict[str, Callable[[Any, tuple[int, int]], np.ndarray]] = {
             "depth": self._depth, "event": self._event, "lidar": self._lidar}
 
@@ -80,7 +81,8 @@ class InputDecoder:
 
     def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> np.ndarray:
         """The model image of `modality` from its message, as `Segmenter.predict` takes it: HxW or HxWxC
-        (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; `size` is the expected (H, W)."""
+        (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; a numpy array, or for HHA with
+        the model on a GPU a tensor there; `size` is the expected (H, W)."""
         try:
             image = self._decoders.get(modality, self._color)(msg, size)
         except (ImageConversionError, PointCloudError) as exc:
@@ -112,8 +114,9 @@ class InputDecoder:
                              f"depth.min_valid_fraction is {self.config.depth.min_valid_fraction:.1%}")
         if self.config.depth.encoding == "depth":
             return depth_to_image(metres, self.depth_encoding)  # one channel, repeated on the device
-        # on the model's device when that is a GPU (the numpy path on a CPU)
-        return depth_to_hha(metres, self.intrinsics(), self.depth_encoding, device=self.config.model.device)
+        if self.on_device:  # HHA on the model's GPU, handed over there: the depth goes up once, nothing comes back
+            return depth_to_hha_on(metres, self.intrinsics(), self.config.model.device, self.depth_encoding)
+        return depth_to_hha(metres, self.intrinsics(), self.depth_encoding)  # numpy: 5x faster than torch on a CPU
 
     def _event(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
         info = encoding_info(msg.encoding)

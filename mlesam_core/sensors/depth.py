@@ -45,21 +45,13 @@ def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEnc
                  device: str | torch.device | None = None) -> np.ndarray:
     """HxW metric depth + 3x3 intrinsics K -> HxWx3 uint8 (disparity, height, angle to gravity).
 
-    Invalid depth (0, NaN, +-Inf) gives 0 in every channel. With a CUDA `device` the work runs there
-    (`hha_tensor`: the ROS node passes its model's device, so a 1024² frame costs a 4 MB upload and a 3 MB
-    download instead of 20-40 ms of CPU); on the CPU numpy is 5x faster than torch's many small kernels here.
+    Invalid depth (0, NaN, +-Inf) gives 0 in every channel. With a non-CPU `device` the work runs there and
+    the result comes back (`depth_to_hha_on`, which the ROS node uses, leaves it there); on the CPU numpy is 5x
+    faster than torch's many small kernels here.
     """
-    depth = np.asarray(depth_m, dtype=np.float32)
-    if depth.ndim != 2:
-        raise ValueError(f"depth: expected an HxW array, got shape {tuple(depth.shape)}")
-    k = np.asarray(intrinsics, dtype=np.float64)
-    if k.shape not in ((3, 3), (3, 4)):
-        raise ValueError(f"intrinsics: expected K (3x3) or P (3x4), got shape {k.shape}")
-    fx, fy, cx, cy = (float(v) for v in (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
+    depth, (fx, fy, cx, cy) = _checked_depth(depth_m, intrinsics)
     if device is not None and torch.device(device).type != "cpu":
-        with torch.inference_mode():
-            on_device = torch.from_numpy(np.ascontiguousarray(depth)).to(device, non_blocking=False)
-            return hha_tensor(on_device, (fx, fy, cx, cy), encoding).cpu().numpy()
+        return depth_to_hha_on(depth, intrinsics, device, encoding).cpu().numpy()
     h, w = depth.shape
     valid = _valid(depth)
     z = np.where(valid, depth, np.float32(0.0))
@@ -90,6 +82,26 @@ def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEnc
     np.rint(out, out=out)
     out[~valid] = 0.0
     return out.astype(np.uint8)
+
+
+def depth_to_hha_on(depth_m: np.ndarray, intrinsics: np.ndarray, device: str | torch.device,
+                    encoding: DepthEncoding = DepthEncoding()) -> torch.Tensor:
+    """`depth_to_hha` computed on `device` and left there: HxWx3 uint8 tensor (a 1024² frame costs one 4 MB
+    upload instead of 20-40 ms of CPU; the Segmenter takes the tensor as it is, so nothing comes back)."""
+    depth, focal_centre = _checked_depth(depth_m, intrinsics)
+    with torch.inference_mode():
+        return hha_tensor(torch.from_numpy(depth).to(device), focal_centre, encoding)
+
+
+def _checked_depth(depth_m: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """HxW float32 depth (C order) and (fx, fy, cx, cy) of K or P; ValueError naming the bad argument."""
+    depth = np.ascontiguousarray(depth_m, dtype=np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected an HxW array, got shape {tuple(depth.shape)}")
+    k = np.asarray(intrinsics, dtype=np.float64)
+    if k.shape not in ((3, 3), (3, 4)):
+        raise ValueError(f"intrinsics: expected K (3x3) or P (3x4), got shape {k.shape}")
+    return depth, tuple(float(v) for v in (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
 
 
 def hha_tensor(depth: torch.Tensor, focal_centre: tuple[float, float, float, float],

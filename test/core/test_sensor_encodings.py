@@ -97,6 +97,18 @@ def test_device_hha_computes_the_numpy_hha(shape):
     assert reference.std() > 10  # a real encoding, not a constant
 
 
+def test_hha_left_on_the_device_is_the_device_hha_as_a_tensor():
+    from mlesam_core.sensors import depth_to_hha_on, hha_tensor
+
+    depth = _street_depth((48, 64))
+    K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    on = depth_to_hha_on(depth, K, "cpu")
+    assert isinstance(on, torch.Tensor) and on.dtype == torch.uint8 and on.shape == (48, 64, 3)
+    torch.testing.assert_close(on, hha_tensor(torch.from_numpy(depth), (50.0, 50.0, 32.0, 24.0)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="intrinsics: expected K"):
+        depth_to_hha_on(depth, np.eye(2), "cpu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.gpu
 def test_hha_on_a_cuda_device_equals_the_cpu_hha():

@@ -333,6 +333,24 @@ def test_cuda_fast_path_with_graphs_matches_eager_across_changing_subsets(model,
     assert len(graphs._graphs) == 3  # one capture per modality subset, replayed when it comes back
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hha_left_on_the_gpu_predicts_what_the_cpu_hha_predicts(model):
+    from mlesam_core.sensors import depth_to_hha, depth_to_hha_on
+
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(1.0, 60.0, (60, 80)).astype(np.float32)
+    K = np.array([[60.0, 0, 40], [0, 60.0, 30], [0, 0, 1]])
+    segmenter = Segmenter(model, device="cuda")
+    rgb = sensor_inputs(60, 80)["rgb"]
+    on_gpu = depth_to_hha_on(depth, K, "cuda")
+    assert on_gpu.device.type == "cuda"
+    fast = segmenter.predict({"rgb": rgb, "depth": on_gpu})
+    expected = segmenter.predict({"rgb": rgb, "depth": depth_to_hha(depth, K)})
+    assert (fast.labels == expected.labels).mean() > 0.999  # HHA may differ by one level where rounding ties
+    np.testing.assert_allclose(fast.confidence, expected.confidence, rtol=1e-3, atol=1e-3)
+
+
 def test_decoder_positional_encoding_is_computed_once_and_follows_loaded_weights():
     decoder = build_model(tiny_config()).eval().sam_decoder
     with torch.inference_mode():

@@ -45,6 +45,17 @@ def test_predict_without_confidence_gives_the_same_labels_and_routing(tiny_segme
     assert lean.routing == full.routing
 
 
+def test_tensor_inputs_give_the_prediction_of_the_same_arrays(tiny_segmenter):
+    arrays = _inputs()  # uint8 and float, HxW, HxWx2, HxWx3
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()}
+    expected, got = tiny_segmenter.predict(arrays), tiny_segmenter.predict(tensors)
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_array_equal(got.confidence, expected.confidence)
+    assert got.routing == expected.routing
+    mixed = tiny_segmenter.predict({"rgb": tensors["rgb"], "lidar": arrays["lidar"]})
+    np.testing.assert_array_equal(mixed.labels, tiny_segmenter.predict({k: arrays[k] for k in ("rgb", "lidar")}).labels)
+
+
 def test_uint8_and_float_inputs_on_the_0_255_scale_agree(tiny_segmenter):
     rgb = _inputs()["rgb"]
     a = tiny_segmenter.predict({"rgb": rgb})
@@ -73,7 +84,9 @@ def test_prediction_matches_the_model_on_preprocessed_inputs(tiny_segmenter):
     ({"rgb": np.zeros((8,), np.uint8)}, r"rgb: expected an HxW or HxWxC image"),
     ({"depth": np.zeros((8, 8), np.uint16)}, "depth: expected uint8 or float"),
     ({"rgb": np.zeros((8, 8, 3), np.uint8), "depth": np.zeros((9, 8), np.uint8)}, "depth: size 9x8 differs"),
-    ({"rgb": [[0]]}, "rgb: expected a numpy array"),
+    ({"rgb": [[0]]}, "rgb: expected a numpy array or torch tensor"),
+    ({"lidar": torch.zeros((8, 8, 3), dtype=torch.int32)}, "lidar: expected uint8 or float"),
+    ({"rgb": torch.zeros((8, 8, 6), dtype=torch.uint8)}, r"rgb: expected an HxW or HxWxC image with C in 1..4"),
 ])
 def test_bad_inputs_raise_value_errors_naming_the_problem(tiny_segmenter, inputs, message):
     with pytest.raises(ValueError, match=message):
