@@ -8,10 +8,10 @@ subset of the configured modalities; the absent ones are marked absent (the mode
 
 The hot path works in place: each modality's array is uploaded in its own dtype and channel count (through a
 reused pinned buffer and a non-blocking copy on CUDA), mapped to 3 channels, resized and normalised on the device
-straight into a preallocated model input [1, M, 3, S, S]; the present mask of each modality subset is made once;
-a torch tensor input (e.g. HHA computed on the GPU) is taken where it is; the active modalities are known on the
-host from the input dict; labels, confidence and routing are computed on
-the device and downloaded in one copy, the call's only host sync. Options: bf16/fp16 autocast, `torch.compile`
+straight into a preallocated model input [1, M, 3, S, S]; a torch tensor input (e.g. HHA computed on the GPU) is
+taken where it is; the present mask of each modality subset is made once; the active modalities are known on the
+host from the input dict; labels, confidence (optional) and routing are computed on the device and downloaded in
+one copy, the call's only host sync. Options: bf16/fp16 autocast, `torch.compile`
 of the model, CUDA-graph replay per modality subset, and a merged LoRA expert for single-modality models; each
 optimisation falls back to the eager model, with a warning, where it is unavailable.
 """

@@ -12,7 +12,7 @@ the pipeline then treats that modality as absent for the frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
@@ -21,6 +21,11 @@ from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, 
                                          to_rgb8)
 from mlesam_ros.params import SegmentConfig
 from mlesam_ros.pointcloud import PointCloudError, pointcloud_to_lidar_image
+
+if TYPE_CHECKING:
+    import torch
+
+ModelImage = Union[np.ndarray, "torch.Tensor"]  # what Segmenter.predict takes per modality
 
 
 class InputError(ValueError):
@@ -55,7 +60,7 @@ class InputDecoder:
         self.fixed_k = np.asarray(fixed_k, dtype=np.float64).reshape(3, 3) if fixed_k else None
         self.camera_info: CameraModel | None = None
         self.on_device = not str(config.model.device).startswith("cpu")  # HHA on the model's device
-        self._decoders: dict[str, Callable[[Any, tuple[int, int]], np.ndarray]] = {
+        self._decoders: dict[str, Callable[[Any, tuple[int, int]], ModelImage]] = {
             "depth": self._depth, "event": self._event, "lidar": self._lidar}
 
     def set_camera_info(self, msg: Any) -> None:
@@ -79,7 +84,7 @@ class InputDecoder:
                              f"and camera.intrinsics is empty)")
         return self.camera_info.k
 
-    def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> np.ndarray:
+    def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> ModelImage:
         """The model image of `modality` from its message, as `Segmenter.predict` takes it: HxW or HxWxC
         (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; a numpy array, or for HHA with
         the model on a GPU a tensor there; `size` is the expected (H, W)."""
@@ -102,7 +107,7 @@ class InputDecoder:
             return _to_uint8(array, msg.encoding)  # generic 2-channel (e.g. AoLP sin/cos)
         return to_rgb8(array, msg.encoding)
 
-    def _depth(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
+    def _depth(self, msg: Any, size: tuple[int, int]) -> ModelImage:
         info = encoding_info(msg.encoding)
         array = image_msg_to_array(msg)
         if info.channels == 3 and info.dtype == np.uint8:
