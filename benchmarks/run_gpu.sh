@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
-# All of issue 8's GPU speed results in one go, on a machine with one H100 (about 15 minutes, most of it
-# torch.compile). Run from anywhere; results land in benchmarks/results/ (*_<gpu name>.json) and speed.md is
-# rewritten. The environment needs a CUDA build of torch (never torchvision), e.g.
+# All of issue 8's GPU speed results, on a machine with one H100 (about 15 minutes, most of it torch.compile).
+# Run from anywhere; results land in benchmarks/results/ (*_<gpu name>.json) and speed.md is rewritten. The
+# environment needs a CUDA build of torch (never torchvision), e.g.
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 # (on a fresh checkout; an existing CPU .venv: `make clean-venv` first). Random frozen weights are used (timings do
 # not depend on them); set SAM2_CHECKPOINT=/path/sam2.1_hiera_base_plus.pt to time the node with the real ones.
-# On the lent GPU machine of our workplace (its own python3 with a CUDA torch, no network): carry the wheels that
-# benchmarks/device_wheels.sh fetches and run `PY=python3 bash benchmarks/run_gpu.sh` (see that script).
+#
+#   bash benchmarks/run_gpu.sh [STEP ...]     STEP: tests encoder node train summary (default: all, in this order)
+#
+# Steps run one at a time where a command may last at most 10 minutes (e.g. `run_gpu.sh tests encoder`, then
+# `run_gpu.sh node train summary`). If $OUT is set (the lent GPU machine of our workplace), every result file is
+# also copied there. On that machine (its own python3 with a CUDA torch, no network): carry the wheels that
+# benchmarks/device_wheels.sh fetches and run `PY=python3 bash benchmarks/run_gpu.sh ...` (see that script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(tests encoder node train summary)
+for step in "${STEPS[@]}"; do
+  case "$step" in tests|encoder|node|train|summary) ;;
+    *) echo "unknown step '$step' (steps: tests encoder node train summary)" >&2; exit 2 ;; esac
+done
+STARTED=$(mktemp)  # results written after this are this run's
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
-
-# the CUDA fast path computes what the reference path computes (CUDA graphs fp32/bf16, HHA on the device)
-"$PY" -m pytest -q -m gpu test/model/test_fast_path.py test/core/test_sensor_encodings.py
-"$PY" benchmarks/encoder.py --device cuda --profile
 NODE_ARGS=(${SAM2_CHECKPOINT:+--sam2-checkpoint "$SAM2_CHECKPOINT"})
-"$PY" benchmarks/node_pipeline.py --device cuda --profile --post-variants "${NODE_ARGS[@]}"
-"$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
-    --out benchmarks/results/node_pipeline_cuda_graphs_gpu.json
-"$PY" benchmarks/train_step.py --device cuda --estimate-memory
-"$PY" benchmarks/speed_summary.py
+
+for step in "${STEPS[@]}"; do
+  case "$step" in
+    tests)  # the CUDA fast path computes what the reference path computes (CUDA graphs, HHA on the device)
+      "$PY" -m pytest -q -m gpu test/model/test_fast_path.py test/core/test_sensor_encodings.py ;;
+    encoder)
+      "$PY" benchmarks/encoder.py --device cuda --profile ;;
+    node)
+      "$PY" benchmarks/node_pipeline.py --device cuda --profile --post-variants "${NODE_ARGS[@]}"
+      "$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
+          --out benchmarks/results/node_pipeline_cuda_graphs_gpu.json ;;
+    train)
+      "$PY" benchmarks/train_step.py --device cuda --estimate-memory ;;
+    summary)
+      "$PY" benchmarks/speed_summary.py ;;
+  esac
+  if [ -n "${OUT:-}" ]; then
+    find benchmarks/results -maxdepth 1 -newer "$STARTED" \( -name '*.json' -o -name 'speed.md' \) -exec cp {} "$OUT"/ \;
+  fi
+done
 echo "done: commit benchmarks/results/*.json and benchmarks/results/speed.md"
