@@ -14,7 +14,9 @@ deserialize_message of the four inputs, what a subscription does), `sync` (pipel
 (serialize_message of each output: what publishing costs the node's thread; no DDS), `total` (all of these), and,
 after each frame, `model` (the Segmenter's model alone on device-resident inputs, at the Segmenter's precision, run
 as the node's `model.compile` / `model.cuda_graphs` settings run it). `pre_post` = predict - model and
-`overhead` = total - model, per frame. Node settings go through --set (e.g. --set model.cuda_graphs=true).
+`overhead` = total - model, per frame. Node settings go through --set (e.g. --set model.cuda_graphs=true). As in
+the node, one worker thread loads the model and runs the frames, under the node's host-memory policy
+(`mlesam_core.host_memory`; MLESAM_HOST_MEMORY=default keeps glibc's own: benchmarks/host_memory.py compares).
 Defaults: on CUDA Hiera-B+, bf16, 1024², 200 frames; on a CPU the tiny config (its 128² model: the overhead part
 at full size, the model small), fp32, 1024², 20 frames. Random frozen weights unless --sam2-checkpoint (timings do
 not depend on the weights). `--post-variants` also times the Segmenter's sensor-size post-processing alone
@@ -29,6 +31,7 @@ import cProfile
 import logging
 import pstats
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +46,7 @@ from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, autocast, con
                                      default_device, device_slug, milliseconds, parse_args_for_device,
                                      report_header, start_run, synchronize, target, timed, torch_profile,
                                      write_report)
+from mlesam_core.host_memory import retain_freed_memory  # noqa: E402
 from mlesam_core.predictor import labels_and_confidence, labels_and_confidence_for_compile  # noqa: E402
 from mlesam_ros.messages import MessageKit  # noqa: E402
 from mlesam_ros.outputs import output_messages  # noqa: E402
@@ -305,8 +309,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
 
 
+def on_worker_thread(function: Callable[[], None]) -> None:
+    """Run `function` on a new thread, as the node runs its model (its own malloc arena unless the host-memory
+    policy puts every thread on the main one), re-raising what it raises."""
+    failures: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            function()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the calling thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=target, name="mlesam_inference")
+    worker.start()
+    worker.join()
+    if failures:
+        raise failures[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    host_memory = "retain" if retain_freed_memory() else "default"  # as the node does, before threads start
+    on_worker_thread(lambda: measure(args, host_memory))
+    return 0
+
+
+def measure(args: argparse.Namespace, host_memory: str) -> None:
+    """Build the pipeline and time it: all on one thread, as the node's inference thread loads its model and runs
+    every frame (torch's CPU thread count and OpenMP thread team are per calling thread)."""
     logging.basicConfig(level=logging.ERROR)  # "no adapters given" is expected here
     device, settings = start_run(args)
     messages = args.messages if Wire.available(args.messages) else "rosbags"
@@ -314,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = build_pipeline(args)
     settings["config"] = config_label(args.config)
     settings["messages"] = messages
+    settings["host_memory"] = host_memory
     report = report_header(device, settings)
     height, width = args.size
     k = np.array([[width / 2, 0, width / 2], [0, width / 2, height / 2], [0, 0, 1]])
@@ -344,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in report["targets"].items():
         print(f"target {key}: {value['status']}: {value['figure']}")
     write_report(report, args.out or RESULTS_DIR / f"node_pipeline_{device_slug(device)}.json")
-    return 0
 
 
 if __name__ == "__main__":

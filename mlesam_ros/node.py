@@ -2,8 +2,11 @@
 
 Subscriptions feed the synchroniser on the executor thread; complete frames go to a single-slot mailbox
 that a worker thread drains (a newer frame replaces one still waiting, so latency stays bounded while
-inference is busy). A timer flushes frames whose auxiliaries never came and publishes /diagnostics, also
-when every sensor is silent.
+inference is busy). The worker thread also loads the model, so every torch operation runs on that one thread:
+torch's CPU thread team is per calling thread, and with a second team (the model built on the executor thread)
+libgomp sees more threads than cores and stops spinning between operations — the tiny model then ran 2x slower
+on 2 cores. A timer flushes frames whose auxiliaries never came and publishes /diagnostics, also when every
+sensor is silent.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
 from mlesam_core.config_io import ConfigError, from_dict
+from mlesam_core.host_memory import retain_freed_memory
 from mlesam_ros.mailbox import Mailbox
 from mlesam_ros.messages import MessageKit
 from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, LABEL_INFO_TOPIC, OUTPUT_TOPICS, OUTPUT_TYPES,
@@ -70,13 +74,16 @@ class SegmentationNode(Node):
         logging.getLogger("mlesam_ros").addHandler(self._log_handler)
         logging.getLogger("mlesam_ros").setLevel(logging.INFO)
         config = self._declare_config()
-        segmenter = load_segmenter(config, self._share_dirs())
-        self.pipeline = SegmentationPipeline(config, segmenter, log=logging.getLogger("mlesam_ros.node"))
         self.kit = MessageKit.rclpy()
         self._mailbox: Mailbox[SyncedFrame] = Mailbox()
-        self._wire(config)
-        self._worker = threading.Thread(target=self._work, name="mlesam_inference", daemon=True)
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._worker = threading.Thread(target=self._work, args=(config,), name="mlesam_inference", daemon=True)
         self._worker.start()
+        self._loaded.wait()  # the worker loads the model (see the module docstring)
+        if self._load_error is not None:
+            raise self._load_error
+        self._wire(config)
         self.create_timer(FLUSH_PERIOD, self._flush)
         self.create_timer(config.diagnostics_period, self._publish_diagnostics)
         self.get_logger().info(f"segmenting {', '.join(config.modalities)} (primary {config.primary}); outputs: "
@@ -162,7 +169,16 @@ class SegmentationNode(Node):
         if self._mailbox.put(frame):
             self.pipeline.health.replaced()
 
-    def _work(self) -> None:
+    def _work(self, config: SegmentConfig) -> None:
+        """The inference thread: load the model, then segment and publish each frame the mailbox hands over."""
+        try:
+            segmenter = load_segmenter(config, self._share_dirs())
+            self.pipeline = SegmentationPipeline(config, segmenter, log=logging.getLogger("mlesam_ros.node"))
+        except BaseException as exc:  # noqa: BLE001 -- raised by __init__: the node does not start
+            self._load_error = exc
+        self._loaded.set()
+        if self._load_error is not None:
+            return
         while (frame := self._mailbox.take()) is not None:
             result = self.pipeline.process(frame, now=time.monotonic())
             for name, msg in output_messages(self.kit, self.pipeline, result).items():
@@ -182,6 +198,7 @@ class SegmentationNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point `segment_node`: spin the node until shutdown."""
+    retain_freed_memory()  # before rclpy's and the worker's threads start (mlesam_core.host_memory)
     rclpy.init(args=args)
     node = None
     code = 0

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mlesam_core.config_io import ConfigError
+from mlesam_core.host_memory import retain_freed_memory
 from mlesam_core.metrics import PROTOCOL_DESCRIPTIONS, ConfusionMatrix, confusion_matrix, scores_from_confusion
 from mlesam_ros.bag_io import STORAGES, BagWriter, bag_message_count, read_bag
 from mlesam_ros.image_conversion import image_msg_to_array
@@ -197,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set model.device=cuda (repeatable)")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # per-frame buffers reused instead of page-faulted in again (mlesam_core.host_memory)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = [*args.set, *(["model.allow_random_init=true"] if args.allow_random_init else [])]
     try:

@@ -96,6 +96,16 @@ def test_node_pipeline_splits_per_frame_overhead_from_model_time(node_report):
     assert post["variants"]["eager, with confidence"]["speedup_vs_eager_with_confidence"] == 1.0
 
 
+def test_host_memory_compares_both_policies_in_fresh_processes(results_dir):
+    report = run_benchmark("host_memory", results_dir / "host_memory_cpu.json", "--device", "cpu", "--config",
+                           "tiny", "--size", "64", "96", "--frames", "2", "--warmup", "1", "--threads", "1")
+    assert set(report["p50_ms"]) == {"retain", "default"}
+    for stage, ratio in report["default_over_retain_p50"].items():
+        assert ratio == pytest.approx(report["p50_ms"]["default"][stage] / report["p50_ms"]["retain"][stage],
+                                      rel=1e-2), stage
+    assert report["node_pipeline_settings"]["host_memory"] == "retain"
+
+
 def test_train_step_measures_and_estimates_both_checkpointing_variants(train_report):
     variants = train_report["variants"]
     assert [v["activation_checkpointing"] for v in variants] == [True, False]
