@@ -1,10 +1,11 @@
 """The node's per-frame work under the two host-memory policies (`mlesam_core.host_memory`): glibc's default
 (large blocks mmapped and handed back on free) against `retain` (freed memory kept for the next frame), each in a
-fresh process running benchmarks/node_pipeline.py with the same arguments; one JSON with both runs and the
-default/retain ratio per stage.
+fresh process running benchmarks/node_pipeline.py with the same arguments, the two alternating --repeats times
+(run-to-run noise on a shared CPU is about 10 %); one JSON with every run, the median per policy and stage of the
+runs' p50s, and the default/retain ratio of those medians.
 
-    python benchmarks/host_memory.py [--out PATH] [node_pipeline.py arguments, e.g. --device cpu --threads 2
-        --config tiny --size 480 640 --frames 30]
+    python benchmarks/host_memory.py [--repeats 3] [--out PATH] [node_pipeline.py arguments, e.g. --device cpu
+        --threads 2 --config tiny --size 480 640 --frames 30]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -41,21 +44,27 @@ def run_policy(policy: str, node_args: list[str], folder: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per policy, alternating (default 3)")
     parser.add_argument("--out", type=Path, help="result JSON (default: benchmarks/results/host_memory_<device>.json)")
     args, node_args = parser.parse_known_args(argv)
+    runs: dict[str, list[dict]] = {policy: [] for policy in POLICIES}
     with tempfile.TemporaryDirectory() as folder:
-        reports = {policy: run_policy(policy, node_args, Path(folder)) for policy in POLICIES}
-    retain, default = reports["retain"], reports["default"]
-    ratios = {stage: round(default["latency_ms"][stage]["p50_ms"] / retain["latency_ms"][stage]["p50_ms"], 3)
-              for stage in STAGES}
+        for _ in range(args.repeats):
+            for policy in POLICIES:
+                runs[policy].append(run_policy(policy, node_args, Path(folder)))
+    medians = {policy: {stage: round(float(np.median([r["latency_ms"][stage]["p50_ms"] for r in reports])), 3)
+                        for stage in STAGES} for policy, reports in runs.items()}
+    ratios = {stage: round(medians["default"][stage] / medians["retain"][stage], 3) for stage in STAGES}
+    retain = runs["retain"][0]
     device = retain["device"]
     report = {"command": "python " + shlex.join(sys.argv), "device": device, "torch": retain["torch"],
               "timestamp": retain["timestamp"], "settings": {"node_pipeline_arguments": node_args},
               "node_pipeline_settings": retain["settings"],
-              "p50_ms": {policy: {stage: r["latency_ms"][stage]["p50_ms"] for stage in STAGES}
-                         for policy, r in reports.items()},
-              "p95_ms": {policy: {stage: r["latency_ms"][stage]["p95_ms"] for stage in STAGES}
-                         for policy, r in reports.items()},
+              "p50_ms": medians,  # per policy and stage: the median of the runs' p50s
+              "runs_p50_ms": {policy: [{stage: r["latency_ms"][stage]["p50_ms"] for stage in STAGES}
+                                       for r in reports] for policy, reports in runs.items()},
+              "runs_p95_ms": {policy: [{stage: r["latency_ms"][stage]["p95_ms"] for stage in STAGES}
+                                       for r in reports] for policy, reports in runs.items()},
               "default_over_retain_p50": ratios,
               "targets": {}}  # no target of its own: it explains part of the node's overhead
     print(f"{'stage':16} {'default p50':>12} {'retain p50':>11} {'default/retain':>15}")

@@ -1,4 +1,4 @@
-"""Turn the speed benchmarks' JSON (encoder_*.json, node_pipeline_*.json, train_step_*.json) into speed.md: each of
+"""Turn the speed benchmarks' JSON (encoder_*, node_pipeline_*, host_memory_*, train_step_*.json) into speed.md: each of
 issue 8's targets met, missed or open with its figure and the command that measured it, where the time goes
 (profiles), and the measurements.
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.speed_common import RESULTS_DIR  # noqa: E402
 
-KINDS = ("encoder", "node_pipeline", "train_step")
+KINDS = ("encoder", "node_pipeline", "host_memory", "train_step")
 TARGETS = {  # id -> the issue's wording
     "node_p50": "Node end-to-end p50 ≤ 25 ms per synchronised frame (≥ 40 Hz)",
     "node_p95": "Node end-to-end p95 ≤ 35 ms",
@@ -183,6 +183,20 @@ def profile_section(path: Path, report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def host_memory_section(path: Path, report: dict[str, Any]) -> list[str]:
+    s = report["node_pipeline_settings"]
+    runs = len(next(iter(report["runs_p50_ms"].values())))
+    lines = [f"### Node pipeline under both host-memory policies — {report['device']['name']}", "",
+             run_line(path, report), "",
+             f"Model {s['config']}, sensors {s['size'][0]}x{s['size'][1]}; per policy the median of {runs} "
+             f"runs' p50, each run a fresh process (`mlesam_core.host_memory`: glibc's default against keeping "
+             f"freed memory).", ""]
+    p50 = report["p50_ms"]
+    rows = [[stage, f"{p50['default'][stage]:.2f}", f"{p50['retain'][stage]:.2f}", f"{ratio:.2f}x"]
+            for stage, ratio in report["default_over_retain_p50"].items()]
+    return lines + table(["stage", "default p50 ms", "retain p50 ms", "default / retain"], rows) + [""]
+
+
 def train_section(path: Path, report: dict[str, Any]) -> list[str]:
     s = report["settings"]
     lines = [f"### Training step — {report['device']['name']}", "", run_line(path, report), "",
@@ -230,7 +244,8 @@ def render(results: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
     for files in results.values():
         for path, report in files:
             lines += profile_section(path, report)
-    sections = {"encoder": encoder_section, "node_pipeline": node_section, "train_step": train_section}
+    sections = {"encoder": encoder_section, "node_pipeline": node_section, "host_memory": host_memory_section,
+                "train_step": train_section}
     lines += ["## Measurements", ""]
     for kind, files in results.items():
         for path, report in files:
