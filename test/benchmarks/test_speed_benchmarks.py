@@ -109,6 +109,13 @@ def test_host_memory_compares_both_policies_in_fresh_processes(results_dir):
     assert report["node_pipeline_settings"]["host_memory"] == "retain"
 
 
+def test_inference_thread_times_the_three_thread_layouts(results_dir):
+    report = run_benchmark("inference_thread", results_dir / "inference_thread_cpu.json", "--size", "64", "--runs",
+                           "2", "--threads", "1")
+    assert len(report["forward_p50_ms"]) == 3 and all(ms > 0 for ms in report["forward_p50_ms"].values())
+    assert report["relative_to_one_thread"]["built and run on the main thread"] == 1.0
+
+
 def test_train_step_measures_and_estimates_both_checkpointing_variants(train_report):
     variants = train_report["variants"]
     assert [v["activation_checkpointing"] for v in variants] == [True, False]
