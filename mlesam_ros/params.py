@@ -51,6 +51,11 @@ class ModelParams:
                                     "eager, with a warning, on a CPU or where capture fails")
     merge_lora: bool = _doc(False, "fold the LoRA expert into the frozen weights (no LoRA matmul); only for a model "
                                    "config with exactly one modality")
+    cpu_threads: int = _doc(0, "CPU threads of torch's operators in the inference thread (leave cores to other "
+                               "nodes); 0 = torch's default, one per core")
+
+    def __post_init__(self) -> None:
+        check(self.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {self.cpu_threads}")
 
 
 @dataclass

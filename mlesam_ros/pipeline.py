@@ -44,10 +44,16 @@ class FrameResult:
 
 
 def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Any:
-    """The `Segmenter` that `config.model` describes (model config path searched in `search` too)."""
+    """The `Segmenter` that `config.model` describes (model config path searched in `search` too). Call it on the
+    thread that will run inference: `model.cpu_threads` is set for the calling thread (torch's thread count is
+    per thread)."""
+    import torch
+
     from mlesam_core import Segmenter  # torch loads here, after the parameters were validated
 
     model = config.model
+    if model.cpu_threads:
+        torch.set_num_threads(model.cpu_threads)
     path = resolve_path(model.config, search)
     logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
     return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,

@@ -144,3 +144,28 @@ def test_fast_inference_options_default_off_and_reach_the_segmenter(monkeypatch)
     load_segmenter(load_segment_config(PARAMS, ["model.compile=true", "model.cuda_graphs=true",
                                                 "model.merge_lora=true"]))
     assert (received["compile"], received["cuda_graphs"], received["merge_lora"]) == (True, True, True)
+
+
+def test_cpu_threads_apply_to_the_thread_that_loads_the_model(monkeypatch):
+    import threading
+
+    import torch
+
+    from mlesam_core import Segmenter
+    from mlesam_ros.pipeline import load_segmenter
+
+    monkeypatch.setattr(Segmenter, "from_files", lambda path, **kwargs: None)
+    main_threads = torch.get_num_threads()
+    wanted = 1 if main_threads != 1 else 2
+    seen = {}
+
+    def inference_thread():
+        load_segmenter(load_segment_config(PARAMS, [f"model.cpu_threads={wanted}"]))
+        seen["threads"] = torch.get_num_threads()
+
+    worker = threading.Thread(target=inference_thread)
+    worker.start()
+    worker.join()
+    assert seen["threads"] == wanted and torch.get_num_threads() == main_threads
+    with pytest.raises(ConfigError, match=r"model\.cpu_threads: must be >= 0"):
+        load_segment_config(PARAMS, ["model.cpu_threads=-2"])
