@@ -89,11 +89,12 @@ def test_node_pipeline_splits_per_frame_overhead_from_model_time(node_report):
     assert set(node_report["targets"]) == {"node_p50", "node_p95", "node_overhead"}
     post = node_report["post_processing"]
     assert post["size"] == [96, 128] and post["logits"] == [1, 25, 32, 32]  # the tiny model's 128² / 4
-    assert set(post["variants"]) == {f"{how}, {w} confidence" for how in ("eager", "compiled")
-                                     for w in ("with", "without")}
+    assert set(post["variants"]) == {f"{how}, {w} confidence" for w in ("with", "without") for how in
+                                     ("channels-first definition", "channels-last (the Segmenter's)")}
     for name, stats in post["variants"].items():
-        assert stats["p50_ms"] > 0 and stats["n"] == 2 and stats["speedup_vs_eager_with_confidence"] > 0, name
-    assert post["variants"]["eager, with confidence"]["speedup_vs_eager_with_confidence"] == 1.0
+        assert stats["p50_ms"] > 0 and stats["n"] == 2 and stats["speedup_vs_definition_with_confidence"] > 0, name
+    base = post["variants"]["channels-first definition, with confidence"]
+    assert base["speedup_vs_definition_with_confidence"] == 1.0
 
 
 def test_host_memory_compares_both_policies_in_fresh_processes(results_dir):
