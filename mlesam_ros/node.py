@@ -180,9 +180,12 @@ class SegmentationNode(Node):
         if self._load_error is not None:
             return
         while (frame := self._mailbox.take()) is not None:
-            result = self.pipeline.process(frame, now=time.monotonic())
-            for name, msg in output_messages(self.kit, self.pipeline, result).items():
-                self.publishers_by_output[name].publish(msg)
+            try:
+                result = self.pipeline.process(frame, now=time.monotonic())
+                for name, msg in output_messages(self.kit, self.pipeline, result).items():
+                    self.publishers_by_output[name].publish(msg)
+            except Exception:  # noqa: BLE001 -- the thread must outlive any one frame; logged with its traceback
+                logging.getLogger("mlesam_ros.node").exception("frame %.3f could not be processed", frame.stamp)
 
     def _publish_diagnostics(self) -> None:
         header = self.kit.header(self.get_clock().now().nanoseconds, "")

@@ -136,6 +136,10 @@ class SegmentationPipeline:
             except InputError as exc:
                 status[sensor], errors[sensor] = "invalid", str(exc)
                 self._problem(sensor, "input", str(exc), now)
+            except Exception as exc:  # e.g. the HHA encoding on a GPU out of memory: that sensor only, logged
+                status[sensor], errors[sensor] = "invalid", f"decoding failed: {type(exc).__name__}: {exc}"
+                self._problem(sensor, "decode", errors[sensor], now)
+                self.problems.logger.debug("decoding %s failed on frame %.3f", sensor, frame.stamp, exc_info=True)
         self.health.frame(status, frame.driver)
         result = FrameResult(stamp=frame.stamp, header=frame.messages[frame.driver].header, driver=frame.driver,
                              status=status, used=tuple(images), errors=errors)

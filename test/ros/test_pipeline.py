@@ -215,6 +215,26 @@ def test_silent_primary_hands_driving_to_depth(tiny_segmenter, rig):
     assert all(r.driver == "depth" and r.used == ("depth", "event", "lidar") for r in results)
 
 
+def test_a_decoder_failure_costs_that_sensor_only(tiny_segmenter, rig, monkeypatch, caplog):
+    pipeline = make_pipeline(tiny_segmenter)
+    depth_decoder = pipeline.decoder._decoders["depth"]
+    calls = []
+
+    def fails_once(msg, size):
+        calls.append(msg)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory")
+        return depth_decoder(msg, size)
+
+    monkeypatch.setitem(pipeline.decoder._decoders, "depth", fails_once)
+    with caplog.at_level(logging.WARNING):
+        first, second = run(pipeline, rig, duration=0.2)
+    assert first.status["depth"] == "invalid" and first.used == ("rgb", "event", "lidar")
+    assert first.errors["depth"] == "decoding failed: RuntimeError: CUDA out of memory"
+    assert first.labels is not None and "CUDA out of memory" in caplog.text
+    assert second.status["depth"] == "ok" and "depth" in second.used  # the next frame uses it again
+
+
 def test_model_failure_is_reported_not_raised(tiny_segmenter, rig, monkeypatch, caplog):
     pipeline = make_pipeline(tiny_segmenter)
 
