@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
-from mlesam_core.sensors import DepthEncoding, depth_to_hha, depth_to_hha_on, depth_to_image, lidar_image_to_uint8
+from mlesam_core.sensors import (CompiledHHA, DepthEncoding, depth_to_hha, depth_to_hha_on, depth_to_image,
+                                 lidar_image_to_uint8)
 from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, encoding_info, image_msg_to_array,
                                          to_rgb8)
 from mlesam_ros.params import SegmentConfig
@@ -60,6 +61,8 @@ class InputDecoder:
         self.fixed_k = np.asarray(fixed_k, dtype=np.float64).reshape(3, 3) if fixed_k else None
         self.camera_info: CameraModel | None = None
         self.on_device = not str(config.model.device).startswith("cpu")  # HHA on the model's device
+        # on a CPU with `model.compile`: the compiled torch HHA (3.3-3.9x faster than numpy), else numpy
+        self.cpu_hha = CompiledHHA() if config.model.compile and not self.on_device else depth_to_hha
         self._decoders: dict[str, Callable[[Any, tuple[int, int]], ModelImage]] = {
             "depth": self._depth, "event": self._event, "lidar": self._lidar}
 
@@ -121,7 +124,7 @@ class InputDecoder:
             return depth_to_image(metres, self.depth_encoding)  # one channel, repeated on the device
         if self.on_device:  # HHA on the model's GPU, handed over there: the depth goes up once, nothing comes back
             return depth_to_hha_on(metres, self.intrinsics(), self.config.model.device, self.depth_encoding)
-        return depth_to_hha(metres, self.intrinsics(), self.depth_encoding)  # numpy: 5x faster than torch on a CPU
+        return self.cpu_hha(metres, self.intrinsics(), self.depth_encoding)
 
     def _event(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
         info = encoding_info(msg.encoding)

@@ -45,8 +45,9 @@ class ModelParams:
     precision: Literal["fp32", "fp16", "bf16"] = _doc("fp32", "inference precision")
     allow_random_init: bool = _doc(False, "no SAM2 checkpoint: seeded random frozen backbone (only adapters trained "
                                           "on that same random backbone make sense: tests, CPU demo)")
-    compile: bool = _doc(False, "torch.compile the model (each new sensor subset compiles on its first frame: a slow "
-                                "start); eager, with a warning, where compilation fails")
+    compile: bool = _doc(False, "torch.compile the model, and on a CPU the HHA depth encoding (each new sensor subset "
+                                "compiles on its first frame: a slow start); eager, with a warning, where compilation "
+                                "fails")
     cuda_graphs: bool = _doc(False, "replay a CUDA graph of the model per sensor subset (captured on its first frame); "
                                     "eager, with a warning, on a CPU or where capture fails")
     merge_lora: bool = _doc(False, "fold the LoRA expert into the frozen weights (no LoRA matmul); only for a model "

@@ -117,6 +117,17 @@ def test_inference_thread_times_the_three_thread_layouts(results_dir):
     assert report["relative_to_one_thread"]["built and run on the main thread"] == 1.0
 
 
+def test_hha_speed_compares_numpy_torch_and_compiled(results_dir):
+    report = run_benchmark("hha_speed", results_dir / "hha_speed_cpu.json", "--sizes", "48x64", "--runs", "2",
+                           "--threads", "1")
+    [case] = report["cases"]
+    assert case["size"] == [48, 64]
+    assert set(case["variants"]) == {"numpy", "torch eager", "torch.compile (CompiledHHA)"}
+    for name, stats in case["variants"].items():
+        assert stats["p50_ms"] > 0 and stats["max_level_difference"] <= 1, name
+    assert case["variants"]["numpy"]["max_level_difference"] == 0
+
+
 def test_train_step_measures_and_estimates_both_checkpointing_variants(train_report):
     variants = train_report["variants"]
     assert [v["activation_checkpointing"] for v in variants] == [True, False]

@@ -1,5 +1,7 @@
 """Sensor encodings shared by the data sets, the generator and the ROS pipeline."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,40 @@ def test_hha_left_on_the_device_is_the_device_hha_as_a_tensor():
     torch.testing.assert_close(on, hha_tensor(torch.from_numpy(depth), (50.0, 50.0, 32.0, 24.0)), rtol=0, atol=0)
     with pytest.raises(ValueError, match="intrinsics: expected K"):
         depth_to_hha_on(depth, np.eye(2), "cpu")
+
+
+def test_compiled_hha_computes_the_numpy_hha():
+    # the real inductor build: a few seconds on 2 cores
+    from mlesam_core.sensors import CompiledHHA
+
+    depth = _street_depth((64, 96))
+    K = np.array([[500.0, 0, 48], [0, 500.0, 32], [0, 0, 1]])
+    compiled = CompiledHHA()
+    fast = compiled(depth, K)
+    difference = np.abs(depth_to_hha(depth, K).astype(int) - fast.astype(int))
+    assert fast.dtype == np.uint8 and fast.shape == (64, 96, 3)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    assert compiled._compiled is not None  # it really ran compiled
+    with pytest.raises(ValueError, match="intrinsics: expected K"):
+        compiled(depth, np.eye(2))
+
+
+@pytest.mark.parametrize("where", ["setup", "first call"])
+def test_compiled_hha_falls_back_to_numpy_with_a_warning(monkeypatch, caplog, where):
+    from mlesam_core.sensors import CompiledHHA
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no working C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", unavailable if where == "setup" else lambda fn, **kw: unavailable)
+    depth = _street_depth((48, 64))
+    K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    with caplog.at_level(logging.WARNING, logger="mlesam_core.sensors.depth"):
+        compiled = CompiledHHA()
+        result = compiled(depth, K)
+    assert "HHA: torch.compile is unavailable here (RuntimeError: no working C++ compiler)" in caplog.text
+    np.testing.assert_array_equal(result, depth_to_hha(depth, K))
+    assert compiled._compiled is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
