@@ -3,7 +3,8 @@
 # benchmarks/run_gpu.sh and the `gpu` tests: sam2's modelling code and its light needs, and rosbags. Run here (with
 # network to the registry), in the repository root; the wheels land in .whl/ (git-ignored, ~5 MB). On the device:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-#   PY=python3 bash benchmarks/run_gpu.sh tests encoder     (then, in a second call: node train summary)
+#   PY=python3 bash benchmarks/run_gpu.sh tests encoder     (then, in two more calls: encoder-compile;
+#                                                             node train summary)
 # (carry `.whl` with each call; a call may last 10 minutes; run_gpu.sh copies its results to $OUT). Versions are the ones requirements.txt pins.
 set -euo pipefail
 cd "$(dirname "$0")/.."

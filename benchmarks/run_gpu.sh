@@ -6,20 +6,21 @@
 # (on a fresh checkout; an existing CPU .venv: `make clean-venv` first). Random frozen weights are used (timings do
 # not depend on them); set SAM2_CHECKPOINT=/path/sam2.1_hiera_base_plus.pt to time the node with the real ones.
 #
-#   bash benchmarks/run_gpu.sh [STEP ...]     STEP: tests encoder node train summary (default: all, in this order)
+#   bash benchmarks/run_gpu.sh [STEP ...]   STEP: tests encoder encoder-compile node train summary (default: all)
 #
-# Steps run one at a time where a command may last at most 10 minutes (e.g. `run_gpu.sh tests encoder`, then
-# `run_gpu.sh node train summary`). If $OUT is set (the lent GPU machine of our workplace), every result file is
+# `encoder` times every case eagerly; `encoder-compile` adds torch.compile for the target's case (Hiera-B+, 1024²,
+# bf16, M = 1..4: eight inductor builds, several minutes). Where a command may last at most 10 minutes, run the
+# steps in three calls: `tests encoder`, `encoder-compile`, `node train summary`. If $OUT is set (the lent GPU machine of our workplace), every result file is
 # also copied there. On that machine (its own python3 with a CUDA torch, no network): carry the wheels that
 # benchmarks/device_wheels.sh fetches and run `PY=python3 bash benchmarks/run_gpu.sh ...` (see that script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(tests encoder node train summary)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(tests encoder encoder-compile node train summary)
 for step in "${STEPS[@]}"; do
-  case "$step" in tests|encoder|node|train|summary) ;;
-    *) echo "unknown step '$step' (steps: tests encoder node train summary)" >&2; exit 2 ;; esac
+  case "$step" in tests|encoder|encoder-compile|node|train|summary) ;;
+    *) echo "unknown step '$step' (steps: tests encoder encoder-compile node train summary)" >&2; exit 2 ;; esac
 done
 STARTED=$(mktemp)  # results written after this are this run's
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
@@ -30,7 +31,10 @@ for step in "${STEPS[@]}"; do
     tests)  # the CUDA fast path computes what the reference path computes (CUDA graphs, HHA on the device)
       "$PY" -m pytest -q -m gpu test/model/test_fast_path.py test/core/test_sensor_encodings.py ;;
     encoder)
-      "$PY" benchmarks/encoder.py --device cuda --profile ;;
+      "$PY" benchmarks/encoder.py --device cuda --compile off --profile ;;
+    encoder-compile)
+      "$PY" benchmarks/encoder.py --device cuda --sizes 1024 --precisions bf16 --compile on \
+          --out benchmarks/results/encoder_compile_gpu.json ;;
     node)
       "$PY" benchmarks/node_pipeline.py --device cuda --profile --post-variants "${NODE_ARGS[@]}"
       "$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
