@@ -201,7 +201,11 @@ class SegmentationNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point `segment_node`: spin the node until shutdown."""
-    retain_freed_memory()  # before rclpy's and the worker's threads start (mlesam_core.host_memory)
+    try:
+        retain_freed_memory()  # before rclpy's and the worker's threads start (mlesam_core.host_memory)
+    except ValueError as exc:  # a bad MLESAM_HOST_MEMORY
+        print(f"[{NODE_NAME}] cannot start: {exc}", file=sys.stderr)
+        return 2
     rclpy.init(args=args)
     node = None
     code = 0

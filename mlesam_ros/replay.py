@@ -198,7 +198,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set model.device=cuda (repeatable)")
     args = parser.parse_args(argv)
-    retain_freed_memory()  # per-frame buffers reused instead of page-faulted in again (mlesam_core.host_memory)
+    try:
+        retain_freed_memory()  # per-frame buffers reused instead of page-faulted in again (mlesam_core.host_memory)
+    except ValueError as exc:  # a bad MLESAM_HOST_MEMORY
+        parser.exit(2, f"error: {exc}\n")
+    if not Path(args.bag).exists():  # before the (slow) model load
+        parser.exit(2, f"error: bag not found: {args.bag}\n")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = [*args.set, *(["model.allow_random_init=true"] if args.allow_random_init else [])]
     try:

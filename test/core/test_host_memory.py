@@ -51,3 +51,17 @@ def test_the_default_policy_faults_every_round_in_again():
 def test_an_unknown_policy_is_refused_naming_the_variable():
     code, stderr = probe("sometimes")
     assert code != 0 and "MLESAM_HOST_MEMORY: must be one of retain, default, got 'sometimes'" in stderr
+
+
+def test_the_replay_refuses_a_bad_policy_and_a_missing_bag_before_loading_a_model(tmp_path):
+    def replay(env_policy):
+        env = {**os.environ, "MLESAM_HOST_MEMORY": env_policy}
+        return subprocess.run([sys.executable, "-m", "mlesam_ros.replay", "--bag", str(tmp_path / "none"), "--out",
+                               str(tmp_path / "out"), "--allow-random-init"], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    bad = replay("sometimes")
+    assert bad.returncode == 2 and "error: MLESAM_HOST_MEMORY: must be one of retain, default" in bad.stderr
+    missing = replay("retain")
+    assert missing.returncode == 2 and f"error: bag not found: {tmp_path / 'none'}" in missing.stderr
+    assert "loading model" not in missing.stderr
