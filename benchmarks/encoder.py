@@ -290,8 +290,6 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (issue 8: ~{ISSUE_TFLOP_B_PLUS_1024 * 1000:.0f})" if entry["config"] == "hiera_b+"
                  and entry["size"] == 1024 else ""))
     report["targets"] = evaluate_targets(report, device)
-    for key, value in report["targets"].items():
-        print(f"target {key}: {value['status']}: {value['figure']}")
     write_report(report, args.out or RESULTS_DIR / f"encoder_{device_slug(device)}.json")
     return 0
 

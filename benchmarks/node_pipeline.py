@@ -372,8 +372,6 @@ def measure(args: argparse.Namespace, host_memory: str) -> None:
     for name, stats in report.get("post_processing", {}).get("variants", {}).items():
         print(f"post-processing {name}: p50 {stats['p50_ms']:.2f} ms, "
               f"{stats['speedup_vs_definition_with_confidence']:.2f}x")
-    for key, value in report["targets"].items():
-        print(f"target {key}: {value['status']}: {value['figure']}")
     write_report(report, args.out or RESULTS_DIR / f"node_pipeline_{device_slug(device)}.json")
 
 

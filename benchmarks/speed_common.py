@@ -85,7 +85,9 @@ def report_header(device: torch.device, settings: dict[str, Any]) -> dict[str, A
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """Write the JSON report (load average at the end added) and say where."""
+    """Print the report's targets, write the JSON (load average at the end added) and say where."""
+    for key, value in report.get("targets", {}).items():
+        print(f"target {key}: {value['status']}: {value['figure']}")
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -235,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{variant['images_per_s']:9.3f} {memory['peak_gib']:9.2f} {memory['peak_minus_start_gib']:10.2f}"
                   f"  {memory['method']}")
     report["targets"] = evaluate_targets(report, device, args.memory_limit_gib)
-    for key, value in report["targets"].items():
-        print(f"target {key}: {value['status']}: {value['figure']}")
     write_report(report, args.out or RESULTS_DIR / f"train_step_{device_slug(device)}.json")
     return 0
 

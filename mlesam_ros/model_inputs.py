@@ -12,9 +12,10 @@ the pipeline then treats that modality as absent for the frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
+import torch
 
 from mlesam_core.sensors import (CompiledHHA, DepthEncoding, depth_to_hha, depth_to_hha_on, depth_to_image,
                                  lidar_image_to_uint8)
@@ -23,10 +24,7 @@ from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, 
 from mlesam_ros.params import SegmentConfig
 from mlesam_ros.pointcloud import PointCloudError, pointcloud_to_lidar_image
 
-if TYPE_CHECKING:
-    import torch
-
-ModelImage = Union[np.ndarray, "torch.Tensor"]  # what Segmenter.predict takes per modality
+ModelImage = Union[np.ndarray, torch.Tensor]  # what Segmenter.predict takes per modality
 
 
 class InputError(ValueError):
@@ -60,7 +58,7 @@ class InputDecoder:
         fixed_k = config.camera.intrinsics
         self.fixed_k = np.asarray(fixed_k, dtype=np.float64).reshape(3, 3) if fixed_k else None
         self.camera_info: CameraModel | None = None
-        self.on_device = not str(config.model.device).startswith("cpu")  # HHA on the model's device
+        self.on_device = torch.device(config.model.device).type != "cpu"  # HHA on the model's device
         # on a CPU with `model.compile`: the compiled torch HHA (3.3-3.9x faster than numpy), else numpy
         self.cpu_hha = CompiledHHA() if config.model.compile and not self.on_device else depth_to_hha
         self._decoders: dict[str, Callable[[Any, tuple[int, int]], ModelImage]] = {
