@@ -1,7 +1,7 @@
 """The frozen SAM2 encoder with LoRA experts (`MLESAM.encode`): grouped pass vs per-modality loop, fp32 vs bf16,
 torch.compile off/on, M = 1..4 present modalities, against the device's measured dense matmul rate.
 
-    python benchmarks/encoder.py [--device cuda|cpu] [--configs hiera_b+ ...] [--sizes 512 1024]
+    python -m benchmarks.encoder [--device cuda|cpu] [--configs hiera_b+ ...] [--sizes 512 1024]
         [--modalities 1 2 3 4] [--precisions fp32 bf16] [--compile off on] [--compile-mode default]
         [--batch 1] [--warmup N] [--repeats N] [--matmul-size N] [--threads N] [--profile] [--out PATH]
 
@@ -19,21 +19,34 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.speed_common import (DTYPES, GPU_TARGET_NOTE, RESULTS_DIR, autocast,  # noqa: E402
-                                     config_label, config_path, default_device, device_slug, matmul_rate,
-                                     milliseconds, parse_args_for_device, report_header, start_run, target, timed,
-                                     torch_profile, write_report)
-from mlesam_core.model import build_model  # noqa: E402
+from benchmarks import RESULTS_DIR
+from benchmarks.speed_common import (
+    DTYPES,
+    GPU_TARGET_NOTE,
+    autocast,
+    config_label,
+    config_path,
+    default_device,
+    device_slug,
+    matmul_rate,
+    milliseconds,
+    parse_args_for_device,
+    report_header,
+    start_run,
+    target,
+    timed,
+    torch_profile,
+    write_report,
+)
+from mlesam_core.model import build_model
 
 # Loop vs grouped outputs must agree to this fraction of the output scale (max |feature|): fp32 differs only in
 # summation order; bf16 rounds every op to 8 mantissa bits (2^-8 = 0.4 %), and the two paths round differently.
@@ -71,7 +84,7 @@ def randomize_lora(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -> 
 
 def compare_outputs(loop: list[torch.Tensor], grouped: list[torch.Tensor], precision: str) -> dict[str, Any]:
     """Max |loop - grouped| over the FPN levels, relative to the largest |feature| of the grouped pass."""
-    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(loop, grouped))
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(loop, grouped, strict=True))
     scale = max(float(b.float().abs().max()) for b in grouped)
     relative = diff / scale if scale > 0 else diff
     return {"max_abs_diff": diff, "output_scale": scale, "relative": relative,
@@ -106,7 +119,7 @@ def time_case(model: torch.nn.Module, encode: Callable, images: torch.Tensor, pr
     samples: dict[str, list[float]] = {"grouped": [], "loop": []}
     for _ in range(repeats):
         for path in samples:
-            samples[path].append(timed(lambda: call(path == "grouped"), device)[0])
+            samples[path].append(timed(partial(call, path == "grouped"), device)[0])
     model.lora_grouped = True
     return {"timings": {path: milliseconds(values) for path, values in samples.items()}, "outputs": comparison}
 
@@ -170,7 +183,7 @@ def add_rates(case: dict[str, Any], flops: int, rates: dict[str, dict[str, Any]]
     """Throughput, achieved FLOP/s and fractions of the measured matmul rates, and the loop/grouped ratio."""
     timings = case["timings"]
     case["flops"] = flops
-    for path, stats in timings.items():
+    for stats in timings.values():
         seconds = stats["p50_ms"] / 1000.0
         achieved = flops / seconds
         stats["images_per_s"] = round(case["modalities"] * case["batch"] / seconds, 2)

@@ -1,6 +1,6 @@
 """Speed of the procedural scene generator on ONE CPU core: render + write of complete DELIVER samples.
 
-    python benchmarks/generator_speed.py [--size 256] [--scenes 60] [--seed 0] [--png-compression 0]
+    python -m benchmarks.generator_speed [--size 256] [--scenes 60] [--seed 0] [--png-compression 0]
         [--out benchmarks/results/generator_speed.json]
 
 The process pins itself to one core and limits every thread pool (OpenMP/BLAS, OpenCV) to one thread before
@@ -16,24 +16,22 @@ from __future__ import annotations
 import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+    os.environ[_var] = "1"  # before numpy and OpenCV load (E402 is ignored for this file in pyproject.toml)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mlesam_core.data.synthetic.allocator import keep_freed_memory  # noqa: E402
-from mlesam_core.data.synthetic.generate import render_sample, write_sample  # noqa: E402
+from benchmarks import RESULTS_DIR
+from mlesam_core.data.synthetic.allocator import keep_freed_memory
+from mlesam_core.data.synthetic.generate import render_sample, write_sample
 
 
 def measure(size: int, scenes: int, seed: int, png_compression: int) -> dict:
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png-compression", type=int, default=0, help="as the generator's option (0 = stored)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/generator_speed.json"))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "generator_speed.json"))
     args = parser.parse_args(argv)
 
     core = min(os.sched_getaffinity(0))
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = totals["render_wall_s"] + totals["write_wall_s"]
     cpu = totals["render_cpu_s"] + totals["write_cpu_s"]
     result = {
-        "command": "python benchmarks/generator_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.generator_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {"size": args.size, "scenes": args.scenes, "seed": args.seed,
                      "png_compression": args.png_compression, "allocator_tuned": tuned, "cores": 1,
                      "pinned_core": core,

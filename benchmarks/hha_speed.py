@@ -2,25 +2,29 @@
 `CompiledHHA` (torch.compile'd, what the node uses with `model.compile`), each at the given sizes, as ratios to
 numpy in the same run, with how far each result is from numpy (levels of the uint8 encoding).
 
-    python benchmarks/hha_speed.py [--sizes 480x640 1024x1024] [--threads 2] [--runs 10] [--out PATH]
+    python -m benchmarks.hha_speed [--sizes 480x640 1024x1024] [--threads 2] [--runs 10] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import RESULTS_DIR
+from benchmarks.speed_common import milliseconds, report_header, write_report
+from mlesam_core.host_memory import retain_freed_memory
+from mlesam_core.sensors import CompiledHHA, DepthEncoding, depth_to_hha, hha_tensor
 
-from benchmarks.speed_common import RESULTS_DIR, milliseconds, report_header, write_report  # noqa: E402
-from mlesam_core.host_memory import retain_freed_memory  # noqa: E402
-from mlesam_core.sensors import CompiledHHA, DepthEncoding, depth_to_hha, hha_tensor  # noqa: E402
+
+def torch_eager_hha(depth: np.ndarray, focal_centre: tuple[float, float, float, float]) -> np.ndarray:
+    """`hha_tensor` on the CPU, eager (the reference of the compiled variant)."""
+    with torch.inference_mode():
+        return hha_tensor(torch.from_numpy(depth), focal_centre, DepthEncoding()).numpy()
 
 
 def street_depth(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -54,12 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         k = np.array([[width / 2, 0, width / 2], [0, width / 2, height / 2], [0, 0, 1]])
         focal_centre = (width / 2, width / 2, width / 2, height / 2)
 
-        def torch_eager() -> np.ndarray:
-            with torch.inference_mode():
-                return hha_tensor(torch.from_numpy(depth), focal_centre, DepthEncoding()).numpy()
-
-        variants = {"numpy": lambda: depth_to_hha(depth, k), "torch eager": torch_eager,
-                    "torch.compile (CompiledHHA)": lambda: compiled(depth, k)}
+        variants = {"numpy": partial(depth_to_hha, depth, k),
+                    "torch eager": partial(torch_eager_hha, depth, focal_centre),
+                    "torch.compile (CompiledHHA)": partial(compiled, depth, k)}
         reference = depth_to_hha(depth, k)
         case = {"size": [height, width], "variants": {}}
         for name, function in variants.items():

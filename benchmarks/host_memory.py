@@ -4,7 +4,7 @@ fresh process running benchmarks/node_pipeline.py with the same arguments, the t
 (run-to-run noise on a shared CPU is about 10 %); one JSON with every run, the median per policy and stage of the
 runs' p50s, and the default/retain ratio of those medians.
 
-    python benchmarks/host_memory.py [--repeats 3] [--out PATH] [node_pipeline.py arguments, e.g. --device cpu
+    python -m benchmarks.host_memory [--repeats 3] [--out PATH] [node_pipeline.py arguments, e.g. --device cpu
         --threads 2 --config tiny --size 480 640 --frames 30]
 """
 
@@ -13,19 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.speed_common import RESULTS_DIR, write_report  # noqa: E402
-from mlesam_core.host_memory import ENV_VAR, POLICIES  # noqa: E402
+from benchmarks import REPO_ROOT, RESULTS_DIR, command_line, module_command
+from benchmarks.speed_common import write_report
+from mlesam_core.host_memory import ENV_VAR, POLICIES
 
 STAGES = ("receive", "decode", "predict", "pre_post", "model", "output_messages", "publish", "total", "overhead")
 
@@ -34,8 +30,8 @@ def run_policy(policy: str, node_args: list[str], folder: Path) -> dict:
     """node_pipeline.py's report for one policy (a fresh process: the policy holds from its start)."""
     out = folder / f"node_pipeline_{policy}.json"
     env = {**os.environ, ENV_VAR: policy}
-    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "node_pipeline.py"), *node_args, "--out",
-                    str(out)], check=True, env=env, cwd=REPO_ROOT)
+    subprocess.run([*module_command("node_pipeline"), *node_args, "--out", str(out)], check=True, env=env,
+                   cwd=REPO_ROOT)
     report = json.loads(out.read_text())
     if report["settings"]["host_memory"] != policy and policy == "retain":
         raise RuntimeError("the retain policy could not be applied here (no glibc mallopt?)")
@@ -57,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {stage: round(medians["default"][stage] / medians["retain"][stage], 3) for stage in STAGES}
     retain = runs["retain"][0]
     device = retain["device"]
-    report = {"command": "python " + shlex.join(sys.argv), "device": device, "torch": retain["torch"],
+    report = {"command": command_line(), "device": device, "torch": retain["torch"],
               "timestamp": retain["timestamp"], "settings": {"node_pipeline_arguments": node_args},
               "node_pipeline_settings": retain["settings"],
               "p50_ms": medians,  # per policy and stage: the median of the runs' p50s

@@ -3,7 +3,7 @@ on one thread, against built on one thread and run on another (as the node did b
 (OpenMP) belongs to the thread that calls into torch; with two teams on a small CPU libgomp sees more threads than
 cores and stops spinning between operations. Each variant in a fresh process.
 
-    python benchmarks/inference_thread.py [--config tiny] [--size 128] [--threads 2] [--runs 15] [--out PATH]
+    python -m benchmarks.inference_thread [--config tiny] [--size 128] [--threads 2] [--runs 15] [--out PATH]
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 VARIANTS = {  # name -> (thread that builds the model, thread that runs it)
     "built and run on the main thread": ("main", "main"),
@@ -82,15 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from benchmarks.speed_common import RESULTS_DIR, report_header, write_report
+    from benchmarks import REPO_ROOT, RESULTS_DIR, module_command
+    from benchmarks.speed_common import report_header, write_report
 
     report = report_header(torch.device("cpu"), {"config": args.config, "size": args.size, "threads": args.threads,
                                                  "runs": args.runs,
                                                  "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")})
     report["forward_p50_ms"] = {}
     for variant in VARIANTS:
-        done = subprocess.run([sys.executable, __file__, "--variant", variant, "--config", args.config, "--size",
-                               str(args.size), "--threads", str(args.threads), "--runs", str(args.runs)],
+        done = subprocess.run([*module_command("inference_thread"), "--variant", variant, "--config", args.config,
+                               "--size", str(args.size), "--threads", str(args.threads), "--runs", str(args.runs)],
                               check=True, capture_output=True, text=True, cwd=REPO_ROOT)
         report["forward_p50_ms"][variant] = json.loads(done.stdout.strip().splitlines()[-1])["forward_p50_ms"]
     base = report["forward_p50_ms"]["built and run on the main thread"]

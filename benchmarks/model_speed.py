@@ -1,6 +1,6 @@
 """CPU timings of the model: grouped LoRA (one encoder pass over all modalities) vs the per-modality loop.
 
-    python benchmarks/model_speed.py [--threads 2] [--size 256] [--batch 1] [--repeats 5] [--statistic median|min]
+    python -m benchmarks.model_speed [--threads 2] [--size 256] [--batch 1] [--repeats 5] [--statistic median|min]
         [--clock wall|cpu]
         [--out benchmarks/results/model_speed.json]
 
@@ -17,17 +17,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from mlesam_core.losses import total_loss  # noqa: E402
-from mlesam_core.model import build_model  # noqa: E402
+from benchmarks import REPO_ROOT
+from mlesam_core.losses import total_loss
+from mlesam_core.model import build_model
 
 CONFIGS = {"tiny": "config/model/mlesam_tiny.yaml", "hiera_t": "config/model/mlesam_hiera_t.yaml"}
 

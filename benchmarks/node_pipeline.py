@@ -2,7 +2,7 @@
 sensor messages, synchronisation, conversion to model inputs, Segmenter pre/post-processing, the model, building
 and serialising the outputs, against the model's own time.
 
-    python benchmarks/node_pipeline.py [--device cuda|cpu] [--config hiera_b+|PATH] [--precision bf16]
+    python -m benchmarks.node_pipeline [--device cuda|cpu] [--config hiera_b+|PATH] [--precision bf16]
         [--sam2-checkpoint PATH] [--params config/segment.yaml] [--set KEY=VALUE ...] [--size 1024 1024]
         [--frames N] [--warmup N] [--messages rclpy|rosbags] [--threads N] [--profile] [--post-variants]
         [--out PATH]
@@ -30,29 +30,41 @@ import argparse
 import cProfile
 import logging
 import pstats
-import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, autocast, config_label, config_path,  # noqa: E402
-                                     default_device, device_slug, milliseconds, parse_args_for_device,
-                                     report_header, start_run, synchronize, target, timed, torch_profile,
-                                     write_report)
-from mlesam_core.host_memory import retain_freed_memory  # noqa: E402
-from mlesam_core.predictor import labels_and_confidence  # noqa: E402
-from mlesam_ros.messages import MessageKit  # noqa: E402
-from mlesam_ros.outputs import output_messages  # noqa: E402
-from mlesam_ros.params import load_segment_config  # noqa: E402
-from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter  # noqa: E402
+from benchmarks import REPO_ROOT, RESULTS_DIR
+from benchmarks.speed_common import (
+    GPU_TARGET_NOTE,
+    autocast,
+    config_label,
+    config_path,
+    default_device,
+    device_slug,
+    milliseconds,
+    parse_args_for_device,
+    report_header,
+    start_run,
+    synchronize,
+    target,
+    timed,
+    torch_profile,
+    write_report,
+)
+from mlesam_core.host_memory import retain_freed_memory
+from mlesam_core.predictor import labels_and_confidence
+from mlesam_ros.messages import MessageKit
+from mlesam_ros.outputs import output_messages
+from mlesam_ros.params import load_segment_config
+from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
 
 P50_MS, P95_MS, OVERHEAD_FRACTION = 25.0, 35.0, 0.05
 FRAME_STAGES = ("receive", "sync", "decode", "predict", "output_messages", "publish")
@@ -249,7 +261,7 @@ def post_processing_variants(segmenter: Any, size: tuple[int, int], runs: int) -
             for confidence in (True, False):
                 seconds = []
                 for i in range(runs + 2):  # two warm-up calls
-                    elapsed, _ = timed(lambda: function(logits, size, confidence), device)
+                    elapsed, _ = timed(partial(function, logits, size, confidence), device)
                     if i >= 2:
                         seconds.append(elapsed)
                 variants[f"{how}, {'with' if confidence else 'without'} confidence"] = milliseconds(seconds)

@@ -31,18 +31,18 @@ for step in "${STEPS[@]}"; do
     tests)  # the CUDA fast path computes what the reference path computes (CUDA graphs, HHA on the device)
       "$PY" -m pytest -q -m gpu test/model/test_fast_path.py test/core/test_sensor_encodings.py ;;
     encoder)
-      "$PY" benchmarks/encoder.py --device cuda --compile off --profile ;;
+      "$PY" -m benchmarks.encoder --device cuda --compile off --profile ;;
     encoder-compile)
-      "$PY" benchmarks/encoder.py --device cuda --sizes 1024 --precisions bf16 --compile on \
+      "$PY" -m benchmarks.encoder --device cuda --sizes 1024 --precisions bf16 --compile on \
           --out benchmarks/results/encoder_compile_gpu.json ;;
     node)
-      "$PY" benchmarks/node_pipeline.py --device cuda --profile --post-variants "${NODE_ARGS[@]}"
-      "$PY" benchmarks/node_pipeline.py --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
+      "$PY" -m benchmarks.node_pipeline --device cuda --profile --post-variants "${NODE_ARGS[@]}"
+      "$PY" -m benchmarks.node_pipeline --device cuda --profile "${NODE_ARGS[@]}" --set model.cuda_graphs=true \
           --out benchmarks/results/node_pipeline_cuda_graphs_gpu.json ;;
     train)
-      "$PY" benchmarks/train_step.py --device cuda --estimate-memory ;;
+      "$PY" -m benchmarks.train_step --device cuda --estimate-memory ;;
     summary)
-      "$PY" benchmarks/speed_summary.py ;;
+      "$PY" -m benchmarks.speed_summary ;;
   esac
   if [ -n "${OUT:-}" ]; then
     find benchmarks/results -maxdepth 1 -newer "$STARTED" \( -name '*.json' -o -name 'speed.md' \) -exec cp {} "$OUT"/ \;

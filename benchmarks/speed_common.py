@@ -10,17 +10,16 @@ import datetime
 import json
 import os
 import platform
-import shlex
-import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+from benchmarks import REPO_ROOT, command_line
+
 MODEL_CONFIGS = {"tiny": "config/model/mlesam_tiny.yaml", "hiera_t": "config/model/mlesam_hiera_t.yaml",
                  "hiera_b+": "config/model/mlesam_hiera_b+.yaml"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,7 +77,7 @@ def device_slug(device: torch.device) -> str:
 
 def report_header(device: torch.device, settings: dict[str, Any]) -> dict[str, Any]:
     """The fields every result JSON starts with: command, device, versions, time, machine load, settings."""
-    return {"command": "python " + shlex.join(sys.argv), "device": device_info(device),
+    return {"command": command_line(), "device": device_info(device),
             "torch": torch.__version__, "python": platform.python_version(),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "settings": settings}

@@ -2,7 +2,7 @@
 issue 8's targets met, missed or open with its figure and the command that measured it, where the time goes
 (profiles), and the measurements.
 
-    python benchmarks/speed_summary.py [--results benchmarks/results] [--out benchmarks/results/speed.md]
+    python -m benchmarks.speed_summary [--results benchmarks/results] [--out benchmarks/results/speed.md]
 
 A target counts as met or missed only from a GPU run; CPU runs give indicative figures and leave it open.
 """
@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.speed_common import RESULTS_DIR  # noqa: E402
+from benchmarks import RESULTS_DIR
 
 KINDS = ("encoder", "node_pipeline", "host_memory", "train_step")
 TARGETS = {  # id -> the issue's wording
@@ -65,7 +61,7 @@ def target_rows(results: dict[str, list[tuple[Path, dict[str, Any]]]]) -> list[l
         elif found:
             status = "**OPEN**"
             figures = []
-            for path, report, entry in found:
+            for path, _, entry in found:
                 prefix = f"on CPU {entry['status']}: " if entry["status"] in ("met", "missed") else ""
                 figures.append(f"{prefix}{entry['figure']} [{path.name}]")
             figure = "no GPU measurement; CPU, indicative only: " + " / ".join(figures)
@@ -225,7 +221,7 @@ def render(results: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
     """speed.md's text."""
     any_gpu = any(is_gpu(report) for files in results.values() for _, report in files)
     lines = ["# Speed: issue 8's targets and measurements", "",
-             "*Written by `python benchmarks/speed_summary.py` from the JSON files beside it; regenerate, do not "
+             "*Written by `python -m benchmarks.speed_summary` from the JSON files beside it; regenerate, do not "
              "edit.*", ""]
     if not any_gpu:
         lines += ["> **The GPU targets are OPEN.** No GPU was available in the session that produced these "

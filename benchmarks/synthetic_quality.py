@@ -1,7 +1,7 @@
 """Quality on the procedural scenes: MLE-SAM vs RGB-only vs SAM-LoRA vs modality dropout (+ fusion ablations),
 trained with the same budget (optimiser steps x batch) on CPU from `config/train/synthetic_cpu.yaml`.
 
-    python benchmarks/synthetic_quality.py [--steps 600] [--variants mlesam,rgb_only,...] [--quick]
+    python -m benchmarks.synthetic_quality [--steps 600] [--variants mlesam,rgb_only,...] [--quick]
         [--set key=value ...] [--data data/synthetic_quality] [--runs runs/synthetic_quality] [--out benchmarks/results]
 
 Generates the data (unless --data already holds the same generator settings), trains each variant, evaluates it
@@ -27,16 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from mlesam_core.data.classes import DELIVER  # noqa: E402
-from training.baselines import position_prior, score_fixed_prediction  # noqa: E402
-from training.config import build_model_config, load_train_config  # noqa: E402
-from training.evaluate import EvalRequest, evaluate_adapters  # noqa: E402
-from training.loop import train  # noqa: E402
-from training.reporting import json_ready, markdown_table, write_report  # noqa: E402
-from training.run_log import read_metrics  # noqa: E402
+from mlesam_core.data.classes import DELIVER
+from training.baselines import position_prior, score_fixed_prediction
+from training.config import build_model_config, load_train_config
+from training.evaluate import EvalRequest, evaluate_adapters
+from training.loop import train
+from training.reporting import json_ready, markdown_table, write_report
+from training.run_log import read_metrics
 
 log = logging.getLogger("synthetic_quality")
 
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
               f"data.workers={args.workers}", f"validation.every_steps={args.steps}", "device=cpu", *args.set]
     results = {name: run_variant(name, common, Path(args.runs), args.resume) for name in names}
     report = {
-        "command": "python benchmarks/synthetic_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.synthetic_quality " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},

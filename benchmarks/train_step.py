@@ -1,7 +1,7 @@
 """Training step speed and peak memory, with and without activation checkpointing: does the paper's batch (6 at
 1024², four modalities, Hiera-B+) fit in 80 GB, and how many images per second does it train?
 
-    python benchmarks/train_step.py [--device cuda|cpu] [--config hiera_b+|PATH] [--size 1024] [--batch 6]
+    python -m benchmarks.train_step [--device cuda|cpu] [--config hiera_b+|PATH] [--size 1024] [--batch 6]
         [--precision bf16|fp32] [--checkpointing off on] [--warmup N] [--steps N] [--memory-limit-gib 80]
         [--estimate-memory | --estimate-only] [--threads N] [--out PATH]
 
@@ -22,9 +22,9 @@ pixel). It answers "does batch 6 at 1024² fit?" on a machine without the GPU; t
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 import weakref
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,26 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.speed_common import (GPU_TARGET_NOTE, RESULTS_DIR, PeakMemory, autocast, config_label,  # noqa: E402
-                                     config_path, default_device, device_slug, milliseconds, report_header,
-                                     parse_args_for_device, start_run, synchronize, target, timed, write_report)
-from mlesam_core.losses import total_loss  # noqa: E402
-from mlesam_core.model import build_model  # noqa: E402
+from benchmarks import RESULTS_DIR
+from benchmarks.speed_common import (
+    GPU_TARGET_NOTE,
+    PeakMemory,
+    autocast,
+    config_label,
+    config_path,
+    default_device,
+    device_slug,
+    milliseconds,
+    parse_args_for_device,
+    report_header,
+    start_run,
+    synchronize,
+    target,
+    timed,
+    write_report,
+)
+from mlesam_core.losses import total_loss
+from mlesam_core.model import build_model
 
 CUDA_DEFAULTS = {"config": "hiera_b+", "size": 1024, "batch": 6, "precision": "bf16", "warmup": 2, "steps": 5}
 CPU_DEFAULTS = {"config": "hiera_t", "size": 256, "batch": 2, "precision": "fp32", "warmup": 1, "steps": 2}
@@ -59,7 +71,7 @@ def run_variant(model: torch.nn.Module, checkpointing: bool, args: argparse.Name
                            generator=generator).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    def step() -> None:
+    def step(optimizer: torch.optim.Optimizer) -> None:
         with autocast(device, args.precision):
             loss = total_loss(model(images, present), labels, model.config)["loss"]
         loss.backward()
@@ -71,7 +83,7 @@ def run_variant(model: torch.nn.Module, checkpointing: bool, args: argparse.Name
     with PeakMemory(device) as memory:
         try:
             for i in range(args.warmup + args.steps):
-                elapsed, _ = timed(step, device)
+                elapsed, _ = timed(partial(step, optimizer), device)
                 if i >= args.warmup:
                     seconds.append(elapsed)
         except torch.OutOfMemoryError as exc:

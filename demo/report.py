@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -216,7 +217,7 @@ def write_timeline(dropout: Replayed, record: dict, conditions: Sequence[str], o
     modalities = list(frames[0]["status"])
     levels = list(frames[0]["routing"])
     fig, axes = plt.subplots(len(levels) + 2, 1, figsize=(11, 2.0 * (len(levels) + 2)), sharex=True)
-    for ax, level in zip(axes, levels):
+    for ax, level in zip(axes, levels, strict=False):
         for m in modalities:
             ax.plot(t, [f["routing"][level].get(m, 0.0) for f in frames], label=m, lw=1.4)
         ax.set_ylabel(f"{level}\nweight")
@@ -226,7 +227,7 @@ def write_timeline(dropout: Replayed, record: dict, conditions: Sequence[str], o
     status_ax = axes[len(levels)]
     dt = 1.0 / record["rate"]
     for row, m in enumerate(modalities):
-        for ti, f in zip(t, frames):
+        for ti, f in zip(t, frames, strict=True):
             status_ax.barh(row, dt, left=ti - dt / 2, color=STATUS_COLORS.get(f["status"][m], "grey"), height=0.8)
     status_ax.set_yticks(range(len(modalities)), modalities)
     status_ax.set_title("sensor status per frame: " + ", ".join(f"{k} = {v}" for k, v in

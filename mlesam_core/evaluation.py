@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ class EvaluationResult:
 
     def mean_routing(self) -> dict[str, dict[str, dict[str, float]]]:
         """group -> level -> {modality: mean routing weight} of the all-modality run (the router's trust)."""
-        return {group: {level: dict(zip(self.modalities, (total / self.routed_samples[group]).tolist()))
+        return {group: {level: dict(zip(self.modalities, (total / self.routed_samples[group]).tolist(), strict=True))
                         for level, total in levels.items()}
                 for group, levels in self.routing.items()}
 

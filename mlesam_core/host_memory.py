@@ -5,7 +5,7 @@ upsampled to the sensor size). glibc's malloc serves blocks of 128 KiB and more 
 them back to the kernel on `free`, and trims the heap top: every frame then pays page faults on memory it just
 gave back. `retain_freed_memory` tells malloc to serve large blocks from the heap and keep what is freed, and
 puts every thread on the main heap (threads that start afterwards), so a steady stream of same-sized frames
-reuses the same memory (`python benchmarks/host_memory.py` measures the node's per-frame work both ways;
+reuses the same memory (`python -m benchmarks.host_memory` measures the node's per-frame work both ways;
 figures in docs/robot.md). The price: the process keeps its peak heap size instead of returning freed memory
 to the system.
 

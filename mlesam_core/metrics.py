@@ -13,8 +13,8 @@ Used by evaluation, training-time validation and the ROS replay.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -70,13 +70,13 @@ class ConfusionMatrix:
         counts = confusion_matrix(prediction, label, self.num_classes, self.ignore_index)
         self.matrix = self.matrix.to(counts.device) + counts
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         """Add another confusion matrix of the same class count (e.g. from another process)."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge {other.num_classes}-class into {self.num_classes}-class matrix")
         self.matrix = self.matrix + other.matrix.to(self.matrix.device)
 
-    def scores(self, class_names: Sequence[str] | None = None) -> "SegmentationScores":
+    def scores(self, class_names: Sequence[str] | None = None) -> SegmentationScores:
         """IoU per class, mIoU (both protocols) and pixel accuracy of what was accumulated."""
         return scores_from_confusion(self.matrix.cpu().numpy(), class_names)
 
@@ -100,7 +100,7 @@ class SegmentationScores:
             "pixel_accuracy": _finite(self.pixel_accuracy),
             "mean_class_accuracy": _finite(self.mean_class_accuracy),
             "labelled_pixels": self.labelled_pixels,
-            "per_class_iou": {n: _finite(v) for n, v in zip(self.class_names, self.iou)},
+            "per_class_iou": {n: _finite(v) for n, v in zip(self.class_names, self.iou, strict=True)},
         }
 
 

@@ -7,8 +7,9 @@ sets' public loaders do, and `normalize` applies the table's mean/std to value/2
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -303,8 +303,8 @@ class Segmenter:
         weights = values[pixels:].reshape(routing.shape)
         return Prediction(labels=packed[split:].reshape(h, w),
                           confidence=None if confidence is None else values[:pixels].reshape(h, w),
-                          routing={level: dict(zip(self.modalities, row.tolist())) for level, row in
-                                   zip(levels, weights)})
+                          routing={level: dict(zip(self.modalities, row.tolist(), strict=True)) for level, row in
+                                   zip(levels, weights, strict=True)})
 
 
 def labels_and_confidence(logits: torch.Tensor, size: tuple[int, int],

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import array
 import importlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class MessageKit:
         dim_cls = self.resolve("std_msgs/msg/MultiArrayDimension")
         strides = [int(np.prod(values.shape[i:])) for i in range(values.ndim)]
         dims = [dim_cls(label=label, size=int(size), stride=stride)
-                for label, size, stride in zip(labels, values.shape, strides)]
+                for label, size, stride in zip(labels, values.shape, strides, strict=True)]
         layout = self.resolve("std_msgs/msg/MultiArrayLayout")(dim=dims, data_offset=0)
         return self.resolve("std_msgs/msg/Float32MultiArray")(layout=layout, data=self._as_float32(values))
 

@@ -11,20 +11,32 @@ the pipeline then treats that modality as absent for the frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-from mlesam_core.sensors import (CompiledHHA, DepthEncoding, depth_to_hha, depth_to_hha_on, depth_to_image,
-                                 lidar_image_to_uint8)
-from mlesam_ros.image_conversion import (ImageConversionError, depth_to_metres, encoding_info, image_msg_to_array,
-                                         to_rgb8)
+from mlesam_core.sensors import (
+    CompiledHHA,
+    DepthEncoding,
+    depth_to_hha,
+    depth_to_hha_on,
+    depth_to_image,
+    lidar_image_to_uint8,
+)
+from mlesam_ros.image_conversion import (
+    ImageConversionError,
+    depth_to_metres,
+    encoding_info,
+    image_msg_to_array,
+    to_rgb8,
+)
 from mlesam_ros.params import SegmentConfig
 from mlesam_ros.pointcloud import PointCloudError, pointcloud_to_lidar_image
 
-ModelImage = Union[np.ndarray, torch.Tensor]  # what Segmenter.predict takes per modality
+ModelImage = np.ndarray | torch.Tensor  # what Segmenter.predict takes per modality
 
 
 class InputError(ValueError):

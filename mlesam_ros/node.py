@@ -33,8 +33,16 @@ from mlesam_core.config_io import ConfigError, from_dict
 from mlesam_core.host_memory import retain_freed_memory
 from mlesam_ros.mailbox import Mailbox
 from mlesam_ros.messages import MessageKit
-from mlesam_ros.outputs import (CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, LABEL_INFO_TOPIC, OUTPUT_TOPICS, OUTPUT_TYPES,
-                                class_names_json, enabled_outputs, output_messages)
+from mlesam_ros.outputs import (
+    CLASS_NAMES_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    LABEL_INFO_TOPIC,
+    OUTPUT_TOPICS,
+    OUTPUT_TYPES,
+    class_names_json,
+    enabled_outputs,
+    output_messages,
+)
 from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest
 from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
 from mlesam_ros.sync import SyncedFrame
@@ -93,7 +101,7 @@ class SegmentationNode(Node):
         try:
             from ament_index_python.packages import get_package_share_directory
             return [Path(get_package_share_directory("mlesam_ros"))]
-        except Exception:  # not in an ament workspace (source checkout): the repository root is searched
+        except Exception:  # noqa: BLE001 - ament_index raises its own lookup errors; not in an ament workspace (source checkout): the repository root is searched
             return []
 
     def _declare_config(self) -> SegmentConfig:

@@ -57,5 +57,6 @@ def class_names_json(table: ClassTable) -> str:
                        "palette": [list(c) for c in table.palette], "ignore_index": table.ignore_index})
 
 
-__all__ = ["OUTPUT_TOPICS", "OUTPUT_TYPES", "CLASS_NAMES_TOPIC", "LABEL_INFO_TOPIC", "DIAGNOSTICS_TOPIC", "enabled_outputs",
+__all__ = ["OUTPUT_TOPICS", "OUTPUT_TYPES", "CLASS_NAMES_TOPIC", "LABEL_INFO_TOPIC", "DIAGNOSTICS_TOPIC",
+           "enabled_outputs",
            "output_messages", "class_names_json"]

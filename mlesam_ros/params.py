@@ -9,9 +9,10 @@ so both validate it the same way (`ConfigError` naming the dotted key).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml
 from mlesam_core.data.classes import CLASS_TABLES

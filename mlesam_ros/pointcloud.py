@@ -94,7 +94,7 @@ def _all_finite(points: np.ndarray) -> bool:
 
 
 def pointcloud_to_lidar_image(msg: Any, cam_from_lidar: np.ndarray, projection: np.ndarray,
-                              size: tuple[int, int], encoding: LidarEncoding = LidarEncoding()) -> np.ndarray:
+                              size: tuple[int, int], encoding: LidarEncoding | None = None) -> np.ndarray:
     """PointCloud2 (x, y, z[, intensity]) -> HxWx3 uint8 projected LiDAR image (range, intensity, height)."""
     points = pointcloud_to_array(msg)
     missing = [axis for axis in "xyz" if axis not in (points.dtype.names or ())]
@@ -105,7 +105,7 @@ def pointcloud_to_lidar_image(msg: Any, cam_from_lidar: np.ndarray, projection: 
     xyz = np.stack([points["x"], points["y"], points["z"]], axis=1)
     intensity = points["intensity"] if "intensity" in points.dtype.names else None
     image = project_points(xyz, intensity, cam_from_lidar, projection, size)
-    return lidar_image_to_uint8(image, encoding)
+    return lidar_image_to_uint8(image, encoding or LidarEncoding())
 
 
 __all__ = ["POINTFIELD_DTYPES", "PointCloudError", "pointcloud_dtype", "pointcloud_to_array",

@@ -20,8 +20,9 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -137,7 +138,7 @@ class Replay:
                                           self.confusion.ignore_index).numpy()
                 self.confusion.update(result.labels, label)
                 gt, pred = np.nonzero(matrix)
-                record["confusion"] = [[int(g), int(p), int(matrix[g, p])] for g, p in zip(gt, pred)]
+                record["confusion"] = [[int(g), int(p), int(matrix[g, p])] for g, p in zip(gt, pred, strict=True)]
                 record["miou_present_classes"] = scores_from_confusion(matrix).miou["present_classes"]
         return record
 

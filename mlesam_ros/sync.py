@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from mlesam_core.config_io import check
 

@@ -6,7 +6,7 @@ On street scenes this prior alone is strong (sky on top, road at the bottom), so
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

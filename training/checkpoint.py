@@ -2,8 +2,9 @@
 
 A checkpoint holds only what training changes (the model's `adapter_state_dict`: trainable parameters and
 the buffers of their modules), so it stays adapter-sized; the frozen SAM2 weights come from the SAM2
-checkpoint (or the seeded random init) again on resume. Files are written to a temporary name in the same folder, flushed and fsync'ed, then renamed over
-the target with `os.replace`, so a crash mid-write never leaves a truncated `last.pt`.
+checkpoint (or the seeded random init) again on resume. Files are written to a temporary name in the same folder,
+flushed and fsync'ed, then renamed over the target with `os.replace`, so a crash mid-write never leaves a truncated
+`last.pt`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -7,9 +7,10 @@ fusion: avg}``. Relative paths are taken from the current directory, then from t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from mlesam_core.config_io import ConfigError, check, from_dict, load_config, load_yaml
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def result_to_markdown(result: EvaluationResult, title: str) -> str:
                   markdown_table(["samples", "level", *result.modalities], rows)]
     parts += ["", "## Per-class IoU % (all modalities; '-' = class absent from ground truth and prediction)", "",
               markdown_table(["class", "IoU %"], [[n, "-" if math.isnan(v) else f"{100 * v:.2f}"]
-                                                  for n, v in zip(full.class_names, full.iou)])]
+                                                  for n, v in zip(full.class_names, full.iou, strict=True)])]
     return "\n".join(parts) + "\n"
 
 
@@ -112,7 +113,7 @@ def plot_per_class_iou(scores: SegmentationScores, path: Path, title: str) -> No
     values = [0.0 if math.isnan(v) else 100 * v for v in scores.iou]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1.2))
     bars = ax.barh(range(len(names)), values, color="tab:blue")
-    for bar, present in zip(bars, scores.present):
+    for bar, present in zip(bars, scores.present, strict=True):
         if not present:
             bar.set_hatch("//")
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -147,13 +148,13 @@ def save_overlays(result: EvaluationResult, classes: ClassTable, path: Path) -> 
     plt = _pyplot()
     examples = result.examples
     fig, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * len(examples)), squeeze=False)
-    for row, example in zip(axes, examples):
+    for row, example in zip(axes, examples, strict=True):
         label = classes.colorize(example.label)
         pred = classes.colorize(example.prediction)
         blend = (0.5 * example.image + 0.5 * pred).astype(np.uint8)
         caption = "/".join(str(example.meta.get(k)) for k in ("condition", "case") if example.meta.get(k))
         for ax, image, name in zip(row, (example.image, label, blend), ("input " + caption, "ground truth",
-                                                                       "prediction (over input)")):
+                                                                       "prediction (over input)"), strict=True):
             ax.imshow(image)
             ax.set_title(name, fontsize=8)
             ax.axis("off")

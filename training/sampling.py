@@ -6,7 +6,7 @@ whatever the number of loader workers.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -8,8 +8,6 @@ import cv2
 import numpy as np
 
 
-
-
 def png_params(compression: int = 1) -> list[int]:
     """OpenCV PNG options: zlib level `compression` (0 = stored, fastest, ~4x larger files).
 

@@ -10,8 +10,8 @@ test.txt; here the list file is the split's own (`<split>.txt`) unless `split_li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -19,9 +19,9 @@ pixels; `calib.json` = {"intrinsics": {"rgb": {"K": 3x3 at 1920x1080}, "event": 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

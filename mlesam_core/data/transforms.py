@@ -13,7 +13,8 @@ Randomness: every transform takes an optional `torch.Generator`; without one it 
 from __future__ import annotations
 
 import zlib
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -203,7 +204,7 @@ class ModalityDropout:
             raise KeyError(f"modality dropout: protected modality {self.protect!r} is not in the sample "
                            f"(it has: {', '.join(names)})")
         draws = torch.rand(len(names), generator=generator)
-        present = {n: bool(d >= self.p) or n == self.protect for n, d in zip(names, draws)}
+        present = {n: bool(d >= self.p) or n == self.protect for n, d in zip(names, draws, strict=True)}
         if not any(present.values()):
             keep = int(torch.randint(len(names), (1,), generator=generator))
             present[names[keep]] = True
@@ -227,7 +228,7 @@ class ToModelInput:
                                .permute(2, 0, 1) for m in self.modalities])
         normalised = normalize(stacked, self.modalities)
         label = torch.from_numpy(np.asarray(sample["label"]).astype(np.int64))
-        return {**sample, "images": dict(zip(self.modalities, normalised)), "label": label}
+        return {**sample, "images": dict(zip(self.modalities, normalised, strict=True)), "label": label}
 
 
 def train_transform(size: tuple[int, int], modalities: Sequence[str], augment: bool = True,

@@ -6,8 +6,8 @@ Public API: `build_model(config) -> MLESAM` (or `SAMLoRA` for `architecture: sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mlesam_core.model.adapters import AdapterError, load_adapters, save_adapters
 from mlesam_core.model.base import LoRASam2Model, SegmentationOutput

@@ -24,7 +24,7 @@ class AuxHead(nn.Module):
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """levels [B, C_in, h_l, w_l], finest first -> logits [B, num_classes, h_0, w_0]."""
         size = levels[0].shape[-2:]
-        maps = [linear(x) for linear, x in zip(self.linears, levels)]
+        maps = [linear(x) for linear, x in zip(self.linears, levels, strict=True)]
         maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                 for m in maps]
         return self.classifier(self.dropout(self.fuse(torch.cat(maps[::-1], dim=1))))

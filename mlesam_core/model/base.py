@@ -4,8 +4,8 @@ modality-major encoder batch, the frozen prompt-free SAM2 decoder core, input ch
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +140,7 @@ class LoRASam2Model(nn.Module):
             for j, modality in enumerate(ids):
                 with self.context.use(self._active_index((modality,), images.device)):
                     runs.append(self._run_encoder(chunks[j]))
-            levels = [torch.stack(per_level) for per_level in zip(*runs)]
+            levels = [torch.stack(per_level) for per_level in zip(*runs, strict=True)]
         return ModalityFeatures(levels=levels, ids=ids, index=index)
 
     def _active_index(self, ids: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -5,9 +5,10 @@ Where PAPER.md leaves a choice open, the option is here with the paper-derived d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from mlesam_core.config_io import ConfigError, check, load_config, to_dict
 from mlesam_core.data.classes import CLASS_TABLES

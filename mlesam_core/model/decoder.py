@@ -86,21 +86,22 @@ class BatchedMLP(nn.Module):
 
     def __init__(self, groups: int, dims: list[int]) -> None:
         super().__init__()
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(groups, i, o)) for i, o in zip(dims, dims[1:]))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(groups, i, o))
+                                        for i, o in zip(dims, dims[1:], strict=False))
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(groups, o)) for o in dims[1:])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """nn.Linear's default init, per group."""
         with torch.no_grad():
-            for weight, bias in zip(self.weights, self.biases):
+            for weight, bias in zip(self.weights, self.biases, strict=True):
                 bound = 1.0 / math.sqrt(weight.shape[1])
                 weight.uniform_(-bound, bound)
                 bias.uniform_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.einsum("bci,cio->bco", x, weight.to(x.dtype)) + bias.to(x.dtype)
             if i < last:
                 x = torch.relu(x)

@@ -9,8 +9,8 @@ expert is applied with one batched matmul -- no per-modality Python loop and no 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

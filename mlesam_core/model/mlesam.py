@@ -12,7 +12,7 @@ the aux head; everything from SAM2 else is frozen.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

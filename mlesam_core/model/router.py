@@ -71,7 +71,7 @@ class FeatureFusion(nn.Module):
         averaging weights for avg."""
         average = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
         fused, routing = [], {}
-        for level, features in zip(LEVELS, levels):
+        for level, features in zip(LEVELS, levels, strict=True):
             if self.routers is None:
                 weights = routing[level] = average
             else:

@@ -9,7 +9,7 @@ and training them together equals training M separate models on the shared froze
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 from mlesam_core.model.base import LoRASam2Model
 from mlesam_core.model.lora import lora_parameters_per_modality
@@ -33,7 +33,7 @@ def parameter_summary(model: LoRASam2Model) -> dict[str, object]:
     per_modality = {m: {"lora": lora} for m in model.modalities}
     for heads, label in (("mask_heads", "mask head"), ("aux_heads", "aux head")):  # SAM-LoRA: heads per modality
         modules = getattr(model, heads, None)
-        for modality, module in zip(model.modalities, modules or ()):
+        for modality, module in zip(model.modalities, modules or (), strict=False):
             per_modality[modality][label] = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

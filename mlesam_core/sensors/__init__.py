@@ -1,9 +1,16 @@
 """How raw sensor readings become model images: one implementation shared by data sets, generator and ROS."""
 
-from mlesam_core.sensors.depth import (CompiledHHA, DepthEncoding, depth_to_hha, depth_to_hha_on, depth_to_image,
-                                       hha_tensor)
+from mlesam_core.sensors.depth import (
+                                       CompiledHHA,
+                                       DepthEncoding,
+                                       depth_to_hha,
+                                       depth_to_hha_on,
+                                       depth_to_image,
+                                       hha_tensor,
+)
 from mlesam_core.sensors.events import render_event_frame
 from mlesam_core.sensors.lidar import LidarEncoding, lidar_image_to_uint8, project_points
 
-__all__ = ["CompiledHHA", "DepthEncoding", "depth_to_hha", "depth_to_hha_on", "depth_to_image", "hha_tensor", "render_event_frame",
+__all__ = ["CompiledHHA", "DepthEncoding", "depth_to_hha", "depth_to_hha_on", "depth_to_image", "hha_tensor",
+           "render_event_frame",
            "LidarEncoding", "lidar_image_to_uint8", "project_points"]

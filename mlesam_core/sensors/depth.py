@@ -9,8 +9,8 @@ car- or robot-mounted camera gives; the generator writes `hha/` with this functi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ def depth_to_hha_on(depth_m: np.ndarray, intrinsics: np.ndarray, device: str | t
 
 class CompiledHHA:
     """`depth_to_hha` on the CPU through a torch.compile'd `hha_tensor`: inductor fuses its ~50 array passes into a
-    few loops, 3.3-3.9x faster than numpy on 2 cores (`python benchmarks/hha_speed.py`), the same function up to
+    few loops, 3.3-3.9x faster than numpy on 2 cores (`python -m benchmarks.hha_speed`), the same function up to
     float rounding (at most one level, in about one pixel per million). The ROS node uses it when
     `model.compile` is on. It compiles on the first call (a few seconds; again for a new image size or K); where
     compilation is unavailable it warns once and runs the numpy `depth_to_hha` from then on."""

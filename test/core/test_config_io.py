@@ -1,7 +1,7 @@
 """Typed configs: YAML + overrides -> dataclasses, errors name the dotted key."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -23,7 +23,7 @@ class Model:
     fusion: Literal["avg", "moe", "avg+moe"] = "avg+moe"
     sizes: tuple[int, int] = (64, 64)
     modalities: tuple[str, ...] = ("rgb",)
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     lora: Lora = field(default_factory=Lora)
 
 

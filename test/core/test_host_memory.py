@@ -4,11 +4,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 # Allocates, touches and frees sixteen 4 MiB arrays 10 times (as the HHA encoding of a 1024² depth image does
-# with its temporaries), then prints the minor page faults of the last 9 rounds and whether the policy was applied. Run in a fresh process per policy: the policy
-# holds from process start.
+# with its temporaries), then prints the minor page faults of the last 9 rounds and whether the policy was applied.
+# Run in a fresh process per policy: the policy holds from process start.
 PROBE = """
 import resource, numpy as np
 from mlesam_core.host_memory import retain_freed_memory

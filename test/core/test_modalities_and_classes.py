@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from mlesam_core.data.classes import DELIVER, get_class_table
-from mlesam_core.modalities import (MODALITIES, check_modalities, dataset_modalities, normalize,
-                                    to_three_channels)
+from mlesam_core.modalities import MODALITIES, check_modalities, dataset_modalities, normalize, to_three_channels
 
 
 def test_every_dataset_modality_is_in_the_table():
@@ -60,6 +59,6 @@ def test_colorize_maps_every_id_through_the_palette(dtype):
     ids = np.arange(300).reshape(15, 20) % (256 if dtype == np.uint8 else 300)
     colors = DELIVER.colorize(ids.astype(dtype))
     assert colors.shape == (15, 20, 3) and colors.dtype == np.uint8
-    for i, color in zip(ids.reshape(-1), colors.reshape(-1, 3)):
+    for i, color in zip(ids.reshape(-1), colors.reshape(-1, 3), strict=True):
         expected = DELIVER.palette[i] if i < DELIVER.num_classes else (0, 0, 0)  # ignore / unknown: black
         assert tuple(color) == expected, i

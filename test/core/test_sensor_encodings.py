@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlesam_core.sensors import (depth_to_hha, depth_to_image, lidar_image_to_uint8, project_points,
-                                 render_event_frame)
+from mlesam_core.sensors import depth_to_hha, depth_to_image, lidar_image_to_uint8, project_points, render_event_frame
 
 K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
 # LiDAR frame: x forward, y left, z up -> camera optical frame: x right, y down, z forward

@@ -5,8 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlesam_core.data.deliver import (DeliverDataset, decode_deliver_label, deliver_camera_matrix, deliver_path,
-                                      encode_deliver_label)
+from mlesam_core.data.deliver import (
+    DeliverDataset,
+    decode_deliver_label,
+    deliver_camera_matrix,
+    deliver_path,
+    encode_deliver_label,
+)
 from mlesam_core.data.image_io import write_image
 from mlesam_core.sensors import depth_to_image
 

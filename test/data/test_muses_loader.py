@@ -53,7 +53,7 @@ def write_raw(root, folder, scan, events):
     path = root.joinpath("event_camera", *folder, "000001_event_camera.h5")
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
-        for key, values in zip("xytp", events):
+        for key, values in zip("xytp", events, strict=True):
             f[f"events/{key}"] = np.asarray(values)
 
 

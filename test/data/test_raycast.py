@@ -50,7 +50,7 @@ def test_frames_cast_together_each_see_from_their_own_position():
     origins = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
     now, before = cast_frames(scene, origins, K, SIZE)
     assert np.isclose(now.depth[32, 32], 10.0) and np.isclose(before.depth[32, 32], 11.0)
-    for g, origin in zip((now, before), origins):
+    for g, origin in zip((now, before), origins, strict=True):
         alone, = cast_frames(scene, origin[None], K, SIZE)
         assert np.array_equal(alone.index, g.index) and np.allclose(alone.depth, g.depth, equal_nan=True)
     # the pole's side normal is horizontal and faces the camera

@@ -73,7 +73,7 @@ def test_compressed_and_stored_pngs_hold_the_same_images(tmp_path):
     counts = {"train": 2, "val": 0, "test": 0}
     small = generate_dataset(tmp_path / "z1", 48, counts, 2, png_compression=1, tune_allocator=False)
     big = generate_dataset(tmp_path / "z0", 48, counts, 2, tune_allocator=False)
-    for a, b in zip(DeliverDataset(small, "train", ALL), DeliverDataset(big, "train", ALL)):
+    for a, b in zip(DeliverDataset(small, "train", ALL), DeliverDataset(big, "train", ALL), strict=True):
         assert all(np.array_equal(a["images"][m], b["images"][m]) for m in ALL)
         assert np.array_equal(a["label"], b["label"])
     size = lambda root: sum(p.stat().st_size for p in root.rglob("*.png"))  # noqa: E731

@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from mlesam_core.data.transforms import (ColorJitter, Compose, GaussianBlur, ModalityDropout, NoiseInjection,
-                                         RandomHorizontalFlip, RandomResizedCrop, Resize, ToModelInput,
-                                         eval_transform, train_transform)
+from mlesam_core.data.transforms import (
+    ColorJitter,
+    Compose,
+    GaussianBlur,
+    ModalityDropout,
+    NoiseInjection,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    ToModelInput,
+    eval_transform,
+    train_transform,
+)
 from mlesam_core.modalities import normalize
 
 MODALITIES = ("rgb", "depth", "event", "lidar")

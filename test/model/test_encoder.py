@@ -42,7 +42,7 @@ def test_encode_with_zero_lora_equals_sam2_image_encoder_backbone_fpn(official):
         for m in range(len(model.modalities)):
             expected = sam.image_encoder(images[:, m])["backbone_fpn"]
             assert len(levels) == len(expected) == 3
-            for ours, theirs in zip(levels, expected):
+            for ours, theirs in zip(levels, expected, strict=True):
                 assert ours[:, m].shape == theirs.shape
                 torch.testing.assert_close(ours[:, m], theirs, rtol=0, atol=1e-6)
     assert [tuple(level.shape[-2:]) for level in levels] == [(16, 16), (8, 8), (4, 4)]
@@ -61,7 +61,7 @@ def test_grouped_lora_equals_per_modality_loop_with_nonzero_experts(train):
         grouped = model.encode(images, present)
         model.lora_grouped = False
         loop = model.encode(images, present)
-    for a, b in zip(grouped, loop):
+    for a, b in zip(grouped, loop, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     # the experts really differ per modality: the same image through two experts gives two results
     same = images[:, :1].expand(-1, 4, -1, -1, -1).contiguous()
@@ -182,8 +182,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model = build_model(tiny_config(f"activation_checkpointing={str(flag).lower()}", "aux_head.dropout=0"))
         randomize_lora(model)
         model.train()
-        calls = []
-        model.image_encoder.trunk.blocks[0].register_forward_pre_hook(lambda *args: calls.append(1))
+        calls: list[int] = []
+        model.image_encoder.trunk.blocks[0].register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
         model(images, present).logits.square().mean().backward()
         assert len(calls) == (2 if flag else 1)  # recomputed in backward when checkpointing
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad})

@@ -55,7 +55,8 @@ def reference_predict(segmenter: Segmenter, inputs: dict[str, np.ndarray]) -> Pr
     size = next(iter(inputs.values())).shape[:2]
     logits = F.interpolate(output.logits.float(), size=size, mode="bilinear", align_corners=False)
     confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
-    routing = {level: dict(zip(segmenter.modalities, w[0].tolist())) for level, w in output.routing.items()}
+    routing = {level: dict(zip(segmenter.modalities, w[0].tolist(), strict=True))
+               for level, w in output.routing.items()}
     return Prediction(labels[0].to(torch.uint8).numpy(), confidence[0].numpy(), routing)
 
 
@@ -117,7 +118,8 @@ def test_fast_preprocessing_equals_the_reference_for_every_dtype_channel_count_a
         expected_images, expected_present = reference_preprocess(segmenter, inputs)
         assert input_size == size
         torch.testing.assert_close(present, expected_present, rtol=0, atol=0)
-        torch.testing.assert_close(images, expected_images, rtol=0, atol=0, msg=lambda m: f"{list(inputs)}: {m}")
+        torch.testing.assert_close(images, expected_images, rtol=0, atol=0,
+                                   msg=lambda m, inputs=inputs: f"{list(inputs)}: {m}")
 
 
 def test_preprocess_returns_tensors_the_caller_owns(model):
@@ -207,7 +209,7 @@ def test_merged_expert_gives_the_unmerged_features_and_logits_and_no_lora_matmul
 
     merge_lora(model, "rgb")
     assert merged_modality(model) == "rgb" and all(layer.merged == 0 for layer in model.lora_layers)
-    for merged, unmerged in zip(model.encode(images, present), features):
+    for merged, unmerged in zip(model.encode(images, present), features, strict=True):
         torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model(images, present).logits, logits, rtol=1e-4, atol=1e-5)
     assert unmerged_matmuls == 3 * len(model.lora_layers)
@@ -215,7 +217,7 @@ def test_merged_expert_gives_the_unmerged_features_and_logits_and_no_lora_matmul
 
     unmerge_lora(model)
     assert merged_modality(model) is None
-    for layer, weight in zip(model.lora_layers, weights):
+    for layer, weight in zip(model.lora_layers, weights, strict=True):
         torch.testing.assert_close(layer.base_layer.weight, weight, rtol=0, atol=0)
     torch.testing.assert_close(model(images, present).logits, logits, rtol=0, atol=0)
 

@@ -182,7 +182,8 @@ def test_sam_lora_members_are_trained_on_their_own_predictions():
     (ohem_cross_entropy(model(images, present).members[0].sam_logits, labels) / len(config.modalities)).backward()
     torch.testing.assert_close(model.mask_heads[0].class_tokens.weight.grad, head_grad)
     # ... and nothing of it reaches another member's head or expert
-    assert model.mask_heads[1].class_tokens.weight.grad is None or not model.mask_heads[1].class_tokens.weight.grad.any()
+    other_head_grad = model.mask_heads[1].class_tokens.weight.grad
+    assert other_head_grad is None or not other_head_grad.any()
     assert not model.lora_layers[0].lora_B.grad[1].any()
     model.eval()
     with torch.no_grad():

@@ -15,7 +15,7 @@ from mlesam_core.model.config import MLESAMConfig
 def _two_class_logits(true_probs: list[float], labels: list[int]) -> torch.Tensor:
     """[1, 2, 1, N] logits whose softmax gives probability p to the labelled class (log p, log(1-p))."""
     rows = []
-    for p, label in zip(true_probs, labels):
+    for p, label in zip(true_probs, labels, strict=True):
         pair = [math.log(p), math.log(1 - p)]
         rows.append(pair if label in (0, 255) else pair[::-1])
     return torch.tensor(rows).T[None, :, None, :]

@@ -12,7 +12,8 @@ from mlesam_core.data import DeliverDataset, deliver_camera_matrix
 from mlesam_core.data.image_io import read_image
 from mlesam_core.sensors.depth import DEPTH_PNG_SCALE
 from mlesam_ros.bag_io import read_bag
-from mlesam_ros.dataset_to_bag import CUSTOM_DATA_KEY, main as dataset_to_bag_main
+from mlesam_ros.dataset_to_bag import CUSTOM_DATA_KEY
+from mlesam_ros.dataset_to_bag import main as dataset_to_bag_main
 from mlesam_ros.image_conversion import image_msg_to_array
 from mlesam_ros.messages import stamp_to_ns
 from mlesam_ros.params import load_segment_config

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 from rosbags.image import image_to_cvimage
 
-from mlesam_ros.image_conversion import (ImageConversionError, array_to_image_fields, depth_to_metres,
-                                         image_msg_to_array, to_rgb8)
+from mlesam_ros.image_conversion import (
+    ImageConversionError,
+    array_to_image_fields,
+    depth_to_metres,
+    image_msg_to_array,
+    to_rgb8,
+)
 
 # encoding -> (dtype, channels)
 ENCODINGS = {

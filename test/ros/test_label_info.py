@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from mlesam_core.data.classes import DELIVER
 from mlesam_ros.messages import MessageKit

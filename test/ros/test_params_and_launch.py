@@ -30,7 +30,7 @@ def setup_py():
     constants = {node.targets[0].id: node.value.value for node in tree.body
                  if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
     scripts = [s.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
-               for key, value in zip(node.keys, node.values)
+               for key, value in zip(node.keys, node.values, strict=True)
                if isinstance(key, ast.Constant) and key.value == "console_scripts" for s in value.elts]
     return constants, dict(s.replace(" ", "").split("=") for s in scripts)
 

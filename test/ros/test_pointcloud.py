@@ -5,8 +5,12 @@ import pytest
 
 from mlesam_core.sensors import lidar_image_to_uint8, project_points
 from mlesam_ros.params import LIDAR_TO_OPTICAL
-from mlesam_ros.pointcloud import (PointCloudError, array_to_pointcloud_fields, pointcloud_to_array,
-                                   pointcloud_to_lidar_image)
+from mlesam_ros.pointcloud import (
+    PointCloudError,
+    array_to_pointcloud_fields,
+    pointcloud_to_array,
+    pointcloud_to_lidar_image,
+)
 
 K = np.array([[32.0, 0, 32.0], [0, 32.0, 24.0], [0, 0, 1]])
 CAM_FROM_LIDAR = np.asarray(LIDAR_TO_OPTICAL).reshape(4, 4)

@@ -12,10 +12,9 @@ from training.checkpoint import atomic_path, load_checkpoint, rng_state, set_rng
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "last.pt"
     target.write_bytes(b"previous")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half a checkp")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a checkp")
+        raise RuntimeError("disk full")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     with atomic_path(target) as tmp:

@@ -93,7 +93,7 @@ def test_batched_evaluation_predicts_what_the_segmenter_predicts(synthetic_deliv
                                                                                               modalities))
     loader = DataLoader([dataset[i] for i in range(3)], batch_size=3, collate_fn=ModalityCollate(modalities))
     result = evaluate(segmenter, loader, modalities, [str(i) for i in range(25)], max_examples=3, progress=False)
-    for sample, example in zip(samples, result.examples):
+    for sample, example in zip(samples, result.examples, strict=True):
         expected = segmenter.predict(sample["images"]).labels
         assert (example.prediction == expected).mean() > 0.999  # batched vs single: float rounding only
     labelled = sum(int((s["label"] != 255).sum()) for s in samples)

@@ -13,11 +13,18 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
 
-from mlesam_core.data.deliver import (CASES, CONDITIONS, SPLITS, deliver_camera_matrix, deliver_path,
-                                      encode_deliver_label)
+from mlesam_core.data.deliver import (
+    CASES,
+    CONDITIONS,
+    SPLITS,
+    deliver_camera_matrix,
+    deliver_path,
+    encode_deliver_label,
+)
 from mlesam_core.data.image_io import write_image
 from mlesam_core.data.synthetic.allocator import keep_freed_memory
 from mlesam_core.data.synthetic.atmosphere import apply_fog, rain_streaks

@@ -383,7 +383,7 @@ def sample_scene(rng: np.random.Generator, depth_of_view: float = 160.0) -> Scen
             if rng.random() < 0.5:
                 build.tree(front + side * rng.uniform(2.0, 6.0), rng.uniform(z0, z1))
         # furniture on the sidewalk
-        for z0, z1 in _segments(rng, rng.uniform(2, 15), z_far - 5, 18.0, 35.0):
+        for z0, _ in _segments(rng, rng.uniform(2, 15), z_far - 5, 18.0, 35.0):
             if open_at(z0 - 1, z0 + 1):
                 build.street_lamp(side, curb + side * 0.5, z0)
         if rng.random() < 0.6:

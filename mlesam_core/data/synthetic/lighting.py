@@ -37,7 +37,7 @@ def _silhouette_points(p: Primitive) -> np.ndarray:
 def _clip_near(polygon: np.ndarray, z_min: float) -> np.ndarray:
     """Clip a polygon of (x, z) points to z >= z_min (Sutherland-Hodgman against one plane)."""
     out = []
-    for a, b in zip(polygon, np.roll(polygon, -1, axis=0)):
+    for a, b in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
         a_in, b_in = a[1] >= z_min, b[1] >= z_min
         if a_in:
             out.append(a)

@@ -152,10 +152,7 @@ _HIT = {Shape.BOX: _hit_box, Shape.CYLINDER: _hit_cylinder, Shape.SPHERE: _hit_s
 def _fence_mask(primitive: Primitive, ox, oy, oz, ray_x, ray_y, t) -> np.ndarray:
     """Which hits on a fence's bounding box land on wire, posts or rails (the rest is seen through)."""
     x0, x1, y0, y1, z0, z1 = primitive.bounds
-    if (z1 - z0) >= (x1 - x0):
-        along = oz + t - z0
-    else:
-        along = ox + t * ray_x[None, None, :] - x0
+    along = oz + t - z0 if z1 - z0 >= x1 - x0 else ox + t * ray_x[None, None, :] - x0
     height = y1 - (oy + t * ray_y[None, :, None])
     spacing = primitive.params[0]
     wire = ((along / spacing) % 1.0 < 0.25) | ((height / spacing) % 1.0 < 0.25)
