@@ -24,6 +24,15 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def message_type(msg: Any) -> str:
+    """The 'pkg/msg/Type' name of an rclpy or rosbags message."""
+    name = getattr(msg, "__msgtype__", None)  # rosbags dataclasses
+    if name:
+        return str(name)
+    cls = type(msg)  # rclpy: class Type in module pkg.msg._type
+    return f"{cls.__module__.split('.')[0]}/msg/{cls.__name__}"
+
+
 def header_seconds(msg: Any) -> float:
     """A message's header stamp in seconds (float)."""
     return stamp_to_ns(msg.header.stamp) / 1e9
@@ -72,6 +81,11 @@ class MessageKit:
         """sensor_msgs/Image from raw fields (for deliberately malformed test data)."""
         fields["data"] = self._as_uint8(bytes(fields["data"]))
         return self.resolve("sensor_msgs/msg/Image")(header=header, **fields)
+
+    def compressed_image(self, fmt: str, data: bytes, header: Any) -> Any:
+        """sensor_msgs/CompressedImage with `format` and encoded `data`."""
+        return self.resolve("sensor_msgs/msg/CompressedImage")(header=header, format=fmt,
+                                                               data=self._as_uint8(bytes(data)))
 
     def pointcloud(self, points: np.ndarray, header: Any) -> Any:
         """sensor_msgs/PointCloud2 of a structured array (unorganised)."""
@@ -130,4 +144,4 @@ def diagnostic_level(status: Any) -> int:
     return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
 
 
-__all__ = ["MessageKit", "stamp_to_ns", "header_seconds", "diagnostic_level"]
+__all__ = ["MessageKit", "message_type", "stamp_to_ns", "header_seconds", "diagnostic_level"]

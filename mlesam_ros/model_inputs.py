@@ -1,12 +1,13 @@
 """Sensor messages -> the model's input image of each modality (uint8, or float32 on the 0-255 scale).
 
-Colour cameras give RGB; depth (16UC1 mm / 32FC1 m) becomes HHA or a depth image with the shared
-`mlesam_core.sensors` encodings (a 3-channel 8-bit depth message is taken as already encoded); event frames
-give their two count channels (positive, negative); LiDAR arrives as a projected image (8-bit, already
-encoded, or 32FC3 range/intensity/height) or as a PointCloud2 projected with the camera model. Images with one
-or two channels stay that way: the Segmenter maps them to three (`to_three_channels`: repeated / zero third
-channel) on the model's device, so the host makes no 3-channel copy. Every problem raises `InputError` naming it;
-the pipeline then treats that modality as absent for the frame.
+Every image input may be a sensor_msgs/Image or a CompressedImage (image_transport's compressed or
+compressedDepth, `mlesam_ros.compressed`). Colour cameras give RGB; depth (16UC1 mm / 32FC1 m) becomes HHA or
+a depth image with the shared `mlesam_core.sensors` encodings (a 3-channel 8-bit depth message is taken as
+already encoded); event frames give their two count channels (positive, negative); LiDAR arrives as a projected
+image (8-bit, already encoded, or 32FC3 range/intensity/height) or as a PointCloud2 projected with the camera
+model. Images with one or two channels stay that way: the Segmenter maps them to three (`to_three_channels`:
+repeated / zero third channel) on the model's device, so the host makes no 3-channel copy. Every problem raises
+`InputError` naming it; the pipeline then treats that modality as absent for the frame.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlesam_core.sensors import (
     depth_to_image,
     lidar_image_to_uint8,
 )
+from mlesam_ros.compressed import compressed_to_array
 from mlesam_ros.image_conversion import (
     ImageConversionError,
     depth_to_metres,
@@ -33,7 +35,8 @@ from mlesam_ros.image_conversion import (
     image_msg_to_array,
     to_rgb8,
 )
-from mlesam_ros.params import SegmentConfig
+from mlesam_ros.messages import message_type
+from mlesam_ros.params import COMPRESSED_TYPE, POINTCLOUD_TYPE, SegmentConfig
 from mlesam_ros.pointcloud import PointCloudError, pointcloud_to_lidar_image
 
 ModelImage = np.ndarray | torch.Tensor  # what Segmenter.predict takes per modality
@@ -73,59 +76,65 @@ class InputDecoder:
         self.on_device = torch.device(config.model.device).type != "cpu"  # HHA on the model's device
         # on a CPU with `model.compile`: the compiled torch HHA (3.3-3.9x faster than numpy), else numpy
         self.cpu_hha = CompiledHHA() if config.model.compile and not self.on_device else depth_to_hha
-        self._decoders: dict[str, Callable[[Any, tuple[int, int]], ModelImage]] = {
+        self._decoders: dict[str, Callable[[np.ndarray, str], ModelImage]] = {
             "depth": self._depth, "event": self._event, "lidar": self._lidar}
 
     def set_camera_info(self, msg: Any) -> None:
         """Take the newest CameraInfo (intrinsics for HHA and LiDAR projection; expected size)."""
         self.camera_info = camera_model_from_info(msg)
 
-    def reference_size(self, driver_message: Any) -> tuple[int, int]:
-        """Expected (H, W) of every input: the image_size parameter, else camera_info, else the driver's."""
+    def reference_size(self) -> tuple[int, int] | None:
+        """Expected (H, W) of every input: the image_size parameter, else camera_info; None: the pipeline takes
+        the driving sensor's decoded size."""
         if self.config.camera.image_size:
             return tuple(self.config.camera.image_size)
         if self.camera_info is not None:
             return self.camera_info.size
-        return int(driver_message.height), int(driver_message.width)
+        return None
 
     def intrinsics(self) -> np.ndarray:
         """K from the `camera.intrinsics` parameter or the newest camera_info."""
         if self.fixed_k is not None:
             return self.fixed_k
         if self.camera_info is None:
-            raise InputError(f"no camera intrinsics yet (nothing on {self.config.camera.info_topic} "
+            raise InputError(f"no camera intrinsics yet (nothing on {self.config.camera_info_topic} "
                              f"and camera.intrinsics is empty)")
         return self.camera_info.k
 
-    def decode(self, modality: str, msg: Any, size: tuple[int, int]) -> ModelImage:
+    def decode(self, modality: str, msg: Any, size: tuple[int, int] | None) -> ModelImage:
         """The model image of `modality` from its message, as `Segmenter.predict` takes it: HxW or HxWxC
         (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; a numpy array, or for HHA with
-        the model on a GPU a tensor there; `size` is the expected (H, W)."""
+        the model on a GPU a tensor there; `size` is the expected (H, W) (None: not checked)."""
         try:
-            image = self._decoders.get(modality, self._color)(msg, size)
+            if modality == "lidar" and message_type(msg) == POINTCLOUD_TYPE:
+                if size is None:
+                    raise InputError("a PointCloud2 needs the image size (camera_info, camera.image_size or a "
+                                     "decodable driving image)")
+                image = pointcloud_to_lidar_image(msg, self.cam_from_lidar, self.intrinsics(), size)
+            else:
+                array, encoding = message_array(msg)
+                image = self._decoders.get(modality, self._color)(array, encoding)
         except (ImageConversionError, PointCloudError) as exc:
             raise InputError(str(exc)) from None
-        if image.shape[:2] != tuple(size):
+        if size is not None and image.shape[:2] != tuple(size):
             raise InputError(f"size {image.shape[1]}x{image.shape[0]} does not match the expected "
                              f"{size[1]}x{size[0]}")
         return image
 
-    def _color(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
-        info = encoding_info(msg.encoding)
-        array = image_msg_to_array(msg)
+    def _color(self, array: np.ndarray, encoding: str) -> np.ndarray:
+        info = encoding_info(encoding)
         if info.order is None and info.dtype.kind == "f":
             array = array.astype(np.float32, copy=False)  # generic float data on the 0-255 scale
             return array[:, :, :3] if array.ndim == 3 else array  # alpha dropped
         if info.order is None and info.channels == 2:
-            return _to_uint8(array, msg.encoding)  # generic 2-channel (e.g. AoLP sin/cos)
-        return to_rgb8(array, msg.encoding)
+            return _to_uint8(array, encoding)  # generic 2-channel (e.g. AoLP sin/cos)
+        return to_rgb8(array, encoding)
 
-    def _depth(self, msg: Any, size: tuple[int, int]) -> ModelImage:
-        info = encoding_info(msg.encoding)
-        array = image_msg_to_array(msg)
+    def _depth(self, array: np.ndarray, encoding: str) -> ModelImage:
+        info = encoding_info(encoding)
         if info.channels == 3 and info.dtype == np.uint8:
             return array  # already encoded (HHA or depth image)
-        metres = depth_to_metres(array, msg.encoding)
+        metres = depth_to_metres(array, encoding)
         valid = float(np.isfinite(metres).mean())
         if valid < self.config.depth.min_valid_fraction:
             raise InputError(f"only {valid:.1%} of depth pixels are valid (NaN/Inf/0 elsewhere); "
@@ -136,26 +145,30 @@ class InputDecoder:
             return depth_to_hha_on(metres, self.intrinsics(), self.config.model.device, self.depth_encoding)
         return self.cpu_hha(metres, self.intrinsics(), self.depth_encoding)
 
-    def _event(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
-        info = encoding_info(msg.encoding)
+    def _event(self, array: np.ndarray, encoding: str) -> np.ndarray:
+        info = encoding_info(encoding)
         if info.channels not in (2, 3) or info.dtype not in (np.uint8, np.uint16):
             raise InputError(f"an event frame needs 2 or 3 channels of 8/16-bit counts (positive, negative), "
-                             f"got {msg.encoding}")
+                             f"got {encoding}")
         # the counts of both polarities; the third channel of an event frame is 0 by convention (the Segmenter
         # adds it), so a third channel in the message is dropped (a view, no copy)
-        return _to_uint8(image_msg_to_array(msg), msg.encoding, saturate=True)[:, :, :2]
+        return _to_uint8(array, encoding, saturate=True)[:, :, :2]
 
-    def _lidar(self, msg: Any, size: tuple[int, int]) -> np.ndarray:
-        if hasattr(msg, "fields"):  # sensor_msgs/PointCloud2
-            return pointcloud_to_lidar_image(msg, self.cam_from_lidar, self.intrinsics(), size)
-        info = encoding_info(msg.encoding)
-        array = image_msg_to_array(msg)
+    def _lidar(self, array: np.ndarray, encoding: str) -> np.ndarray:
+        info = encoding_info(encoding)
         if info.channels == 3 and info.dtype == np.uint8:
             return array  # already encoded (range, intensity, height)
         if info.channels == 3 and info.dtype.kind == "f":
             return lidar_image_to_uint8(np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0))
         raise InputError(f"a LiDAR image needs 3 channels (8-bit encoded or 32FC3 range/intensity/height), "
-                         f"got {msg.encoding}")
+                         f"got {encoding}")
+
+
+def message_array(msg: Any) -> tuple[np.ndarray, str]:
+    """(array, encoding of the array) of a sensor_msgs/Image or CompressedImage (compressed or compressedDepth)."""
+    if message_type(msg) == COMPRESSED_TYPE:
+        return compressed_to_array(msg)
+    return image_msg_to_array(msg), str(msg.encoding)
 
 
 def _to_uint8(array: np.ndarray, encoding: str, saturate: bool = False) -> np.ndarray:
@@ -169,4 +182,4 @@ def _to_uint8(array: np.ndarray, encoding: str, saturate: bool = False) -> np.nd
     raise InputError(f"expected 8- or 16-bit unsigned data, got {encoding}")
 
 
-__all__ = ["InputError", "CameraModel", "camera_model_from_info", "InputDecoder"]
+__all__ = ["InputError", "CameraModel", "camera_model_from_info", "InputDecoder", "message_array"]

@@ -26,7 +26,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import String
 
 from mlesam_core.config_io import ConfigError, from_dict
@@ -144,10 +144,17 @@ class SegmentationNode(Node):
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos.output_depth,
                                 reliability=_RELIABILITY[config.qos.output_reliability])
         for sensor in config.modalities:
-            msg_type = PointCloud2 if sensor == "lidar" and config.lidar.input == "points" else Image
-            self.create_subscription(msg_type, config.input_topic(sensor),
-                                     lambda msg, s=sensor: self._on_message(s, msg), sensor_qos)
-        self.create_subscription(CameraInfo, config.camera.info_topic, self.pipeline.set_camera_info, sensor_qos)
+            type_name, topic = config.input_type(sensor), config.input_topic(sensor)
+            try:
+                msg_type = self.kit.resolve(type_name)
+            except (ImportError, AttributeError) as exc:  # e.g. event_camera_msgs not installed on this machine
+                self.get_logger().error(f"{sensor}: cannot subscribe to {topic}: message type {type_name} is not "
+                                        f"importable ({exc}); {sensor} stays absent (install its message package, "
+                                        f"or set sensors.{sensor}.type)")
+                continue
+            self.get_logger().info(f"{sensor}: {topic} ({type_name})")
+            self.create_subscription(msg_type, topic, lambda msg, s=sensor: self._on_message(s, msg), sensor_qos)
+        self.create_subscription(CameraInfo, config.camera_info_topic, self.pipeline.set_camera_info, sensor_qos)
         self.publishers_by_output = {
             name: self.create_publisher(self.kit.resolve(OUTPUT_TYPES[name]), OUTPUT_TOPICS[name], output_qos)
             for name in enabled_outputs(config.outputs)}

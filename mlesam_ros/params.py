@@ -60,11 +60,37 @@ class ModelParams:
         check(self.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {self.cpu_threads}")
 
 
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+POINTCLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
+EVENT_PACKET_TYPE = "event_camera_msgs/msg/EventPacket"
+# message types each modality accepts besides Image and CompressedImage (every modality takes those two)
+EXTRA_INPUT_TYPES = {"lidar": (POINTCLOUD_TYPE,), "event": (EVENT_PACKET_TYPE,)}
+# image_transport's transport topics (`<base>/<transport>`): their suffix names the CompressedImage transports
+COMPRESSED_TRANSPORTS = ("compressed", "compressedDepth")
+
+
 @dataclass
 class SensorConfig(SensorTiming):
-    """One input sensor: its topic and synchronisation timing."""
+    """One input sensor: its topic, message type and synchronisation timing."""
 
-    topic: str = _doc("", "input topic; empty = the modality's default topic")
+    topic: str = _doc("", "input topic (may be an image_transport topic such as /camera/image_raw/compressed); "
+                          "empty = the modality's default topic")
+    type: str = _doc("", f"message type on the topic: {IMAGE_TYPE}, {COMPRESSED_TYPE} (image_transport compressed "
+                         f"or compressedDepth), {POINTCLOUD_TYPE} (lidar) or {EVENT_PACKET_TYPE} (event); empty = "
+                         f"from the topic (.../compressed, .../compressedDepth: CompressedImage), else Image "
+                         f"(lidar: as lidar.input says)")
+
+
+def accepted_types(sensor: str) -> tuple[str, ...]:
+    """The message types the pipeline decodes for `sensor`."""
+    return (IMAGE_TYPE, COMPRESSED_TYPE, *EXTRA_INPUT_TYPES.get(sensor, ()))
+
+
+def image_transport_base(topic: str) -> str:
+    """The image topic of an image_transport topic (`/camera/image_raw/compressed` -> `/camera/image_raw`)."""
+    base, _, last = topic.rstrip("/").rpartition("/")
+    return base if last in COMPRESSED_TRANSPORTS and base else topic
 
 
 @dataclass
@@ -109,7 +135,9 @@ class LidarParams:
 class CameraParams:
     """Camera model used for HHA depth and LiDAR projection, and the expected image size."""
 
-    info_topic: str = _doc("/camera/camera_info", "CameraInfo of the primary camera (depth registered to it)")
+    info_topic: str = _doc("", "CameraInfo of the primary camera (depth registered to it); empty = image_transport's "
+                               "convention, camera_info next to the primary's image topic (/camera/image_raw and "
+                               "/camera/image_raw/compressed: /camera/camera_info)")
     intrinsics: tuple[float, ...] = _doc((), "3x3 K row-major; empty = from camera_info")
     image_size: tuple[int, ...] = _doc((), "expected [H, W] of every input; empty = camera_info, else driver's")
 
@@ -173,6 +201,9 @@ class SegmentConfig:
             sensor = self.sensors.setdefault(name, SensorConfig())
             if not sensor.topic:
                 sensor.topic = get_modality(name).topic
+            check(not sensor.type or sensor.type in accepted_types(name), f"sensors.{name}.type",
+                  f"{sensor.type!r} is not a message type the {name} input takes (one of: "
+                  f"{', '.join(accepted_types(name))}; empty = from the topic)")
 
     @property
     def priority(self) -> tuple[str, ...]:
@@ -181,9 +212,28 @@ class SegmentConfig:
 
     def input_topic(self, sensor: str) -> str:
         """The topic a sensor's messages come from (the PointCloud2 topic for LiDAR points)."""
-        if sensor == "lidar" and self.lidar.input == "points":
+        if sensor == "lidar" and self.lidar.input == "points" and not self.sensors[sensor].type:
             return self.lidar.points_topic
         return self.sensors[sensor].topic
+
+    def input_type(self, sensor: str) -> str:
+        """The message type the node subscribes with for `sensor`: `sensors.<sensor>.type`, else from the topic."""
+        configured = self.sensors[sensor].type
+        if configured:
+            return configured
+        if sensor == "lidar" and self.lidar.input == "points":
+            return POINTCLOUD_TYPE
+        topic = self.input_topic(sensor)
+        return COMPRESSED_TYPE if image_transport_base(topic) != topic else IMAGE_TYPE
+
+    @property
+    def camera_info_topic(self) -> str:
+        """`camera.info_topic`, else camera_info beside the primary's image topic (image_transport's layout)."""
+        if self.camera.info_topic:
+            return self.camera.info_topic
+        image_topic = image_transport_base(self.input_topic(self.primary))
+        namespace = image_topic.rstrip("/").rpartition("/")[0]
+        return f"{namespace}/camera_info"
 
 
 def resolve_path(path: str, bases: Sequence[Path] = ()) -> Path:
@@ -240,6 +290,7 @@ def nest(flat: dict[str, Any]) -> dict:
     return nested
 
 
-__all__ = ["NODE_NAME", "LIDAR_TO_OPTICAL", "ModelParams", "SensorConfig", "SyncParams", "DepthParams",
+__all__ = ["NODE_NAME", "LIDAR_TO_OPTICAL", "IMAGE_TYPE", "COMPRESSED_TYPE", "POINTCLOUD_TYPE", "EVENT_PACKET_TYPE",
+           "accepted_types", "image_transport_base", "ModelParams", "SensorConfig", "SyncParams", "DepthParams",
            "LidarParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig", "resolve_path",
            "parameters_section", "load_segment_config", "iter_parameters", "nest"]

@@ -112,7 +112,7 @@ class SegmentationPipeline:
         try:
             self.decoder.set_camera_info(msg)
         except InputError as exc:
-            self.problems.warn(("camera_info", "k"), f"{self.config.camera.info_topic}: {exc}", self.clock())
+            self.problems.warn(("camera_info", "k"), f"{self.config.camera_info_topic}: {exc}", self.clock())
 
     def tick(self, now: float | None = None) -> list[SyncedFrame]:
         """Frames that waited long enough on the arrival clock (call periodically when live)."""
@@ -125,15 +125,17 @@ class SegmentationPipeline:
     def process(self, frame: SyncedFrame, now: float | None = None) -> FrameResult:
         """Decode the frame's messages, run the model on the present modalities, record health."""
         now = self.clock() if now is None else now
-        size = self.decoder.reference_size(frame.messages[frame.driver])
+        size = self.decoder.reference_size()
         status = dict(frame.status)
         images, errors = {}, {}
-        for sensor in self.config.modalities:
+        # the driver first: without camera_info or camera.image_size its decoded size is what the others must match
+        for sensor in (frame.driver, *(m for m in self.config.modalities if m != frame.driver)):
             msg = frame.messages.get(sensor)
             if msg is None:
                 continue
             try:
                 images[sensor] = self.decoder.decode(sensor, msg, size)
+                size = size or tuple(images[sensor].shape[:2])
             except InputError as exc:
                 status[sensor], errors[sensor] = "invalid", str(exc)
                 self._problem(sensor, "input", str(exc), now)
@@ -141,6 +143,7 @@ class SegmentationPipeline:
                 status[sensor], errors[sensor] = "invalid", f"decoding failed: {type(exc).__name__}: {exc}"
                 self._problem(sensor, "decode", errors[sensor], now)
                 self.problems.logger.debug("decoding %s failed on frame %.3f", sensor, frame.stamp, exc_info=True)
+        images = {m: images[m] for m in self.config.modalities if m in images}  # the configured order
         self.health.frame(status, frame.driver)
         result = FrameResult(stamp=frame.stamp, header=frame.messages[frame.driver].header, driver=frame.driver,
                              status=status, used=tuple(images), errors=errors)

@@ -69,7 +69,7 @@ class Replay:
     @property
     def topics(self) -> set[str]:
         """Topics read from the input bag."""
-        return {*self.sensor_of_topic, self.config.camera.info_topic, GROUND_TRUTH_TOPIC}
+        return {*self.sensor_of_topic, self.config.camera_info_topic, GROUND_TRUTH_TOPIC}
 
     def feed(self, topic: str, log_ns: int, msg: Any) -> None:
         """Take one input message logged at `log_ns`.
@@ -82,7 +82,7 @@ class Replay:
         for frame in ready:
             self.process(frame)
         self.messages_in[topic] = self.messages_in.get(topic, 0) + 1
-        if topic == self.config.camera.info_topic:
+        if topic == self.config.camera_info_topic:
             self.pipeline.set_camera_info(msg)
         elif topic == GROUND_TRUTH_TOPIC:
             self.ground_truth[stamp_to_ns(msg.header.stamp)] = image_msg_to_array(msg)
