@@ -80,20 +80,22 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
 def array_to_image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
     """Image message fields (height, width, encoding, is_bigendian, step, data bytes) for `array`.
 
-    Like cv_bridge's cv2_to_imgmsg: the array's dtype and channel count must match the encoding.
+    Like cv_bridge's cv2_to_imgmsg: the array's element type (in either byte order) and channel count must match
+    the encoding; the data keeps the array's byte order and `is_bigendian` says which it is (a big-endian array
+    gives a big-endian message, as in cv_bridge's test_endianness).
     """
     info = encoding_info(encoding)
     array = np.asarray(array)
     channels = 1 if array.ndim == 2 else (array.shape[2] if array.ndim == 3 else -1)
-    if channels != info.channels or array.dtype != info.dtype:
+    if channels != info.channels or array.dtype.newbyteorder("=") != info.dtype:
         raise ImageConversionError(
             f"encoding {encoding} needs {info.channels}-channel {info.dtype} data, got {array.dtype} "
             f"with shape {tuple(array.shape)}")
     height, width = array.shape[:2]
-    data = np.ascontiguousarray(array.astype(info.dtype.newbyteorder("="), copy=False)).tobytes()
-    return {"height": height, "width": width, "encoding": encoding,
-            "is_bigendian": int(sys.byteorder == "big"), "step": width * info.channels * info.dtype.itemsize,
-            "data": data}
+    order = array.dtype.byteorder
+    big_endian = order == ">" or (order in ("=", "|") and sys.byteorder == "big")
+    return {"height": height, "width": width, "encoding": encoding, "is_bigendian": int(big_endian),
+            "step": width * info.channels * info.dtype.itemsize, "data": np.ascontiguousarray(array).tobytes()}
 
 
 def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:

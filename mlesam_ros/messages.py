@@ -17,6 +17,7 @@ import numpy as np
 from mlesam_ros.health import DiagnosticEntry
 from mlesam_ros.image_conversion import array_to_image_fields
 from mlesam_ros.pointcloud import array_to_pointcloud_fields
+from mlesam_ros.transforms import rotation_quaternion
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -94,6 +95,21 @@ class MessageKit:
         fields["fields"] = [field_cls(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields["fields"]]
         fields["data"] = self._as_uint8(fields["data"])
         return self.resolve("sensor_msgs/msg/PointCloud2")(header=header, **fields)
+
+    def tf_message(self, transforms: Sequence[tuple[str, str, np.ndarray]], stamp_ns: int = 0) -> Any:
+        """tf2_msgs/TFMessage of (parent frame, child frame, 4x4 parent <- child) transforms."""
+        vector = self.resolve("geometry_msgs/msg/Vector3")
+        quaternion = self.resolve("geometry_msgs/msg/Quaternion")
+        stamped = []
+        for parent, child, matrix in transforms:
+            matrix = np.asarray(matrix, dtype=np.float64)
+            x, y, z, w = rotation_quaternion(matrix[:3, :3])
+            transform = self.resolve("geometry_msgs/msg/Transform")(
+                translation=vector(x=float(matrix[0, 3]), y=float(matrix[1, 3]), z=float(matrix[2, 3])),
+                rotation=quaternion(x=x, y=y, z=z, w=w))
+            stamped.append(self.resolve("geometry_msgs/msg/TransformStamped")(
+                header=self.header(stamp_ns, parent), child_frame_id=child, transform=transform))
+        return self.resolve("tf2_msgs/msg/TFMessage")(transforms=stamped)
 
     def camera_info(self, k: np.ndarray, size: tuple[int, int], header: Any) -> Any:
         """sensor_msgs/CameraInfo of a distortion-free pinhole camera with intrinsics `k` and size (H, W)."""

@@ -12,6 +12,7 @@ repeated / zero third channel) on the model's device, so the host makes no 3-cha
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ from mlesam_ros.image_conversion import (
 from mlesam_ros.messages import message_type
 from mlesam_ros.params import COMPRESSED_TYPE, POINTCLOUD_TYPE, SegmentConfig
 from mlesam_ros.pointcloud import PointCloudError, pointcloud_to_lidar_image
+from mlesam_ros.transforms import TransformLookup, TransformTree
+
+logger = logging.getLogger(__name__)
 
 ModelImage = np.ndarray | torch.Tensor  # what Segmenter.predict takes per modality
 
@@ -48,10 +52,13 @@ class InputError(ValueError):
 
 @dataclass
 class CameraModel:
-    """Intrinsics K (3x3) and the image size (H, W) they belong to."""
+    """Intrinsics K (3x3), the projection P (3x4, rectified; None when camera_info leaves it 0), the image size
+    (H, W) they belong to and the camera's frame."""
 
     k: np.ndarray
     size: tuple[int, int]
+    p: np.ndarray | None = None
+    frame_id: str = ""
 
 
 def camera_model_from_info(msg: Any) -> CameraModel:
@@ -59,7 +66,9 @@ def camera_model_from_info(msg: Any) -> CameraModel:
     k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
         raise InputError(f"camera_info: K is not a valid camera matrix: {k.reshape(-1).tolist()}")
-    return CameraModel(k, (int(msg.height), int(msg.width)))
+    p = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+    usable_p = bool(np.isfinite(p).all() and p[0, 0] > 0 and p[1, 1] > 0)
+    return CameraModel(k, (int(msg.height), int(msg.width)), p if usable_p else None, str(msg.header.frame_id))
 
 
 class InputDecoder:
@@ -73,6 +82,10 @@ class InputDecoder:
         fixed_k = config.camera.intrinsics
         self.fixed_k = np.asarray(fixed_k, dtype=np.float64).reshape(3, 3) if fixed_k else None
         self.camera_info: CameraModel | None = None
+        # camera <- LiDAR: from these transforms (/tf_static) when any are known, else lidar.cam_from_lidar
+        self.transforms: TransformLookup = TransformTree()
+        self.primary_frame = ""  # the primary's header frame_id, the camera frame when camera_info names none
+        self._extrinsic_source = ""
         self.on_device = torch.device(config.model.device).type != "cpu"  # HHA on the model's device
         # on a CPU with `model.compile`: the compiled torch HHA (3.3-3.9x faster than numpy), else numpy
         self.cpu_hha = CompiledHHA() if config.model.compile and not self.on_device else depth_to_hha
@@ -101,6 +114,35 @@ class InputDecoder:
                              f"and camera.intrinsics is empty)")
         return self.camera_info.k
 
+    def projection(self) -> np.ndarray:
+        """What projects camera points to pixels: P of camera_info (rectified, as image_geometry's
+        project3dToPixel) when it has one, else K."""
+        if self.fixed_k is None and self.camera_info is not None and self.camera_info.p is not None:
+            return self.camera_info.p
+        return self.intrinsics()
+
+    def lidar_extrinsic(self, cloud_frame: str) -> np.ndarray:
+        """camera <- LiDAR for a cloud in `cloud_frame`: from the transforms when any are known (a cloud frame
+        they do not connect to the camera is then an error), else the lidar.cam_from_lidar parameter. Logs the
+        source whenever it changes."""
+        if self.transforms.available():
+            camera = (self.camera_info.frame_id if self.camera_info is not None else "") or self.primary_frame
+            if not camera or not cloud_frame:
+                raise InputError(f"cannot look up camera <- LiDAR: no {'camera' if not camera else 'cloud'} frame_id "
+                                 f"(camera: camera_info or the {self.config.primary} header; cloud: its header)")
+            matrix = self.transforms.lookup(camera, cloud_frame)
+            if matrix is None:
+                known = getattr(self.transforms, "frames", None)
+                raise InputError(f"no transform {camera} <- {cloud_frame} in the transforms"
+                                 + (f" (frames: {', '.join(known)})" if known else ""))
+            source = f"transforms ({camera} <- {cloud_frame})"
+        else:
+            matrix, source = self.cam_from_lidar, "the lidar.cam_from_lidar parameter (no transforms received)"
+        if source != self._extrinsic_source:
+            logger.info("LiDAR extrinsic from %s", source)
+            self._extrinsic_source = source
+        return matrix
+
     def decode(self, modality: str, msg: Any, size: tuple[int, int] | None) -> ModelImage:
         """The model image of `modality` from its message, as `Segmenter.predict` takes it: HxW or HxWxC
         (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; a numpy array, or for HHA with
@@ -110,8 +152,11 @@ class InputDecoder:
                 if size is None:
                     raise InputError("a PointCloud2 needs the image size (camera_info, camera.image_size or a "
                                      "decodable driving image)")
-                image = pointcloud_to_lidar_image(msg, self.cam_from_lidar, self.intrinsics(), size)
+                image = pointcloud_to_lidar_image(msg, self.lidar_extrinsic(str(msg.header.frame_id)),
+                                                  self.projection(), size)
             else:
+                if modality == self.config.primary:
+                    self.primary_frame = str(msg.header.frame_id)
                 array, encoding = message_array(msg)
                 image = self._decoders.get(modality, self._color)(array, encoding)
         except (ImageConversionError, PointCloudError) as exc:

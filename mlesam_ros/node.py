@@ -26,6 +26,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import String
 
@@ -43,9 +44,10 @@ from mlesam_ros.outputs import (
     enabled_outputs,
     output_messages,
 )
-from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, nest
+from mlesam_ros.params import NODE_NAME, POINTCLOUD_TYPE, SegmentConfig, iter_parameters, nest
 from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
 from mlesam_ros.sync import SyncedFrame
+from mlesam_ros.transforms import transform_matrix
 
 FLUSH_PERIOD = 0.02  # seconds between synchroniser flushes on the node's clock
 _ARRAY_TYPES = {float: Parameter.Type.DOUBLE_ARRAY, int: Parameter.Type.INTEGER_ARRAY,
@@ -70,6 +72,26 @@ class RosLogHandler(logging.Handler):
             self.ros_logger.warning(text)
         else:
             self.ros_logger.info(text)
+
+
+class Tf2Lookup:
+    """The decoder's transform lookup (`mlesam_ros.transforms.TransformLookup`) answered by a tf2_ros Buffer."""
+
+    def __init__(self, buffer: Any) -> None:
+        """Lookups in `buffer` (filled by a tf2_ros TransformListener)."""
+        self.buffer = buffer
+
+    def available(self) -> bool:
+        """Whether tf2 knows any frame yet."""
+        return bool(self.buffer.all_frames_as_string().strip())
+
+    def lookup(self, target: str, source: str) -> Any:
+        """4x4 target <- source at the newest common time, None when tf2 cannot connect them."""
+        try:
+            stamped = self.buffer.lookup_transform(target, source, Time())
+        except Exception:  # noqa: BLE001 -- tf2's LookupException, ConnectivityException, ExtrapolationException
+            return None
+        return transform_matrix(stamped.transform.translation, stamped.transform.rotation)
 
 
 class SegmentationNode(Node):
@@ -155,6 +177,8 @@ class SegmentationNode(Node):
             self.get_logger().info(f"{sensor}: {topic} ({type_name})")
             self.create_subscription(msg_type, topic, lambda msg, s=sensor: self._on_message(s, msg), sensor_qos)
         self.create_subscription(CameraInfo, config.camera_info_topic, self.pipeline.set_camera_info, sensor_qos)
+        if "lidar" in config.modalities and config.input_type("lidar") == POINTCLOUD_TYPE:
+            self._wire_transforms()
         self.publishers_by_output = {
             name: self.create_publisher(self.kit.resolve(OUTPUT_TYPES[name]), OUTPUT_TOPICS[name], output_qos)
             for name in enabled_outputs(config.outputs)}
@@ -170,6 +194,32 @@ class SegmentationNode(Node):
         else:
             self.label_info_pub = self.create_publisher(type(label_info), LABEL_INFO_TOPIC, latched)
             self.label_info_pub.publish(label_info)
+
+    def _wire_transforms(self) -> None:
+        """camera <- LiDAR: tf2_ros where importable (/tf and /tf_static), else /tf_static into the pipeline's own
+        tree where tf2_msgs is importable, else only the lidar.cam_from_lidar parameter; the log says which."""
+        try:
+            import tf2_ros
+        except ImportError:
+            tf2_ros = None
+        if tf2_ros is not None:
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            self.pipeline.decoder.transforms = Tf2Lookup(self._tf_buffer)
+            self.get_logger().info("camera <- LiDAR from tf2_ros (/tf, /tf_static); lidar.cam_from_lidar until a "
+                                   "transform arrives")
+            return
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().warning("camera <- LiDAR from the lidar.cam_from_lidar parameter: neither tf2_ros nor "
+                                      "tf2_msgs is importable, /tf_static is not read")
+            return
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(TFMessage, "/tf_static", self.pipeline.add_transforms, latched)
+        self.get_logger().info("camera <- LiDAR from /tf_static (tf2_msgs; tf2_ros is not importable); "
+                               "lidar.cam_from_lidar until a transform arrives")
 
     def _on_message(self, sensor: str, msg: Any) -> None:
         for frame in self.pipeline.add(sensor, msg, received=time.monotonic()):

@@ -114,6 +114,14 @@ class SegmentationPipeline:
         except InputError as exc:
             self.problems.warn(("camera_info", "k"), f"{self.config.camera_info_topic}: {exc}", self.clock())
 
+    def add_transforms(self, msg: Any) -> None:
+        """Take a tf2_msgs/TFMessage of static transforms (camera <- LiDAR for point clouds); an unusable
+        transform is logged and skipped."""
+        try:
+            self.decoder.transforms.add_message(msg)
+        except ValueError as exc:
+            self.problems.warn(("tf_static", "transform"), f"/tf_static: {exc}", self.clock())
+
     def tick(self, now: float | None = None) -> list[SyncedFrame]:
         """Frames that waited long enough on the arrival clock (call periodically when live)."""
         return self.sync.tick(self.clock() if now is None else now)

@@ -1,8 +1,9 @@
 """sensor_msgs/PointCloud2 <-> numpy structured arrays, and clouds -> the projected LiDAR model image.
 
-Like sensor_msgs_py.point_cloud2 (which does not install here): fields are read at their offsets and
-datatypes, `point_step`/`row_step` padding and big-endian data are honoured. Works on rclpy and rosbags
-messages alike (only fields are read).
+With sensor_msgs_py.point_cloud2's semantics (it does not install here; `pointcloud_to_array` says where it
+differs): fields are read at their offsets and datatypes, `point_step`/`row_step` padding and big-endian data are
+honoured; the padded layouts of real drivers (Ouster, Velodyne, Livox) decode as they are. Works on rclpy and
+rosbags messages alike (only fields are read).
 """
 
 from __future__ import annotations
@@ -26,45 +27,74 @@ class PointCloudError(ValueError):
     """A PointCloud2 message cannot be decoded or projected; the message says why."""
 
 
+DUMMY_FIELD_PREFIX = "unnamed_field"  # sensor_msgs_py's name for a field whose name is ''
+
+
 def pointcloud_dtype(msg: Any) -> np.dtype:
-    """The structured dtype (names, offsets, itemsize = point_step) described by a cloud's fields."""
+    """The structured dtype (names, offsets, itemsize = point_step, wire byte order) of a cloud's fields.
+
+    Named as sensor_msgs_py's `dtype_from_fields`: a field named '' becomes `unnamed_field_<index>`, a field
+    with count > 1 becomes `<name>_0` ... `<name>_<count-1>`.
+    """
     names, formats, offsets = [], [], []
-    for field in msg.fields:
+    for index, field in enumerate(msg.fields):
         if field.datatype not in POINTFIELD_DTYPES:
             raise PointCloudError(f"field {field.name!r}: unknown PointField datatype {field.datatype}")
+        if field.count < 1:
+            raise PointCloudError(f"field {field.name!r}: count {field.count} (must be >= 1)")
         base = POINTFIELD_DTYPES[field.datatype].newbyteorder(">" if msg.is_bigendian else "<")
-        names.append(field.name)
-        formats.append(base if field.count <= 1 else np.dtype((base, (field.count,))))
-        offsets.append(field.offset)
+        name = field.name or f"{DUMMY_FIELD_PREFIX}_{index}"
+        for element in range(field.count):
+            sub_name = f"{name}_{element}" if field.count > 1 else name
+            if sub_name in names:
+                raise PointCloudError(f"field name {sub_name!r} appears twice")
+            names.append(sub_name)
+            formats.append(base)
+            offsets.append(field.offset + element * base.itemsize)
     try:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
     except ValueError as exc:
         raise PointCloudError(f"fields do not fit point_step {msg.point_step}: {exc}") from None
 
 
-def pointcloud_to_array(msg: Any, skip_nans: bool = True) -> np.ndarray:
-    """Decode a PointCloud2 to a flat native-endian structured array (one row per point).
-
-    With `skip_nans`, points whose x, y or z is not finite are dropped (as sensor_msgs_py does).
-    """
+def pointcloud_points(msg: Any) -> np.ndarray:
+    """A flat view (no copy) of a cloud's points in wire byte order, `row_step` padding skipped."""
     dtype = pointcloud_dtype(msg)
-    height, width = int(msg.height), int(msg.width)
-    row_bytes = width * int(msg.point_step)
-    if msg.row_step < row_bytes:
-        raise PointCloudError(f"row_step {msg.row_step} is shorter than {width} points of {msg.point_step} bytes")
+    height, width, point_step, row_step = int(msg.height), int(msg.width), int(msg.point_step), int(msg.row_step)
+    row_bytes = width * point_step
+    if row_step < row_bytes:
+        raise PointCloudError(f"row_step {row_step} is shorter than {width} points of {point_step} bytes")
     raw = np.frombuffer(msg.data, dtype=np.uint8)
-    if raw.size < msg.row_step * height:
-        raise PointCloudError(f"data holds {raw.size} bytes, {height} rows of row_step {msg.row_step} need "
-                              f"{msg.row_step * height}")
-    rows = raw[: msg.row_step * height].reshape(height, msg.row_step)[:, :row_bytes]
-    points = np.ascontiguousarray(rows).view(dtype).reshape(-1)
-    native = np.dtype([(name, dtype.fields[name][0].newbyteorder("=")) for name in dtype.names])
+    if raw.size < row_step * height:
+        raise PointCloudError(f"data holds {raw.size} bytes, {height} rows of row_step {row_step} need "
+                              f"{row_step * height}")
+    rows = raw[: row_step * height].reshape(height, row_step)[:, :row_bytes]
+    if row_step != row_bytes:
+        rows = np.ascontiguousarray(rows)
+    return rows.reshape(-1).view(dtype)
+
+
+def pointcloud_to_array(msg: Any, skip_nans: bool = False) -> np.ndarray:
+    """Decode a PointCloud2 to a flat native-endian structured array (one row per point), as sensor_msgs_py's
+    `read_points(cloud)` returns it.
+
+    Field names as `pointcloud_dtype` gives them. With `skip_nans` (default False, as sensor_msgs_py) and a
+    cloud whose `is_dense` is false, points with a NaN in any field are dropped (infinite values are kept; a
+    dense cloud is returned whole, trusting its flag). Unlike sensor_msgs_py, `row_step` padding is honoured, the
+    message is never byteswapped in place, and an organised cloud comes back flat (height * width points, row
+    by row).
+    """
+    points = pointcloud_points(msg)
+    native = np.dtype([(name, points.dtype.fields[name][0].newbyteorder("=")) for name in points.dtype.names])
     out = np.empty(points.shape, dtype=native)
-    for name in dtype.names:
+    for name in native.names:
         out[name] = points[name]
-    if skip_nans and all(axis in native.names for axis in "xyz"):
-        finite = np.isfinite(out["x"]) & np.isfinite(out["y"]) & np.isfinite(out["z"])
-        out = out[finite]
+    if skip_nans and not msg.is_dense:
+        keep = np.ones(out.shape, dtype=bool)
+        for name in native.names:
+            if native.fields[name][0].kind == "f":
+                keep &= ~np.isnan(out[name])
+        out = out[keep]
     return out
 
 
@@ -93,20 +123,31 @@ def _all_finite(points: np.ndarray) -> bool:
     return all(np.isfinite(points[axis]).all() for axis in "xyz" if axis in points.dtype.names)
 
 
+def pointcloud_xyz_intensity(msg: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """[N, 3] float32 x, y, z and [N] float32 intensity (None without such a field) of the points with a return:
+    non-finite coordinates (REP 117, or organised clouds' NaN padding) and the (0, 0, 0) of no-return points
+    (Ouster, Livox) are dropped. Only these four fields are read."""
+    points = pointcloud_points(msg)
+    names = points.dtype.names or ()
+    missing = [axis for axis in "xyz" if axis not in names]
+    if missing:
+        raise PointCloudError(f"point cloud has no field {missing[0]!r} (fields: {', '.join(names) or 'none'})")
+    xyz = np.stack([points[axis].astype(np.float32) for axis in "xyz"], axis=1)
+    intensity = points["intensity"].astype(np.float32) if "intensity" in names else None
+    keep = np.isfinite(xyz).all(axis=1) & xyz.any(axis=1)
+    return xyz[keep], None if intensity is None else intensity[keep]
+
+
 def pointcloud_to_lidar_image(msg: Any, cam_from_lidar: np.ndarray, projection: np.ndarray,
                               size: tuple[int, int], encoding: LidarEncoding | None = None) -> np.ndarray:
     """PointCloud2 (x, y, z[, intensity]) -> HxWx3 uint8 projected LiDAR image (range, intensity, height)."""
-    points = pointcloud_to_array(msg)
-    missing = [axis for axis in "xyz" if axis not in (points.dtype.names or ())]
-    if missing:
-        raise PointCloudError(f"point cloud has no field {missing[0]!r} (fields: {', '.join(points.dtype.names)})")
-    if points.size == 0:
-        raise PointCloudError("empty point cloud (no finite points)")
-    xyz = np.stack([points["x"], points["y"], points["z"]], axis=1)
-    intensity = points["intensity"] if "intensity" in points.dtype.names else None
+    xyz, intensity = pointcloud_xyz_intensity(msg)
+    if xyz.shape[0] == 0:
+        raise PointCloudError("empty point cloud (no point with a finite, non-zero position)")
     image = project_points(xyz, intensity, cam_from_lidar, projection, size)
     return lidar_image_to_uint8(image, encoding or LidarEncoding())
 
 
-__all__ = ["POINTFIELD_DTYPES", "PointCloudError", "pointcloud_dtype", "pointcloud_to_array",
+__all__ = ["POINTFIELD_DTYPES", "DUMMY_FIELD_PREFIX", "PointCloudError", "pointcloud_dtype", "pointcloud_points",
+           "pointcloud_to_array", "pointcloud_xyz_intensity",
            "array_to_pointcloud_fields", "pointcloud_to_lidar_image"]

@@ -41,6 +41,7 @@ from mlesam_ros.sync import SyncedFrame
 logger = logging.getLogger(__name__)
 
 GROUND_TRUTH_TOPIC = "/ground_truth/labels"
+TF_STATIC_TOPIC = "/tf_static"
 
 
 class Replay:
@@ -172,6 +173,9 @@ def replay(bag: str | Path, out: str | Path, config: SegmentConfig, segmenter: A
     start = time.perf_counter()
     with BagWriter(out / "bag", storage) as writer, (out / "frames.jsonl").open("w") as frames_file:
         run = Replay(pipeline, writer, frames_file)
+        # static transforms hold for the whole bag, wherever they were recorded: read them first
+        for _, _, msg in read_bag(bag, {TF_STATIC_TOPIC}):
+            pipeline.add_transforms(msg)
         first_ns = None
         for topic, log_ns, msg in tqdm(read_bag(bag, run.topics), total=bag_message_count(bag), unit="msg",
                                        desc=f"replay {Path(bag).name}"):

@@ -138,3 +138,17 @@ def test_encoding_an_array_checks_dtype_and_channels():
         array_to_image_fields(np.zeros((2, 2), np.uint16), "32FC1")
     with pytest.raises(ImageConversionError, match="rgb8 needs 3-channel"):
         array_to_image_fields(np.zeros((2, 2, 4), np.uint8), "rgb8")
+
+
+@pytest.mark.parametrize("encoding", ["32SC1", "16UC3", "32FC1", "mono16"])
+def test_a_big_endian_array_encodes_to_a_big_endian_message_as_in_cv_bridges_test_endianness(encoding, rosbags_kit,
+                                                                                            rclpy_kit):
+    image = random_image(encoding, seed=4)
+    big = image.astype(image.dtype.newbyteorder(">"))
+    for kit in (rosbags_kit, rclpy_kit):
+        msg = kit.image(big, encoding, header(kit))
+        assert msg.is_bigendian
+        decoded = image_msg_to_array(msg)
+        assert decoded.dtype.isnative
+        np.testing.assert_array_equal(decoded, image)
+        np.testing.assert_array_equal(image_to_cvimage(msg), image)
