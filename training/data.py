@@ -56,11 +56,14 @@ def check_data_against_model(data: DataConfig, model_config: Any) -> None:
 
 
 def build_dataset(data: DataConfig, split: str, modalities: Sequence[str], transform: Any,
-                  max_samples: int | None = None) -> Dataset:
-    """The loader of `data.format` for `split` (errors prefixed with the config key), optionally thinned."""
+                  max_samples: int | None = None, with_labels: bool | None = None) -> Dataset:
+    """The loader of `data.format` for `split` (errors prefixed with the config key), optionally thinned;
+    `with_labels=False` reads no label files (predictions on a split whose labels are withheld)."""
     import mlesam_core.data as data_sets
 
     kwargs = dict(data.options)
+    if with_labels is not None:
+        kwargs["with_labels"] = with_labels
     if data.format == "deliver":
         kwargs.update(case=data.case, depth_source=data.depth_source)
     loader = getattr(data_sets, LOADERS[data.format])

@@ -81,6 +81,9 @@ def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[Evalua
     size = (model_config.image_size, model_config.image_size)
     transform = eval_transform(size, modalities, noise=request.noise, noise_on=request.noise_on, seed=request.seed)
     dataset = build_dataset(config.data, request.split, modalities, transform, request.max_samples)
+    if not getattr(getattr(dataset, "dataset", dataset), "with_labels", True):
+        raise ConfigError(f"--split {request.split}: the {config.data.format} {request.split} split has no labels "
+                          f"(withheld for the benchmark server); --predict-only writes its predictions instead")
     loader = DataLoader(dataset, batch_size=request.batch_size, shuffle=False, num_workers=config.data.workers,
                         collate_fn=ModalityCollate(modalities), pin_memory=device.type == "cuda")
     if request.subsets == "full":

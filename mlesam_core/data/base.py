@@ -1,4 +1,10 @@
-"""What the three data set loaders share: the sample dict, file listing errors, transform hook."""
+"""What the three data set loaders share: the sample dict, file listing errors, label checks, transform hook.
+
+Labels are checked where they are read: every value must be a class id of the data set or the ignore index, else
+`LabelError` names the file and the offending values (the first sample's label when the file list is built, so a
+wrong data set fails before any work; then every sample as it is loaded). Loaders built with `with_labels=False`
+(prediction on a split whose labels are withheld) read no label file: the sample's label is all ignore.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,31 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from mlesam_core.data.classes import IGNORE_INDEX, get_class_table
 from mlesam_core.modalities import check_modalities, get_modality
 
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]  # {"images": {name: HxWx3}, "label": HxW uint8, "meta": {...}}
 Transform = Callable[[Sample], Sample]
+
+
+class LabelError(ValueError):
+    """A label file holds values that are neither class ids of its data set nor the ignore index."""
+
+
+def check_label_ids(label: np.ndarray, num_classes: int, path: str | Path, stored: str = "") -> np.ndarray:
+    """`label` itself if every value is a class id (0..num_classes-1) or IGNORE_INDEX; else LabelError naming
+    `path` and the offending values (`stored` says how the file encodes ids, for the message)."""
+    if int(label.max(initial=0)) < num_classes:  # the common case: one pass, no temporary
+        return label
+    bad = (label >= num_classes) & (label != IGNORE_INDEX)
+    if bad.any():
+        values = np.unique(label[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+        raise LabelError(f"{path}: class ids {shown} outside 0..{num_classes - 1} ({IGNORE_INDEX} = ignore) in "
+                         f"{int(bad.sum())} pixels{stored}; is this the right data set or label file?")
+    return label
 
 
 def check_root(root: str | Path, dataset: str) -> Path:
@@ -44,21 +69,51 @@ def resize_to(image: np.ndarray, size: tuple[int, int], modality: str) -> np.nda
     return resized.reshape(size[0], size[1], *image.shape[2:])
 
 
+def source_meta(source_size: tuple[int, int], region: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
+    """Where a loaded sample sits in its source image: `source_size` (H, W) of the file, `region` (top, left,
+    height, width) of the source the sample covers (the whole image unless the loader crops); a prediction of
+    the sample resized to the region and pasted there is at the source's full size."""
+    height, width = (int(v) for v in source_size)
+    return {"source_size": (height, width),
+            "region": tuple(int(v) for v in region) if region is not None else (0, 0, height, width)}
+
+
 class MultiModalDataset(Dataset):
-    """Base of the loaders: a list of sample keys, `load(index)` -> sample dict, then the optional transform."""
+    """Base of the loaders: a list of sample keys, `load(index)` -> sample dict, then the optional transform.
+
+    A loader implements `load`, `read_label(index)` (the decoded, checked label) and `prediction_path(index)` (the
+    relative path a prediction of the sample takes in its benchmark's submission layout, see `encode_prediction`).
+    """
 
     dataset = ""
 
-    def __init__(self, modalities: Sequence[str], transform: Transform | None) -> None:
+    def __init__(self, modalities: Sequence[str], transform: Transform | None, with_labels: bool = True) -> None:
         self.modalities = check_modalities(modalities, self.dataset)
         self.transform = transform
+        self.with_labels = with_labels
+        self.num_classes = get_class_table(self.dataset).num_classes
         self.items: list[Any] = []
 
     def _set_items(self, items: list[Any], tried: str) -> None:
         if not items:
             raise FileNotFoundError(f"{self.dataset}: no samples found (tried {tried})")
         self.items = items
-        log.info("%s: %d samples (%s)", self.dataset, len(items), tried)
+        log.info("%s: %d samples (%s)%s", self.dataset, len(items), tried, "" if self.with_labels else ", no labels")
+        if self.with_labels:
+            self.read_label(0)  # a wrong label encoding fails now, not in a loader worker hours later
+
+    def read_label(self, index: int) -> np.ndarray:
+        """The HxW uint8 label of sample `index` (class ids, 255 = ignore), checked against the class count."""
+        raise NotImplementedError
+
+    def prediction_path(self, index: int) -> Path:
+        """Relative path of sample `index`'s prediction file in the data set's benchmark layout."""
+        raise NotImplementedError
+
+    @staticmethod
+    def encode_prediction(labels: np.ndarray) -> np.ndarray:
+        """HxW uint8 class ids (255 where nothing was predicted) -> the array the prediction file stores."""
+        return labels
 
     def __len__(self) -> int:
         return len(self.items)

@@ -61,16 +61,15 @@ MUSES = ClassTable(
      (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
 )
 
-# MCubeS ships no colour convention of its own that the public loaders agree on; these colours are ours,
-# chosen to be distinct and to echo the street palette where a material matches (asphalt ~ road, sky ~ sky).
+# The palette of the CMNeXt code base's MCubeS loader (semseg/datasets/mcubes.py, also in MMSFormer).
 MCUBES = ClassTable(
     "mcubes",
     ("asphalt", "concrete", "metal", "road_marking", "fabric", "glass", "plaster", "plastic", "rubber", "sand",
      "gravel", "ceramic", "cobblestone", "brick", "grass", "wood", "leaf", "water", "human", "sky"),
-    ((128, 64, 128), (150, 150, 150), (70, 90, 120), (157, 234, 50), (200, 120, 180), (120, 200, 230),
-     (230, 220, 190), (250, 130, 40), (40, 40, 40), (220, 200, 120), (160, 140, 110), (240, 240, 250),
-     (120, 80, 60), (180, 70, 50), (110, 200, 60), (150, 100, 40), (40, 120, 30), (30, 60, 200), (220, 20, 60),
-     (70, 130, 180)),
+    ((44, 160, 44), (31, 119, 180), (255, 127, 14), (214, 39, 40), (140, 86, 75), (127, 127, 127),
+     (188, 189, 34), (255, 152, 150), (23, 190, 207), (174, 199, 232), (196, 156, 148), (197, 176, 213),
+     (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229), (57, 59, 121), (107, 110, 207),
+     (156, 158, 222), (99, 121, 57)),
 )
 
 CLASS_TABLES: dict[str, ClassTable] = {t.dataset: t for t in (DELIVER, MUSES, MCUBES)}

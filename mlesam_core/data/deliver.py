@@ -4,6 +4,10 @@ Layout: `<root>/{img,hha,depth,event,lidar,semantic}/<condition>/<split>/<scene>
 Files are listed by globbing the RGB images; every other path is derived by swapping the top folder and the
 `_rgb` part of the file name, exactly as the public loaders do. The procedural generator writes the same layout
 through `deliver_path`.
+
+DELIVER has no evaluation server (its test labels are public): predictions are written as the data set stores its
+labels (`semantic/<condition>/<split>/<scene>/<id>_semantic_front.png`, R = class id + 1), so that any DELIVER
+loader, ours or the public one, reads a prediction folder as it reads ground truth.
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ from typing import Literal
 
 import numpy as np
 
-from mlesam_core.data.base import MultiModalDataset, Sample, Transform, check_choice, check_root, resize_to
+from mlesam_core.data.base import (
+    MultiModalDataset,
+    Sample,
+    Transform,
+    check_choice,
+    check_label_ids,
+    check_root,
+    resize_to,
+    source_meta,
+)
+from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import to_three_channels
 from mlesam_core.sensors import depth_to_image
@@ -69,8 +83,9 @@ class DeliverDataset(MultiModalDataset):
     dataset = "deliver"
 
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str], case: str | None = None,
-                 depth_source: Literal["hha", "depth"] = "hha", transform: Transform | None = None) -> None:
-        super().__init__(modalities, transform)
+                 depth_source: Literal["hha", "depth"] = "hha", transform: Transform | None = None,
+                 with_labels: bool = True) -> None:
+        super().__init__(modalities, transform, with_labels)
         self.root = check_root(root, "DELIVER")
         self.split = check_choice(split, SPLITS, "DELIVER split")
         self.depth_source = check_choice(depth_source, ("hha", "depth"), "depth_source")
@@ -107,17 +122,36 @@ class DeliverDataset(MultiModalDataset):
             return to_three_channels(image, str(path))
         return to_three_channels(read_image(path), str(path))
 
+    def read_label(self, index: int) -> np.ndarray:
+        """The decoded label of sample `index`, checked against the 25 classes."""
+        path = self.path(index, "semantic")
+        return check_label_ids(decode_deliver_label(read_image(path)), self.num_classes, path,
+                               " (decoded from the stored R = id + 1)")
+
+    def prediction_path(self, index: int) -> Path:
+        """`semantic/<condition>/<split>/<scene>/<id>_semantic_front.png`, the label file's own relative path."""
+        return self.path(index, "semantic").relative_to(self.root)
+
+    @staticmethod
+    def encode_prediction(labels: np.ndarray) -> np.ndarray:
+        """Class ids -> the semantic PNG as DELIVER stores it (`encode_deliver_label`)."""
+        return encode_deliver_label(labels)
+
     def load(self, index: int) -> Sample:
-        """Sample `index` with every requested modality at the label's size."""
+        """Sample `index` with every requested modality at the label's size (the RGB image's without labels)."""
         relative = self.items[index]
         parts = Path(relative).parts
-        label = decode_deliver_label(read_image(self.path(index, "semantic")))
-        size = label.shape
-        images = {m: resize_to(self._read_modality(index, m), size, m) for m in self.modalities}
+        raw = {m: self._read_modality(index, m) for m in self.modalities}
+        if self.with_labels:
+            label = self.read_label(index)
+        else:
+            size = raw["rgb"].shape[:2] if "rgb" in raw else read_image(self.root / relative).shape[:2]
+            label = np.full(size, IGNORE_INDEX, np.uint8)
+        images = {m: resize_to(image, label.shape, m) for m, image in raw.items()}
         file_id = Path(relative).name.split("_rgb", 1)[0]
         meta = {"dataset": self.dataset, "split": self.split, "condition": parts[1], "case": case_of(relative),
                 "scene": parts[3], "file_id": f"{parts[1]}/{self.split}/{parts[3]}/{file_id}",
-                "path": str(self.root / relative)}
+                "path": str(self.root / relative), "labelled": self.with_labels, **source_meta(label.shape)}
         return {"images": images, "label": label, "meta": meta}
 
 

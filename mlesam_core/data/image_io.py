@@ -41,6 +41,17 @@ def read_image(path: str | Path, any_depth: bool = False, rgb_order: bool = True
     return image
 
 
+def read_image_0_255(path: str | Path) -> np.ndarray:
+    """A camera image on the 0-255 scale: 8-bit files as stored (uint8), 16-bit files as float32
+    value * 255 / 65535, i.e. the public loaders' value / 65535 once the model's normalisation divides by 255."""
+    image = read_image(path, any_depth=True)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise ValueError(f"{path}: expected an 8- or 16-bit image, got {image.dtype}")
+    return image.astype(np.float32) * np.float32(255.0 / 65535.0)
+
+
 def write_image(path: str | Path, image: np.ndarray, compression: int = 1) -> None:
     """Write an HxW or HxWx3 (RGB) uint8/uint16 array as PNG (zlib level `compression`), creating folders."""
     path = Path(path)

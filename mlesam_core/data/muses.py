@@ -6,9 +6,16 @@ Layout (MUSES SDK): `<root>/frame_camera/<split>/<weather>/<time_of_day>/<id>_fr
 `lidar/.../<id>_lidar.bin` and `event_camera/.../<id>_event_camera.h5`, and `calib.json` at the root.
 
 Projected images are looked up as `<root>/<projected_folder>/{lidar,event_camera}/<split>/<weather>/<time>/
-<id>_{lidar,event_camera}.{png,npz,npy}`: the SDK's `project_sensors_to_rgb.py` writes them under
-`projected_to_rgb/` (npz by default; png as uint16 (value + 100) * 150 for LiDAR), the default here is beside
-the raw files. The SDK writes its arrays with OpenCV, so projected PNGs are read in OpenCV's stored order.
+<id>_{lidar,event_camera}<projected_suffix>.{png,npz,npy}`. The default is what the SDK's
+`scripts/project_sensors_to_rgb.py` writes with its defaults: folder `projected_to_rgb/`, the raw file's name with
+the suffix swapped (npz by default; png as uint16 (value + 100) * 150 for LiDAR). The maintainers' CAFuser loader
+reads `<id>_lidar_projected.png` instead (`projected_suffix="_projected"`); `projected_folder=""` reads images
+stored beside the raw files. The SDK writes its arrays with OpenCV, so projected PNGs are read in OpenCV's order.
+
+MUSES withholds the test labels (its benchmark server scores predictions): the test split is read without labels
+unless `gt_semantic/test/` exists. Predictions for the server are `labelTrainIds/<sequence>_frame_<frame>.png`
+(uint8 Cityscapes trainIds at the frame's 1920x1080), zipped with the `labelTrainIds/` folder at the archive's top,
+as the MUSES maintainers specify (github.com/timbroed/MUSES issue 4; CAFuser's MUSESSemSegEvaluator writes these).
 
 Raw files, as the SDK reads them: `.bin` = float64 rows (x, y, z, intensity, ring, timestamp) in the LiDAR frame;
 `.h5` = datasets events/x, events/y, events/t (microseconds), events/p (1 positive, 0 negative) in event-camera
@@ -26,7 +33,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mlesam_core.data.base import MultiModalDataset, Sample, Transform, check_choice, check_root, resize_to
+from mlesam_core.data.base import (
+    MultiModalDataset,
+    Sample,
+    Transform,
+    check_choice,
+    check_label_ids,
+    check_root,
+    resize_to,
+    source_meta,
+)
 from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import to_three_channels
@@ -42,6 +58,9 @@ PAPER_SIZE = (1024, 1024)
 SDK_PNG_SCALE, SDK_PNG_SHIFT = 150.0, 100.0  # SDK LiDAR PNG: uint16 value = (x + shift) * scale
 SENSOR_FOLDERS = {"lidar": "lidar", "event": "event_camera"}
 PROJECTED_SUFFIXES = (".png", ".npz", ".npy")
+SDK_PROJECTED_FOLDER = "projected_to_rgb"  # project_sensors_to_rgb.py --output_folder default
+PROJECTED_NAME_SUFFIXES = ("", "_projected")  # SDK script's names; CAFuser's `<id>_lidar_projected.png`
+UNLABELLED_SPLIT = "test"  # MUSES withholds these labels
 
 
 @dataclass(frozen=True)
@@ -172,11 +191,16 @@ class MusesDataset(MultiModalDataset):
 
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str], weather: str | None = None,
                  time_of_day: str | None = None, paper_protocol: bool = False, from_raw: bool = False,
-                 projected_folder: str = "", transform: Transform | None = None) -> None:
-        super().__init__(modalities, transform)
-        self.root = check_root(root, "MUSES")
-        self.split = check_choice(split, SPLITS, "MUSES split")
+                 projected_folder: str = SDK_PROJECTED_FOLDER, projected_suffix: str = "",
+                 transform: Transform | None = None, with_labels: bool | None = None) -> None:
+        root = check_root(root, "MUSES")
+        split = check_choice(split, SPLITS, "MUSES split")
+        if with_labels is None:  # the withheld test labels, unless someone has them
+            with_labels = split != UNLABELLED_SPLIT or (root / "gt_semantic" / split).is_dir()
+        super().__init__(modalities, transform, with_labels)
+        self.root, self.split = root, split
         self.paper_protocol, self.from_raw, self.projected_folder = paper_protocol, from_raw, projected_folder
+        self.projected_suffix = check_choice(projected_suffix, PROJECTED_NAME_SUFFIXES, "MUSES projected_suffix")
         weather_glob = "*" if weather is None else check_choice(weather, WEATHERS, "MUSES weather")
         time_glob = "*" if time_of_day is None else check_choice(time_of_day, TIMES_OF_DAY, "MUSES time of day")
         pattern = f"frame_camera/{split}/{weather_glob}/{time_glob}/*_frame_camera.*"
@@ -207,35 +231,54 @@ class MusesDataset(MultiModalDataset):
     def _projected(self, index: int, modality: str) -> np.ndarray:
         weather, time_of_day, file_id = self._parts(index)
         sensor = SENSOR_FOLDERS[modality]
-        stem = self.root / self.projected_folder / sensor / self.split / weather / time_of_day / f"{file_id}_{sensor}"
+        stem = (self.root / self.projected_folder / sensor / self.split / weather / time_of_day
+                / f"{file_id}_{sensor}{self.projected_suffix}")
         candidates = [stem.with_name(stem.name + suffix) for suffix in PROJECTED_SUFFIXES]
         for candidate in candidates:
             if candidate.is_file():
                 return _read_projected(candidate, modality)
         raise FileNotFoundError(f"MUSES {modality} image not found: tried {', '.join(map(str, candidates))}")
 
+    def _frame(self, index: int) -> np.ndarray:
+        path = self.path(index, "frame")
+        return to_three_channels(read_image(path), str(path))
+
     def _modality(self, index: int, modality: str, size: tuple[int, int]) -> np.ndarray:
         if modality == "frame":
-            return to_three_channels(read_image(self.path(index, "frame")), str(self.path(index, "frame")))
+            return self._frame(index)
         if not self.from_raw:
             return self._projected(index, modality)
         if modality == "lidar":
             return project_lidar(read_lidar_bin(self.path(index, "lidar_raw")), self.calibration, size)
         return event_image_from_h5(self.path(index, "event_raw"), self.calibration, size)
 
+    def read_label(self, index: int) -> np.ndarray:
+        """The trainId label of sample `index`, checked against the 19 classes."""
+        path = self.path(index, "label")
+        label = read_image(path)
+        return check_label_ids(label[:, :, 0] if label.ndim == 3 else label, self.num_classes, path)
+
+    def prediction_path(self, index: int) -> Path:
+        """`labelTrainIds/<id>.png`: the frame's name without `_frame_camera`, as the benchmark server wants."""
+        return Path("labelTrainIds") / f"{self._parts(index)[2]}.png"
+
     def load(self, index: int) -> Sample:
         """Sample `index`; with `paper_protocol`, 1024x1024 without keeping aspect and ignore mapped to road."""
-        label_path = self.path(index, "label")
-        label = read_image(label_path)
-        label = label[:, :, 0] if label.ndim == 3 else label
-        size = label.shape
-        images = {m: resize_to(self._modality(index, m, size), size, m) for m in self.modalities}
+        label = self.read_label(index) if self.with_labels else None
+        frame = self._frame(index) if label is None or "frame" in self.modalities else None
+        size = label.shape if label is not None else frame.shape[:2]
+        if label is None:
+            label = np.full(size, IGNORE_INDEX, np.uint8)
+        images = {m: resize_to(frame if m == "frame" else self._modality(index, m, size), size, m)
+                  for m in self.modalities}
         if self.paper_protocol:
             images = {m: resize_to(img, PAPER_SIZE, m) for m, img in images.items()}
             label = cv2.resize(label, PAPER_SIZE[::-1], interpolation=cv2.INTER_NEAREST)
-            label = np.where(label == IGNORE_INDEX, 0, label).astype(np.uint8)  # the paper group's choice
+            if self.with_labels:
+                label = np.where(label == IGNORE_INDEX, 0, label).astype(np.uint8)  # the paper group's choice
         weather, time_of_day, file_id = self._parts(index)
         meta = {"dataset": self.dataset, "split": self.split, "condition": f"{weather}_{time_of_day}", "case": None,
                 "weather": weather, "time_of_day": time_of_day, "file_id": f"{self.split}/{weather}/{time_of_day}/"
-                f"{file_id}", "path": str(self.path(index, "frame"))}
+                f"{file_id}", "path": str(self.path(index, "frame")), "labelled": self.with_labels,
+                **source_meta(size)}
         return {"images": images, "label": label.astype(np.uint8), "meta": meta}

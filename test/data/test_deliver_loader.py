@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlesam_core.data.base import LabelError
 from mlesam_core.data.deliver import (
     DeliverDataset,
     decode_deliver_label,
@@ -162,6 +163,37 @@ def test_clear_errors(deliver_root, tmp_path):
     missing.unlink()
     with pytest.raises(FileNotFoundError, match=str(missing)):
         DeliverDataset(root, "val", ["rgb", "lidar"], case="cloud")[0]
+
+
+def test_stored_values_beyond_the_25_classes_are_refused_naming_the_file_and_values(tmp_path):
+    root = tmp_path / "DELIVER"
+    write_sample(root, "cloud", "val", "s", "000001")
+    write_sample(root, "fog", "val", "s", "000002")
+    path = deliver_path(root, "semantic", "fog", "val", "s", "000002", "semantic")
+    bad = np.zeros((H, W, 3), np.uint8)
+    bad[:, :, 0] = 7
+    bad[0, 0, 0], bad[0, 1, 0] = 26, 200  # stored id + 1: ids 25 and 199 do not exist; 0 and 255 mean unlabeled
+    bad[0, 2, 0], bad[0, 3, 0] = 0, 255
+    write_image(path, bad)
+    dataset = DeliverDataset(root, "val", ["rgb"])  # sample 0 (cloud) is fine
+    with pytest.raises(LabelError, match=r"000002_semantic_front.png: class ids 25, 199 outside 0..24"):
+        dataset[1]
+    with pytest.raises(LabelError, match="000002_semantic_front.png"):
+        DeliverDataset(root, "val", ["rgb"], case="fog")  # the first sample of the list: at once
+
+
+def test_without_labels_the_rgb_size_is_kept_and_predictions_take_the_label_path(deliver_root):
+    root, samples = deliver_root
+    semantic = deliver_path(root, "semantic", "cloud", "val", "MAP_1_point2", "000010", "semantic")
+    semantic.unlink()
+    dataset = DeliverDataset(root, "val", ["depth", "event"], case="cloud", with_labels=False)
+    sample = dataset[0]
+    assert sample["label"].shape == (H, W) and (sample["label"] == 255).all()
+    assert sample["meta"]["labelled"] is False and sample["meta"]["source_size"] == (H, W)
+    assert dataset.prediction_path(0) == semantic.relative_to(root)
+    ids = np.array([[0, 24, 255]], np.uint8)
+    encoded = dataset.encode_prediction(ids)
+    assert encoded[..., 0].tolist() == [[1, 25, 0]] and (decode_deliver_label(encoded) == ids).all()
 
 
 def test_camera_matrix_has_90_degree_horizontal_fov():

@@ -1,5 +1,6 @@
-"""MUSES loader on a tiny tree in the official layout: projected images in the SDK's formats, raw LiDAR and
-event files projected into the frame camera, the paper protocol, clear errors."""
+"""MUSES loader on a tiny tree in the official layout: projected images where and as the SDK's script writes
+them (and CAFuser's names), raw LiDAR and event files projected into the frame camera, the test split without
+labels, label checks, the paper protocol, clear errors."""
 
 import json
 
@@ -8,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from mlesam_core.data.base import LabelError
 from mlesam_core.data.image_io import write_image
 from mlesam_core.data.muses import MusesDataset, project_lidar, read_calibration
 from mlesam_core.sensors import lidar_image_to_uint8
@@ -87,7 +89,7 @@ def test_raw_events_keep_the_last_30_ms_and_land_in_frame_pixels(tmp_path, angle
     assert event.sum() == 3
 
 
-def test_projected_images_in_the_sdk_formats(muses_root):
+def test_projected_images_in_the_sdk_formats_are_found_where_its_script_writes_them(muses_root):
     folder = ("val", "fog", "night")
     lidar_float = np.zeros((H, W, 3), np.float32)
     lidar_float[20, 30] = [25.0, 100.0, -1.0]
@@ -100,7 +102,8 @@ def test_projected_images_in_the_sdk_formats(muses_root):
     path = muses_root.joinpath("projected_to_rgb", "event_camera", *folder, "000001_event_camera.npz")
     path.parent.mkdir(parents=True)
     np.savez_compressed(path, events)  # the SDK's default output
-    sample = MusesDataset(muses_root, "val", ["frame", "event", "lidar"], projected_folder="projected_to_rgb")[0]
+    # project_sensors_to_rgb.py: <root>/projected_to_rgb/<path_to_lidar with .bin -> output type>: the default
+    sample = MusesDataset(muses_root, "val", ["frame", "event", "lidar"])[0]
     assert (sample["images"]["lidar"] == lidar_image_to_uint8(lidar_float)).all()
     assert (sample["images"]["event"] == events).all()
     assert sample["meta"]["condition"] == "fog_night" and sample["meta"]["file_id"] == "val/fog/night/000001"
@@ -114,7 +117,55 @@ def test_8bit_projected_images_beside_the_raw_files(muses_root):
     path = muses_root.joinpath("lidar", *folder, "000001_lidar.png")
     path.parent.mkdir(parents=True)
     cv2.imwrite(str(path), lidar)  # written from the array with OpenCV: channel order round-trips
-    assert MusesDataset(muses_root, "val", ["lidar"])[0]["images"]["lidar"][1, 2].tolist() == [10, 20, 30]
+    sample = MusesDataset(muses_root, "val", ["lidar"], projected_folder="")[0]
+    assert sample["images"]["lidar"][1, 2].tolist() == [10, 20, 30]
+
+
+def test_cafuser_projected_names_are_read_with_the_projected_suffix(muses_root):
+    folder = ("val", "fog", "night")
+    lidar_float = np.zeros((H, W, 3), np.float32)
+    lidar_float[7, 8] = [12.0, 40.0, 0.5]
+    # CAFuser: PROJECTED.FOLDER projected_to_rgb/lidar/, EXTENSION lidar_projected.png, scale 150, shift 100
+    path = muses_root.joinpath("projected_to_rgb", "lidar", *folder, "000001_lidar_projected.png")
+    path.parent.mkdir(parents=True)
+    cv2.imwrite(str(path), np.rint((lidar_float + 100.0) * 150.0).astype(np.uint16))
+    events = np.zeros((H, W, 3), np.uint8)
+    events[3, 4] = [0, 2, 0]
+    path = muses_root.joinpath("projected_to_rgb", "event_camera", *folder, "000001_event_camera_projected.png")
+    path.parent.mkdir(parents=True)
+    cv2.imwrite(str(path), events)
+    sample = MusesDataset(muses_root, "val", ["event", "lidar"], projected_suffix="_projected")[0]
+    assert (sample["images"]["lidar"] == lidar_image_to_uint8(lidar_float)).all()
+    assert (sample["images"]["event"] == events).all()
+    with pytest.raises(FileNotFoundError, match="000001_lidar.png"):  # the SDK's names are not there
+        MusesDataset(muses_root, "val", ["lidar"])[0]
+    with pytest.raises(ValueError, match="unknown MUSES projected_suffix"):
+        MusesDataset(muses_root, "val", ["lidar"], projected_suffix="_proj")
+
+
+def test_test_split_without_labels_loads_with_an_all_ignore_label(muses_root):
+    folder = ("test", "snow", "day")
+    write_image(muses_root.joinpath("frame_camera", *folder, "REC0124_frame_208369_frame_camera.png"),
+                np.full((H, W, 3), 40, np.uint8))
+    dataset = MusesDataset(muses_root, "test", ["frame"])  # MUSES withholds gt_semantic/test
+    sample = dataset[0]
+    assert dataset.with_labels is False and sample["meta"]["labelled"] is False
+    assert sample["label"].shape == (H, W) and (sample["label"] == 255).all()
+    assert sample["images"]["frame"][0, 0].tolist() == [40, 40, 40]
+    assert sample["meta"]["source_size"] == (H, W) and sample["meta"]["region"] == (0, 0, H, W)
+    # the benchmark's names: "{sequence}_frame_{frame:0>6}.png" under labelTrainIds/
+    assert str(dataset.prediction_path(0)) == "labelTrainIds/REC0124_frame_208369.png"
+    with pytest.raises(FileNotFoundError, match="REC0124_frame_208369_gt_labelTrainIds.png"):
+        MusesDataset(muses_root, "test", ["frame"], with_labels=True)
+
+
+def test_train_ids_outside_0_18_are_refused_naming_the_file_and_values(muses_root):
+    folder = ("val", "fog", "night")
+    label = np.full((H, W), 3, np.uint8)
+    label[0, 0], label[1, 1] = 19, 33  # e.g. Cityscapes labelIds given instead of trainIds
+    write_image(muses_root.joinpath("gt_semantic", *folder, "000001_gt_labelTrainIds.png"), label)
+    with pytest.raises(LabelError, match=r"000001_gt_labelTrainIds.png: class ids 19, 33 outside 0..18"):
+        MusesDataset(muses_root, "val", ["frame"])
 
 
 def test_paper_protocol_resizes_to_1024_and_maps_ignore_to_road(muses_root):
