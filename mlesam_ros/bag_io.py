@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,13 @@ Storage = Literal["sqlite3", "mcap"]
 
 
 def typestore() -> Any:
-    """The message definitions used for every bag (Humble's; identical to Jazzy's for our types)."""
-    return get_typestore(Stores.ROS2_HUMBLE)
+    """The message definitions used for every bag: Humble's (identical to Jazzy's for our types) plus
+    event_camera_msgs/msg/EventPacket from its .msg text (no ROS distribution ships it in rosbags)."""
+    from mlesam_ros.events import EVENT_PACKET_MSG, EVENT_PACKET_TYPE
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    store.register(get_types_from_msg(EVENT_PACKET_MSG, EVENT_PACKET_TYPE))
+    return store
 
 
 class BagWriter:

@@ -96,6 +96,13 @@ class MessageKit:
         fields["data"] = self._as_uint8(fields["data"])
         return self.resolve("sensor_msgs/msg/PointCloud2")(header=header, **fields)
 
+    def event_packet(self, encoding: str, events: bytes, sensor_size: tuple[int, int], header: Any, seq: int = 0,
+                     time_base: int = 0) -> Any:
+        """event_camera_msgs/EventPacket of encoded `events` from a sensor of size (H, W)."""
+        return self.resolve("event_camera_msgs/msg/EventPacket")(
+            header=header, height=int(sensor_size[0]), width=int(sensor_size[1]), seq=int(seq),
+            time_base=int(time_base), encoding=encoding, is_bigendian=False, events=self._as_uint8(bytes(events)))
+
     def tf_message(self, transforms: Sequence[tuple[str, str, np.ndarray]], stamp_ns: int = 0) -> Any:
         """tf2_msgs/TFMessage of (parent frame, child frame, 4x4 parent <- child) transforms."""
         vector = self.resolve("geometry_msgs/msg/Vector3")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlesam_core.data.base import resize_to
 from mlesam_core.sensors import (
     CompiledHHA,
     DepthEncoding,
@@ -27,8 +28,10 @@ from mlesam_core.sensors import (
     depth_to_hha_on,
     depth_to_image,
     lidar_image_to_uint8,
+    render_event_frame,
 )
 from mlesam_ros.compressed import compressed_to_array
+from mlesam_ros.events import EventWindow
 from mlesam_ros.image_conversion import (
     ImageConversionError,
     depth_to_metres,
@@ -74,9 +77,11 @@ def camera_model_from_info(msg: Any) -> CameraModel:
 class InputDecoder:
     """Turns the messages of one synchronised frame into model images, one modality at a time."""
 
-    def __init__(self, config: SegmentConfig) -> None:
-        """Decoder following `config` (depth encoding, LiDAR input mode, camera settings)."""
+    def __init__(self, config: SegmentConfig, event_count_scale: float = 1.0) -> None:
+        """Decoder following `config` (depth encoding, LiDAR input mode, camera settings); event windows are
+        rendered at the model's `event_count_scale` (mlesam_core.sensors.event_count_scale)."""
         self.config = config
+        self.event_count_scale = event_count_scale
         self.depth_encoding = DepthEncoding(camera_height=config.depth.camera_height)
         self.cam_from_lidar = np.asarray(config.lidar.cam_from_lidar, dtype=np.float64).reshape(4, 4)
         fixed_k = config.camera.intrinsics
@@ -148,7 +153,9 @@ class InputDecoder:
         (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; a numpy array, or for HHA with
         the model on a GPU a tensor there; `size` is the expected (H, W) (None: not checked)."""
         try:
-            if modality == "lidar" and message_type(msg) == POINTCLOUD_TYPE:
+            if isinstance(msg, EventWindow):
+                image = self._event_window(msg, size)
+            elif modality == "lidar" and message_type(msg) == POINTCLOUD_TYPE:
                 if size is None:
                     raise InputError("a PointCloud2 needs the image size (camera_info, camera.image_size or a "
                                      "decodable driving image)")
@@ -198,6 +205,15 @@ class InputDecoder:
         # the counts of both polarities; the third channel of an event frame is 0 by convention (the Segmenter
         # adds it), so a third channel in the message is dropped (a view, no copy)
         return _to_uint8(array, encoding, saturate=True)[:, :, :2]
+
+    def _event_window(self, window: EventWindow, size: tuple[int, int] | None) -> np.ndarray:
+        """The window's events rendered as the model's event frame (render_event_frame at the model's count
+        scale) at the sensor's size, resized as the data set loaders resize event images (nearest) when the
+        camera's size differs."""
+        frame = render_event_frame(window.x, window.y, window.polarity, window.sensor_size, self.event_count_scale)
+        if size is not None and tuple(size) != window.sensor_size:
+            frame = resize_to(frame, tuple(size), "event")
+        return frame[:, :, :2]
 
     def _lidar(self, array: np.ndarray, encoding: str) -> np.ndarray:
         info = encoding_info(encoding)

@@ -132,6 +132,17 @@ class LidarParams:
 
 
 @dataclass
+class EventParams:
+    """Event input as event_camera_msgs/EventPacket: how a frame's event image is rendered from the events."""
+
+    window: float = _doc(0.03, "a frame at t renders the events with time in (t - window, t] (seconds; MUSES: "
+                               "30 ms)")
+
+    def __post_init__(self) -> None:
+        check(self.window > 0, "window", f"must be > 0 seconds, got {self.window}")
+
+
+@dataclass
 class CameraParams:
     """Camera model used for HHA depth and LiDAR projection, and the expected image size."""
 
@@ -180,6 +191,7 @@ class SegmentConfig:
     sync: SyncParams = field(default_factory=SyncParams)
     depth: DepthParams = field(default_factory=DepthParams)
     lidar: LidarParams = field(default_factory=LidarParams)
+    events: EventParams = field(default_factory=EventParams)
     camera: CameraParams = field(default_factory=CameraParams)
     outputs: OutputParams = field(default_factory=OutputParams)
     qos: QosParams = field(default_factory=QosParams)
@@ -292,5 +304,5 @@ def nest(flat: dict[str, Any]) -> dict:
 
 __all__ = ["NODE_NAME", "LIDAR_TO_OPTICAL", "IMAGE_TYPE", "COMPRESSED_TYPE", "POINTCLOUD_TYPE", "EVENT_PACKET_TYPE",
            "accepted_types", "image_transport_base", "ModelParams", "SensorConfig", "SyncParams", "DepthParams",
-           "LidarParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig", "resolve_path",
+           "LidarParams", "EventParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig", "resolve_path",
            "parameters_section", "load_segment_config", "iter_parameters", "nest"]

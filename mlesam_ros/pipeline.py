@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from mlesam_core.data.classes import ClassTable, get_class_table
+from mlesam_core.sensors import event_count_scale
+from mlesam_ros.events import EVENT_PACKET_TYPE, EventDecodeError, EventStream
 from mlesam_ros.health import HealthMonitor, ProblemLog
-from mlesam_ros.messages import header_seconds
+from mlesam_ros.messages import header_seconds, message_type, stamp_to_ns
 from mlesam_ros.model_inputs import InputDecoder, InputError
 from mlesam_ros.params import NODE_NAME, SegmentConfig, resolve_path
 from mlesam_ros.sync import ApproximateSync, StampError, SyncedFrame
@@ -91,21 +93,56 @@ class SegmentationPipeline:
         self.sync = ApproximateSync(config.priority, {m: config.sensors[m] for m in config.modalities},
                                     primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
                                     buffer_size=config.sync.buffer_size)
-        self.decoder = InputDecoder(config)
+        self.decoder = InputDecoder(config, event_count_scale=event_count_scale(getattr(segmenter.config, "classes",
+                                                                                        None)))
+        self.event_streams: dict[str, EventStream] = {}
         self.topics = {m: config.input_topic(m) for m in config.modalities}
         self.health = HealthMonitor(self.topics, {m: config.sensors[m].stale_after for m in config.modalities},
                                     node_name=NODE_NAME)
         self.problems = ProblemLog(log or logger, config.log_period)
 
     def add(self, sensor: str, msg: Any, received: float | None = None) -> list[SyncedFrame]:
-        """Take one sensor message; returns the frames that are ready to `process`."""
+        """Take one sensor message; returns the frames that are ready to `process`.
+
+        An EventPacket is decoded here, in arrival order (the decoder's state runs across packets), and stands
+        in the synchroniser at the time of its last event, so that a frame at t waits (up to max_delay) until
+        the events up to t have arrived; the frames returned carry each frame's `EventWindow` instead.
+        """
         now = self.clock() if received is None else received
         self.health.message(sensor, now)
+        stamp = header_seconds(msg)
+        if message_type(msg) == EVENT_PACKET_TYPE:
+            try:
+                stamp = self._event_stream(sensor).add(msg) / 1e9
+            except EventDecodeError as exc:
+                self._problem(sensor, "input", str(exc), now)
+                return []
         try:
-            return self.sync.add(sensor, header_seconds(msg), msg, received=now)
+            return self._with_event_windows(self.sync.add(sensor, stamp, msg, received=now))
         except StampError as exc:
             self._problem(sensor, "stamp", str(exc), now)
             return []
+
+    def _event_stream(self, sensor: str) -> EventStream:
+        stream = self.event_streams.get(sensor)
+        if stream is None:
+            timing = self.config.sensors[sensor]
+            retain = self.config.events.window + timing.stale_after + timing.max_delay
+            stream = self.event_streams[sensor] = EventStream(self.config.events.window, retain)
+            self.sync.never_drives(sensor)  # packets come at no frame rate: they are matched to frames only
+        return stream
+
+    def _with_event_windows(self, frames: list[SyncedFrame]) -> list[SyncedFrame]:
+        """Each frame's EventPackets replaced by the events of its window (taken now: later packets move on)."""
+        for frame in frames:
+            for sensor, stream in self.event_streams.items():
+                msg = frame.messages.get(sensor)
+                if msg is None or message_type(msg) != EVENT_PACKET_TYPE:
+                    continue
+                driver = frame.messages[frame.driver]
+                end_ns = round(frame.stamp * 1e9) if frame.driver == sensor else stamp_to_ns(driver.header.stamp)
+                frame.messages[sensor] = stream.window(end_ns)
+        return frames
 
     def set_camera_info(self, msg: Any) -> None:
         """Take the newest CameraInfo (ignored, with a log, when its K is unusable)."""
@@ -124,11 +161,11 @@ class SegmentationPipeline:
 
     def tick(self, now: float | None = None) -> list[SyncedFrame]:
         """Frames that waited long enough on the arrival clock (call periodically when live)."""
-        return self.sync.tick(self.clock() if now is None else now)
+        return self._with_event_windows(self.sync.tick(self.clock() if now is None else now))
 
     def drain(self) -> list[SyncedFrame]:
         """Every waiting frame (end of a bag)."""
-        return self.sync.drain()
+        return self._with_event_windows(self.sync.drain())
 
     def process(self, frame: SyncedFrame, now: float | None = None) -> FrameResult:
         """Decode the frame's messages, run the model on the present modalities, record health."""

@@ -95,7 +95,15 @@ class ApproximateSync:
         self.use_stale = use_stale
         self.buffer_size = buffer_size
         self._max_wait = max(t.max_delay for t in self.timing.values())
+        self._passive: set[str] = set()
         self.reset()
+
+    def never_drives(self, sensor: str) -> None:
+        """`sensor` is matched to frames but never drives one, nor keeps a lower-ranked sensor from driving
+        (a stream without a frame rate, such as event packets)."""
+        if sensor not in self.timing:
+            raise ValueError(f"unknown sensor {sensor!r} (configured: {', '.join(self.sensors)})")
+        self._passive.add(sensor)
 
     @property
     def primary(self) -> str:
@@ -159,7 +167,11 @@ class ApproximateSync:
 
     def _drives(self, sensor: str, stamp: float) -> bool:
         """A sensor drives when every sensor ranked above it has been silent for primary_timeout at `stamp`."""
+        if sensor in self._passive:
+            return False
         for higher in self.sensors[: self.sensors.index(sensor)]:
+            if higher in self._passive:
+                continue
             latest = self._latest[higher]
             if latest is not None and latest >= stamp - self.primary_timeout:
                 return False

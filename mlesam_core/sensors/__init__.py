@@ -8,9 +8,9 @@ from mlesam_core.sensors.depth import (
                                        depth_to_image,
                                        hha_tensor,
 )
-from mlesam_core.sensors.events import render_event_frame
+from mlesam_core.sensors.events import EVENT_COUNT_SCALES, event_count_scale, render_event_frame
 from mlesam_core.sensors.lidar import LidarEncoding, lidar_image_to_uint8, project_points
 
 __all__ = ["CompiledHHA", "DepthEncoding", "depth_to_hha", "depth_to_hha_on", "depth_to_image", "hha_tensor",
-           "render_event_frame",
+           "EVENT_COUNT_SCALES", "event_count_scale", "render_event_frame",
            "LidarEncoding", "lidar_image_to_uint8", "project_points"]

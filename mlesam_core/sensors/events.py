@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+# Event-frame value per event in the frames a model was trained on, by its data set (the model config's `classes`):
+# the procedural generator renders DELIVER-format event frames at 32 per event (8 events saturate the 8-bit
+# frame); MUSES' SDK renders plain counts. Rendering events for a trained model (the ROS node, the replay) takes
+# the scale from here, never from a second setting that could disagree with the training data.
+EVENT_COUNT_SCALES = {"deliver": 32.0, "muses": 1.0}
+
+
+def event_count_scale(dataset: str | None) -> float:
+    """The count scale of `dataset`'s event frames (plain counts, 1, for a data set not in the table)."""
+    return EVENT_COUNT_SCALES.get(dataset or "", 1.0)
+
 
 def render_event_frame(x: np.ndarray, y: np.ndarray, polarity: np.ndarray, size: tuple[int, int],
                        count_scale: float = 1.0) -> np.ndarray:

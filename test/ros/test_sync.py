@@ -163,3 +163,16 @@ def test_unknown_sensor_and_bad_timing_are_refused():
         make_sync().add("radar", 0.0, None)
     with pytest.raises(ValueError, match="stale_after: must be >= slop"):
         SensorTiming(slop=0.5, stale_after=0.1)
+
+
+def test_a_sensor_that_never_drives_is_matched_but_neither_drives_nor_blocks_the_fallback():
+    sync = make_sync()
+    sync.never_drives("depth")  # e.g. event packets: many per frame, no frame rate
+    events = [(s, t) for s, t in timeline(1.0, silent={"rgb": (0.0, 1.0)})]
+    events += [("depth", round(0.05 + i * 0.01, 6)) for i in range(90)]  # a dense stream
+    frames = feed(sync, sorted(events, key=lambda e: e[1]))
+    assert {f.driver for f in frames} == {"event"}  # rgb silent: the next sensor that may drive takes over
+    assert [f.stamp for f in frames] == [round(i * PERIOD, 6) for i in range(10)]
+    assert all(f.status["depth"] == "ok" for f in frames[1:])
+    with pytest.raises(ValueError, match="unknown sensor 'radar'"):
+        sync.never_drives("radar")

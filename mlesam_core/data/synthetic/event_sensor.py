@@ -11,12 +11,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mlesam_core.sensors import render_event_frame
+from mlesam_core.sensors import EVENT_COUNT_SCALES, render_event_frame
 
 THRESHOLD = 0.2  # log-intensity contrast per event
 THRESHOLD_MISMATCH = 0.03  # sigma of the per-pixel threshold
 MAX_EVENTS = 8  # per pixel and frame
-COUNT_SCALE = 32.0  # event frame value per event (8 events saturate the 8-bit frame)
+COUNT_SCALE = EVENT_COUNT_SCALES["deliver"]  # event frame value per event (8 events saturate the 8-bit frame)
 LOW_RES_FRACTION = 512.0 / 1042.0  # DELIVER's event-low-resolution case
 LOG_EPS = 0.01  # dark floor of the log response
 

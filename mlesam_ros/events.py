@@ -1,0 +1,243 @@
+"""event_camera_msgs/EventPacket streams -> events in ROS time -> the event frame of each camera frame's window.
+
+An `EventStream` per event sensor decodes every packet in arrival order, keeping the decoder's state across
+packets (an evt3 stream split into packets at any 2-byte word continues its time base), maps event time to ROS
+time and keeps the recent events; `window(t)` returns those with ROS time in (t - window, t], which
+`render_event_frame` (mlesam_core.sensors, the one rendering) turns into the model's event frame.
+
+Encodings and their time rules (event_camera_codecs' documentation and decoders, event_camera_msgs' README):
+
+- `evt3` (Prophesee, metavision_driver): decoded with the `evt3` package's streaming decoder. evt3 carries sensor
+  time only (24-bit microseconds wrapping every 16.8 s, extended by the decoder), and `time_base` is unused. ROS
+  time = sensor time + offset, the offset anchored at the first packet (its header stamp minus the sensor time of
+  its first event) and re-anchored, with a log line, when a packet's implied offset moves by more than
+  `REANCHOR_NS` (a driver restart, a mis-detected wrap): small jitter of the stamps does not move events.
+- `mono` (deprecated): 64-bit words, bit 63 polarity, bits 48-62 y, 32-47 x, 0-31 dt in ns; ROS time = header
+  stamp + dt (the README's "best estimate ROS time").
+
+libcaer/libcaer_cmp (iniVation) packets are refused with an error naming the encoding: not implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlesam_ros.messages import stamp_to_ns
+
+logger = logging.getLogger(__name__)
+
+EVENT_PACKET_TYPE = "event_camera_msgs/msg/EventPacket"
+# event_camera_msgs' EventPacket.msg (ROS 2), registered in the rosbags typestore for bags and tests
+EVENT_PACKET_MSG = """\
+std_msgs/Header header
+uint32 height
+uint32 width
+uint64 seq
+uint64 time_base
+string encoding
+bool is_bigendian
+uint8[] events
+"""
+REANCHOR_NS = 50_000_000  # an implied evt3 offset this far from the anchor re-anchors
+ENCODINGS = ("evt3", "mono")
+MAX_EVENTS = 20_000_000  # events kept per stream at most (about 260 MB), whatever the retention time
+
+
+class EventDecodeError(ValueError):
+    """An EventPacket cannot be decoded; the message says why (the stream's state is unchanged)."""
+
+
+@dataclass
+class EventWindow:
+    """The events of one frame's window, in sensor pixels; what the input decoder renders."""
+
+    x: np.ndarray  # uint16
+    y: np.ndarray  # uint16
+    polarity: np.ndarray  # uint8, 1 = ON
+    sensor_size: tuple[int, int]  # (H, W) of the event sensor
+    end_ns: int  # the window is (end_ns - window_ns, end_ns] in ROS time
+    window_ns: int
+    header: Any  # the newest packet's header (frame_id, for logs)
+
+
+@dataclass
+class _Chunk:
+    t: np.ndarray  # int64 ROS time ns, non-decreasing within a chunk
+    x: np.ndarray
+    y: np.ndarray
+    p: np.ndarray
+
+
+class EventStream:
+    """One event sensor's packets -> recent events in ROS time (see the module docstring)."""
+
+    def __init__(self, window: float, retain: float) -> None:
+        """Windows of `window` seconds; events older than `retain` seconds behind the newest are dropped."""
+        if window <= 0 or retain < window:
+            raise ValueError(f"window must be > 0 and retain >= window, got {window}, {retain}")
+        self.window_ns = int(round(window * 1e9))
+        self.retain_ns = int(round(retain * 1e9))
+        self.encoding: str | None = None
+        self.sensor_size: tuple[int, int] | None = None  # (H, W)
+        self._decoder: Any = None
+        self._offset_ns: int | None = None  # evt3: ROS time - sensor time
+        self._chunks: deque[_Chunk] = deque()
+        self._count = 0
+        self.newest_ns: int | None = None
+        self.header: Any = None
+
+    def add(self, msg: Any) -> int:
+        """Decode one packet; returns the ROS time (ns) up to which events are known (its last event's, or its
+        header stamp without events). Raises EventDecodeError, keeping the state, for an unusable packet."""
+        encoding = str(msg.encoding)
+        size = (int(msg.height), int(msg.width))
+        data = bytes(msg.events)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if encoding not in ENCODINGS:
+            raise EventDecodeError(f"EventPacket encoding {encoding!r} is not supported (supported: "
+                                   f"{', '.join(ENCODINGS)})")
+        if size[0] <= 0 or size[1] <= 0:
+            raise EventDecodeError(f"EventPacket with sensor size {size[1]}x{size[0]}")
+        if self.sensor_size is not None and (size != self.sensor_size or encoding != self.encoding):
+            raise EventDecodeError(f"packet from another sensor: {encoding} {size[1]}x{size[0]}, the stream is "
+                                   f"{self.encoding} {self.sensor_size[1]}x{self.sensor_size[0]}")
+        if encoding == "evt3":
+            t, x, y, p = self._decode_evt3(data, size, stamp_ns)
+        else:
+            t, x, y, p = _decode_mono(data, stamp_ns, bool(msg.is_bigendian))
+        self.encoding, self.sensor_size, self.header = encoding, size, msg.header
+        inside = (x < size[1]) & (y < size[0])  # as event_camera_codecs: events outside the geometry are dropped
+        if not inside.all():
+            t, x, y, p = t[inside], x[inside], y[inside], p[inside]
+        if t.size:
+            self._chunks.append(_Chunk(t, x, y, p))
+            self._count += t.size
+            self.newest_ns = int(t[-1]) if self.newest_ns is None else max(self.newest_ns, int(t[-1]))
+        known = int(t[-1]) if t.size else stamp_ns
+        self._prune()
+        return known
+
+    def _decode_evt3(self, data: bytes, size: tuple[int, int], stamp_ns: int) -> tuple[np.ndarray, ...]:
+        import evt3
+
+        if len(data) % 2:
+            raise EventDecodeError(f"evt3 packet of {len(data)} bytes is cut mid-word (evt3 words are 2 bytes); "
+                                   f"packet dropped")
+        if self._decoder is None:
+            self._decoder = evt3.Decoder(sensor_width=size[1], sensor_height=size[0])
+        try:
+            events = self._decoder.feed(data)
+        except Exception as exc:  # noqa: BLE001 -- the Rust decoder's errors (ValueError, RuntimeError, ...)
+            raise EventDecodeError(f"evt3 decoder refused the packet: {type(exc).__name__}: {exc}") from None
+        sensor_ns = np.asarray(events.t, dtype=np.int64) * 1000
+        if sensor_ns.size:
+            implied = stamp_ns - int(sensor_ns[0])
+            if self._offset_ns is None or abs(implied - self._offset_ns) > REANCHOR_NS:
+                if self._offset_ns is not None:
+                    logger.info("evt3: re-anchoring sensor time (implied offset moved %.3f s: driver restart or "
+                                "a time wrap)", (implied - self._offset_ns) / 1e9)
+                self._offset_ns = implied
+            sensor_ns += self._offset_ns
+        return (sensor_ns, np.asarray(events.x, np.uint16), np.asarray(events.y, np.uint16),
+                np.asarray(events.p, np.uint8))
+
+    def _prune(self) -> None:
+        if self.newest_ns is None:
+            return
+        horizon = self.newest_ns - self.retain_ns
+        while self._chunks and (int(self._chunks[0].t[-1]) <= horizon or self._count > MAX_EVENTS):
+            self._count -= self._chunks.popleft().t.size
+
+    def window(self, end_ns: int) -> EventWindow:
+        """The events with ROS time in (end_ns - window, end_ns]."""
+        if self.sensor_size is None:
+            raise EventDecodeError("no event packet decoded yet")
+        start_ns = end_ns - self.window_ns
+        parts = []
+        for chunk in self._chunks:
+            if chunk.t[-1] <= start_ns or chunk.t[0] > end_ns:
+                continue
+            keep = (chunk.t > start_ns) & (chunk.t <= end_ns)
+            parts.append((chunk.x[keep], chunk.y[keep], chunk.p[keep]))
+        if parts:
+            x, y, p = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        else:
+            x, y, p = np.zeros(0, np.uint16), np.zeros(0, np.uint16), np.zeros(0, np.uint8)
+        return EventWindow(x, y, p, self.sensor_size, end_ns, self.window_ns, self.header)
+
+
+def _decode_mono(data: bytes, stamp_ns: int, big_endian: bool) -> tuple[np.ndarray, ...]:
+    if len(data) % 8:
+        raise EventDecodeError(f"mono packet of {len(data)} bytes is cut mid-event (mono events are 8 bytes)")
+    words = np.frombuffer(data, dtype=">u8" if big_endian else "<u8").astype(np.uint64)
+    t = stamp_ns + (words & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    x = ((words >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
+    y = ((words >> np.uint64(48)) & np.uint64(0x7FFF)).astype(np.uint16)
+    p = (words >> np.uint64(63)).astype(np.uint8)
+    return t, x, y, p
+
+
+def encode_mono(t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.ndarray, stamp_ns: int) -> bytes:
+    """The deprecated mono encoding of events (ROS time ns, dt from `stamp_ns` must fit 32 bits)."""
+    dt = np.asarray(t_ns, np.int64) - stamp_ns
+    if dt.size and (dt.min() < 0 or dt.max() >= 2**32):
+        raise ValueError("mono: event times must lie within 4.29 s after the packet stamp")
+    words = (dt.astype(np.uint64) | (np.asarray(x, np.uint64) << np.uint64(32))
+             | (np.asarray(y, np.uint64) << np.uint64(48)) | (np.asarray(polarity, np.uint64) > 0).astype(
+                 np.uint64) << np.uint64(63))
+    return words.astype("<u8").tobytes()
+
+
+def encode_evt3(t_us: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.ndarray,
+                sensor_size: tuple[int, int]) -> bytes:
+    """An evt3 stream of time-ordered events (sensor time in microseconds), written by the faery package's
+    encoder (an independent implementation, the file header stripped)."""
+    import tempfile
+    from pathlib import Path
+
+    import faery
+
+    events = np.zeros(len(t_us), dtype=faery.EVENTS_DTYPE)
+    events["t"], events["x"], events["y"] = t_us, x, y
+    events["on"] = np.asarray(polarity) > 0
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.raw"
+        with faery.evt.Encoder(path, "evt3", False, (int(sensor_size[1]), int(sensor_size[0])), True) as encoder:
+            encoder.write({"events": events})
+        raw = path.read_bytes()
+    start = 0
+    while raw[start:start + 1] == b"%":  # the .raw file's text header: '% key value' lines
+        start = raw.index(b"\n", start) + 1
+    return raw[start:]
+
+
+def evt3_events_before(stream: bytes) -> np.ndarray:
+    """For each 2-byte word of an evt3 stream, how many CD events the words before it hold (ADDR_X: one;
+    VECT_12 / VECT_8: one per valid bit), to split a stream into packets at known events."""
+    words = np.frombuffer(stream[: len(stream) // 2 * 2], dtype="<u2")
+    codes = words >> 12
+    valid = np.where(codes == 0x4, words & 0xFFF, np.where(codes == 0x5, words & 0xFF, 0)).astype(np.uint16)
+    bits = np.unpackbits(valid.view(np.uint8).reshape(-1, 2), axis=1).sum(axis=1)
+    counts = np.where(codes == 0x2, 1, bits).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]) if counts.size else counts
+
+
+def split_evt3(stream: bytes, first_events: np.ndarray) -> list[tuple[bytes, int]]:
+    """Split an evt3 stream into packets, the k-th starting at the word of event `first_events[k]` (increasing);
+    returns (packet bytes, index of its first event). The first packet starts at byte 0 (with the stream's
+    initial time words)."""
+    before = evt3_events_before(stream)
+    cuts = np.searchsorted(before, np.asarray(first_events, np.int64), side="left") * 2
+    cuts[0] = 0
+    ends = [*cuts[1:], len(stream)]
+    return [(stream[a:b], int(before[a // 2]) if a // 2 < before.size else 0)
+            for a, b in zip(cuts, ends, strict=True) if b > a]
+
+
+__all__ = ["EVENT_PACKET_TYPE", "EVENT_PACKET_MSG", "REANCHOR_NS", "ENCODINGS", "EventDecodeError", "EventWindow",
+           "EventStream", "encode_mono", "encode_evt3", "evt3_events_before", "split_evt3"]
