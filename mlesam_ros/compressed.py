@@ -66,8 +66,9 @@ def parse_format(text: str) -> CompressedFormat:
 
 
 def compressed_to_array(msg: Any) -> tuple[np.ndarray, str]:
-    """Decode a CompressedImage to (array, encoding of the array): colour as bgr*/rgb* as it lies in memory,
-    grey as mono*/generic, compressedDepth as 16UC1 millimetres or 32FC1 metres (NaN = invalid)."""
+    """Decode a CompressedImage to (array, encoding of the array): colour in RGB(A) order (rgb8, rgba8, rgb16,
+    ...), grey as mono8/mono16 or the generic encoding it was sent as, compressedDepth as 16UC1 millimetres or
+    32FC1 metres (NaN = invalid)."""
     fmt = parse_format(str(msg.format))
     data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if fmt.depth:
@@ -88,8 +89,9 @@ def compressed_to_array(msg: Any) -> tuple[np.ndarray, str]:
         return image, (fmt.encoding if generic else f"mono{bits}")
     if channels not in (3, 4):
         raise ImageConversionError(f"{fmt.codec} data decodes to {channels} channels, expected 1, 3 or 4")
-    order = ("bgr" if fmt.file_is_bgr else "rgb") + ("a" if channels == 4 else "")
-    return image, f"{order}{bits}"
+    if fmt.file_is_bgr:  # RGB(A) order, whatever the file held: paths that take 3 channels as they are agree
+        image = np.ascontiguousarray(image[:, :, [2, 1, 0, 3][:channels]])
+    return image, f"{'rgba' if channels == 4 else 'rgb'}{bits}"
 
 
 def encoding_info_or_none(encoding: str) -> Any:

@@ -29,15 +29,35 @@ from tqdm import tqdm
 
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import dataset_modalities, get_modality
+from mlesam_core.sensors import LidarEncoding
 from mlesam_core.sensors.depth import DEPTH_PNG_SCALE
 from mlesam_ros.bag_io import STORAGES, BagWriter
-from mlesam_ros.messages import MessageKit
+from mlesam_ros.compressed import encode_compressed, encode_compressed_depth
+from mlesam_ros.events import encode_evt3, split_evt3
+from mlesam_ros.messages import MessageKit, stamp_to_ns
+from mlesam_ros.params import LIDAR_TO_OPTICAL
 
 logger = logging.getLogger(__name__)
 
 GROUND_TRUTH_TOPIC = "/ground_truth/labels"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
+TF_STATIC_TOPIC = "/tf_static"
 FRAME_ID = "camera_optical_frame"  # every image is registered to the camera (as in the data sets)
+LIDAR_FRAME = "lidar"
+# --as-recorded: the topics a robot's drivers publish on (sensors.<m>.topic for the node and the replay)
+RECORDED_TOPICS = {"rgb": "/camera/image_raw/compressed", "frame": "/camera/image_raw/compressed",
+                   "depth": "/depth/image_raw/compressedDepth", "event": "/event_camera/events",
+                   "lidar": "/lidar/points"}
+EVENT_WINDOW = 0.03  # seconds of events behind each frame (the node's events.window default, MUSES' 30 ms)
+EVENT_PACKET_PERIOD = 0.005  # one EventPacket per this much event time
+SENSOR_EPOCH_US = 1_000_000  # event sensor time at the first frame (well before the 16.8 s wrap)
+CAMERA_FROM_LIDAR = np.asarray(LIDAR_TO_OPTICAL, dtype=np.float64).reshape(4, 4)  # the data sets' co-located rig
+# the rig on /tf_static: base_link <- camera_link, camera_link <- camera_optical_frame, base_link <- lidar; the
+# composition camera_optical_frame <- lidar is CAMERA_FROM_LIDAR, which the data sets' LiDAR images were made with
+_OPTICAL_IN_LINK = CAMERA_FROM_LIDAR.T  # camera_link (x forward, z up) <- optical (z forward, y down)
+_CAMERA_IN_BASE = np.array([[1, 0, 0, 1.2], [0, 1, 0, 0], [0, 0, 1, 1.4], [0, 0, 0, 1.0]])
+RIG_TRANSFORMS = [("base_link", "camera_link", _CAMERA_IN_BASE), ("camera_link", FRAME_ID, _OPTICAL_IN_LINK),
+                  ("base_link", LIDAR_FRAME, _CAMERA_IN_BASE)]
 DEFAULT_START = 1_700_000_000.0  # header stamp of the first frame (seconds)
 CUSTOM_DATA_KEY = "mlesam.dataset_to_bag"
 
@@ -128,10 +148,93 @@ def corrupt_message(kit: MessageKit, image: np.ndarray, header: Any, kind: str) 
     return kit.image(half, "rgb8", header)
 
 
+class RecordedStyle:
+    """Messages as a robot's drivers publish them (`--as-recorded`): camera as image_transport CompressedImage,
+    raw depth as compressedDepth, events as evt3 EventPackets, LiDAR as an unorganised PointCloud2 in its own
+    frame, with /tf_static (camera_optical_frame <- camera_link <- base_link -> lidar) and camera_info.
+
+    The data sets store event frames, not event streams, and projected LiDAR images, not scans: the events of a
+    frame are the ones its frame counts (value / the data set's count scale per pixel and polarity: the events
+    the generator's event model produced) at random times within the `EVENT_WINDOW` ending at the frame's stamp,
+    and the cloud is the stored LiDAR image's hits back-projected along their pixel rays at their range
+    (intensity kept). Consecutive samples are independent scenes, not a video, so no events are interpolated
+    between them.
+    """
+
+    def __init__(self, kit: MessageKit, fmt: str, codec: str, rng: np.random.Generator, start_ns: int) -> None:
+        """Recorded-style messages built with `kit`; `codec` jpeg or png for the camera."""
+        from mlesam_core.sensors import event_count_scale
+
+        self.kit, self.codec, self.rng, self.start_ns = kit, codec, rng, start_ns
+        self.count_scale = event_count_scale(fmt)
+        self.seq = 0
+
+    def tf_static(self, stamp_ns: int) -> Any:
+        """The rig's static transforms (through base_link; LiDAR and camera co-located, as in the data sets)."""
+        return self.kit.tf_message(RIG_TRANSFORMS, stamp_ns)
+
+    def camera(self, image: np.ndarray, header: Any) -> Any:
+        """RGB as compressed_image_transport publishes it."""
+        fmt, data = encode_compressed(image, "rgb8", self.codec)
+        return self.kit.compressed_image(fmt, data, header)
+
+    def depth(self, metres: np.ndarray, encoding: str, header: Any) -> Any:
+        """Raw depth as compressed_depth_image_transport publishes it (16UC1 mm or 32FC1 m)."""
+        valid = metres > 0
+        if encoding == "16UC1":
+            depth = np.where(valid, np.clip(np.rint(metres * 1000.0), 0, 65535), 0).astype(np.uint16)
+            fmt, data = encode_compressed_depth(depth, "16UC1", depth_max=65.535)
+        else:
+            fmt, data = encode_compressed_depth(np.where(valid, metres, np.nan).astype(np.float32), "32FC1",
+                                                depth_max=100.0)
+        return self.kit.compressed_image(fmt, data, header)
+
+    def events(self, frame: np.ndarray, stamp_ns: int, frame_id: str) -> list[Any]:
+        """EventPackets (evt3, one per EVENT_PACKET_PERIOD) with the events the event frame counts."""
+        counts = np.rint(frame[:, :, :2].astype(np.float64) / self.count_scale).astype(np.int64)
+        ys, xs, channel = np.nonzero(counts)
+        repeat = counts[ys, xs, channel]
+        x, y = np.repeat(xs, repeat).astype(np.uint16), np.repeat(ys, repeat).astype(np.uint16)
+        polarity = (np.repeat(channel, repeat) == 0).astype(np.uint8)
+        window_us = int(EVENT_WINDOW * 1e6)
+        end_us = (stamp_ns - self.start_ns) // 1000 + SENSOR_EPOCH_US
+        t_us = end_us - self.rng.integers(0, window_us, x.size)  # in (end - window, end]
+        order = np.argsort(t_us, kind="stable")
+        t_us, x, y, polarity = t_us[order].astype(np.uint64), x[order], y[order], polarity[order]
+        if t_us.size == 0:
+            return []
+        stream = encode_evt3(t_us, x, y, polarity, frame.shape[:2], continuation=True)
+        period_us = int(EVENT_PACKET_PERIOD * 1e6)
+        edges = np.arange(int(t_us[0]) // period_us * period_us, int(t_us[-1]) + period_us + 1, period_us)
+        firsts = np.unique(np.searchsorted(t_us, edges)[:-1])
+        packets = []
+        for data, first in split_evt3(stream, firsts):
+            ros_ns = (int(t_us[min(first, t_us.size - 1)]) - SENSOR_EPOCH_US) * 1000 + self.start_ns
+            packets.append(self.kit.event_packet("evt3", data, frame.shape[:2], self.kit.header(ros_ns, frame_id),
+                                                 seq=self.seq))
+            self.seq += 1
+        return packets
+
+    def lidar(self, image: np.ndarray, k: np.ndarray, header: Any) -> Any:
+        """The stored LiDAR image's hits back-projected into the LiDAR frame, as a PointCloud2 there."""
+        encoding = LidarEncoding()
+        vs, us = np.nonzero(image[:, :, 0])
+        ranges = image[vs, us, 0].astype(np.float64) / 255.0 * encoding.max_range
+        rays = np.linalg.inv(np.asarray(k, np.float64)) @ np.stack([us + 0.5, vs + 0.5, np.ones(us.size)])
+        camera_points = (rays / np.linalg.norm(rays, axis=0)).T * ranges[:, None]
+        lidar_from_camera = np.linalg.inv(CAMERA_FROM_LIDAR)
+        xyz = camera_points @ lidar_from_camera[:3, :3].T + lidar_from_camera[:3, 3]
+        points = np.zeros(us.size, dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32),
+                                          ("intensity", np.float32)])
+        points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+        points["intensity"] = image[vs, us, 1].astype(np.float32) / 255.0 * encoding.max_intensity
+        return self.kit.pointcloud(points, self.kit.header(stamp_to_ns(header.stamp), LIDAR_FRAME))
+
+
 def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float = 10.0,
             storage: str = "sqlite3", drops: Sequence[DropWindow] = (), corruptions: Sequence[Corruption] = (),
             limit: int | None = None, depth_encoding: str = "32FC1", seed: int = 0,
-            start: float = DEFAULT_START) -> dict:
+            start: float = DEFAULT_START, as_recorded: bool = False, codec: str = "png") -> dict:
     """Write the bag; returns the record stored in its custom_data (frames, topics, drops, corruptions)."""
     modalities = dataset_modalities(fmt)
     for item in [*drops, *corruptions]:
@@ -145,24 +248,42 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
     rng = np.random.default_rng(seed)
     fractions = {c.sensor: c.fraction for c in corruptions}
     record: dict = {"format": fmt, "split": split, "frames": count, "rate": rate, "start": start,
-                    "drops": [vars(d) for d in drops], "corrupted": {s: [] for s in fractions}}
+                    "drops": [vars(d) for d in drops], "corrupted": {s: [] for s in fractions},
+                    "as_recorded": {"codec": codec, "topics": RECORDED_TOPICS} if as_recorded else None}
     with BagWriter(out, storage) as writer:
         kit = MessageKit.rosbags(writer.store)
+        recorded = RecordedStyle(kit, fmt, codec, rng, int(round(start * 1e9))) if as_recorded else None
+        if recorded is not None:
+            writer.write(TF_STATIC_TOPIC, int(round(start * 1e9)), recorded.tf_static(int(round(start * 1e9))))
         for index in tqdm(range(count), desc=f"{fmt} {split} -> {Path(out).name}", unit="frame"):
             sample = dataset[index]
             offset = index / rate
             stamp_ns = int(round((start + offset) * 1e9))
             header = kit.header(stamp_ns, FRAME_ID)
             label = sample["label"]
+            k = None
             if fmt == "deliver":
                 from mlesam_core.data import deliver_camera_matrix
 
-                writer.write(CAMERA_INFO_TOPIC, stamp_ns,
-                             kit.camera_info(deliver_camera_matrix(*label.shape), label.shape, header))
+                k = deliver_camera_matrix(*label.shape)
+                writer.write(CAMERA_INFO_TOPIC, stamp_ns, kit.camera_info(k, label.shape, header))
             for sensor in modalities:
                 if any(d.sensor == sensor and d.start <= offset < d.end for d in drops):
                     continue
                 image = np.ascontiguousarray(sample["images"][sensor])
+                if recorded is not None and sensor in RECORDED_TOPICS:
+                    metres = raw_depth_metres(raw_loader, index, label.shape) if sensor == "depth" else None
+                    if sensor == "event":
+                        for packet in recorded.events(image, stamp_ns, FRAME_ID):
+                            writer.write(RECORDED_TOPICS[sensor], stamp_to_ns(packet.header.stamp), packet)
+                        continue
+                    if sensor == "lidar" and k is None:
+                        raise ValueError("--as-recorded: LiDAR clouds need the camera matrix (DELIVER layout)")
+                    msg = (recorded.lidar(image, k, header) if sensor == "lidar"
+                           else recorded.depth(metres, depth_encoding, header) if metres is not None
+                           else recorded.camera(image, header))  # rgb, or depth already encoded (HHA)
+                    writer.write(RECORDED_TOPICS[sensor], stamp_ns, msg)
+                    continue
                 if sensor in fractions and rng.random() < fractions[sensor]:
                     kind = ("encoding", "size")[int(rng.integers(2))]
                     msg = corrupt_message(kit, image, header, kind)
@@ -188,8 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--out", required=True, help="output bag directory (must not exist)")
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
-    parser.add_argument("--storage", choices=tuple(STORAGES), default="sqlite3",
-                        help="sqlite3 (Humble's default, plays on Humble and Jazzy) or mcap")
+    parser.add_argument("--storage", choices=tuple(STORAGES), default=None,
+                        help="sqlite3 (Humble's default, plays on Humble and Jazzy) or mcap (Jazzy's default); "
+                             "default: sqlite3, mcap with --as-recorded")
+    parser.add_argument("--as-recorded", action="store_true",
+                        help="write what a robot's drivers publish: CompressedImage camera, compressedDepth, evt3 "
+                             "EventPackets, PointCloud2 + /tf_static (topics: docs/robot.md)")
+    parser.add_argument("--codec", choices=("png", "jpeg"), default="png",
+                        help="--as-recorded camera compression (png is lossless)")
     parser.add_argument("--drop", type=parse_drop, action="append", default=[], metavar="SENSOR@START-END")
     parser.add_argument("--corrupt", type=parse_corrupt, action="append", default=[], metavar="SENSOR@FRACTION")
     parser.add_argument("--limit", type=int, default=None, help="at most this many frames")
@@ -199,9 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        record = convert(args.format, args.root, args.split, args.out, rate=args.rate, storage=args.storage,
+        storage = args.storage or ("mcap" if args.as_recorded else "sqlite3")
+        record = convert(args.format, args.root, args.split, args.out, rate=args.rate, storage=storage,
                          drops=args.drop, corruptions=args.corrupt, limit=args.limit,
-                         depth_encoding=args.depth_encoding, seed=args.seed)
+                         depth_encoding=args.depth_encoding, seed=args.seed, as_recorded=args.as_recorded,
+                         codec=args.codec)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         parser.exit(2, f"error: {exc}\n")
     logger.info("wrote %d frames to %s: %s", record["frames"], args.out, record["topics"])

@@ -194,9 +194,13 @@ def encode_mono(t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.nda
 
 
 def encode_evt3(t_us: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.ndarray,
-                sensor_size: tuple[int, int]) -> bytes:
+                sensor_size: tuple[int, int], continuation: bool = False) -> bytes:
     """An evt3 stream of time-ordered events (sensor time in microseconds), written by the faery package's
-    encoder (an independent implementation, the file header stripped)."""
+    encoder (an independent implementation, the file header stripped).
+
+    faery starts a stream with a staircase of TIME_HIGH words from 0 up to the first event's time; with
+    `continuation` only its last step is kept, so that the bytes continue an earlier stream with earlier times
+    (a decoder reading the staircase after later times would count a time wrap)."""
     import tempfile
     from pathlib import Path
 
@@ -213,7 +217,12 @@ def encode_evt3(t_us: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.nda
     start = 0
     while raw[start:start + 1] == b"%":  # the .raw file's text header: '% key value' lines
         start = raw.index(b"\n", start) + 1
-    return raw[start:]
+    stream = raw[start:]
+    if continuation:
+        codes = np.frombuffer(stream[: len(stream) // 2 * 2], dtype="<u2") >> 12
+        first_other = int(np.argmax(codes != 0x8)) if (codes != 0x8).any() else codes.size
+        stream = stream[max(0, first_other - 1) * 2:]
+    return stream
 
 
 def evt3_events_before(stream: bytes) -> np.ndarray:
