@@ -67,10 +67,23 @@ class EventWindow:
 
 @dataclass
 class _Chunk:
-    t: np.ndarray  # int64 ROS time ns, non-decreasing within a chunk
+    """One packet's events; ROS time ns = t * scale + offset (the decoder's own time array is kept, no copy)."""
+
+    t: np.ndarray  # non-decreasing sensor or packet time in units of `scale` ns
+    scale: int
+    offset: int
     x: np.ndarray
     y: np.ndarray
     p: np.ndarray
+
+    def ros_ns(self, index: int) -> int:
+        return int(self.t[index]) * self.scale + self.offset
+
+    def mask(self, start_ns: int, end_ns: int) -> np.ndarray:
+        """Events with ROS time in (start_ns, end_ns]."""
+        keep = self.t <= (end_ns - self.offset) // self.scale
+        low = (start_ns - self.offset) // self.scale
+        return keep & (self.t > low) if low >= 0 else keep
 
 
 class EventStream:
@@ -107,22 +120,23 @@ class EventStream:
             raise EventDecodeError(f"packet from another sensor: {encoding} {size[1]}x{size[0]}, the stream is "
                                    f"{self.encoding} {self.sensor_size[1]}x{self.sensor_size[0]}")
         if encoding == "evt3":
-            t, x, y, p = self._decode_evt3(data, size, stamp_ns)
+            chunk = self._decode_evt3(data, size, stamp_ns)
         else:
-            t, x, y, p = _decode_mono(data, stamp_ns, bool(msg.is_bigendian))
+            chunk = _decode_mono(data, stamp_ns, bool(msg.is_bigendian))
         self.encoding, self.sensor_size, self.header = encoding, size, msg.header
-        inside = (x < size[1]) & (y < size[0])  # as event_camera_codecs: events outside the geometry are dropped
+        inside = (chunk.x < size[1]) & (chunk.y < size[0])  # as event_camera_codecs: outside the geometry: dropped
         if not inside.all():
-            t, x, y, p = t[inside], x[inside], y[inside], p[inside]
-        if t.size:
-            self._chunks.append(_Chunk(t, x, y, p))
-            self._count += t.size
-            self.newest_ns = int(t[-1]) if self.newest_ns is None else max(self.newest_ns, int(t[-1]))
-        known = int(t[-1]) if t.size else stamp_ns
+            chunk.t, chunk.x, chunk.y, chunk.p = chunk.t[inside], chunk.x[inside], chunk.y[inside], chunk.p[inside]
+        if chunk.t.size == 0:
+            return stamp_ns
+        self._chunks.append(chunk)
+        self._count += chunk.t.size
+        last = chunk.ros_ns(-1)
+        self.newest_ns = last if self.newest_ns is None else max(self.newest_ns, last)
         self._prune()
-        return known
+        return last
 
-    def _decode_evt3(self, data: bytes, size: tuple[int, int], stamp_ns: int) -> tuple[np.ndarray, ...]:
+    def _decode_evt3(self, data: bytes, size: tuple[int, int], stamp_ns: int) -> _Chunk:
         import evt3
 
         if len(data) % 2:
@@ -134,23 +148,22 @@ class EventStream:
             events = self._decoder.feed(data)
         except Exception as exc:  # noqa: BLE001 -- the Rust decoder's errors (ValueError, RuntimeError, ...)
             raise EventDecodeError(f"evt3 decoder refused the packet: {type(exc).__name__}: {exc}") from None
-        sensor_ns = np.asarray(events.t, dtype=np.int64) * 1000
-        if sensor_ns.size:
-            implied = stamp_ns - int(sensor_ns[0])
+        sensor_us = np.asarray(events.t)  # uint64 microseconds, the decoder's own array
+        if sensor_us.size:
+            implied = stamp_ns - int(sensor_us[0]) * 1000
             if self._offset_ns is None or abs(implied - self._offset_ns) > REANCHOR_NS:
                 if self._offset_ns is not None:
                     logger.info("evt3: re-anchoring sensor time (implied offset moved %.3f s: driver restart or "
                                 "a time wrap)", (implied - self._offset_ns) / 1e9)
                 self._offset_ns = implied
-            sensor_ns += self._offset_ns
-        return (sensor_ns, np.asarray(events.x, np.uint16), np.asarray(events.y, np.uint16),
-                np.asarray(events.p, np.uint8))
+        return _Chunk(sensor_us, 1000, self._offset_ns or 0, np.asarray(events.x), np.asarray(events.y),
+                      np.asarray(events.p))
 
     def _prune(self) -> None:
         if self.newest_ns is None:
             return
         horizon = self.newest_ns - self.retain_ns
-        while self._chunks and (int(self._chunks[0].t[-1]) <= horizon or self._count > MAX_EVENTS):
+        while self._chunks and (self._chunks[0].ros_ns(-1) <= horizon or self._count > MAX_EVENTS):
             self._count -= self._chunks.popleft().t.size
 
     def window(self, end_ns: int) -> EventWindow:
@@ -160,9 +173,9 @@ class EventStream:
         start_ns = end_ns - self.window_ns
         parts = []
         for chunk in self._chunks:
-            if chunk.t[-1] <= start_ns or chunk.t[0] > end_ns:
+            if chunk.ros_ns(-1) <= start_ns or chunk.ros_ns(0) > end_ns:
                 continue
-            keep = (chunk.t > start_ns) & (chunk.t <= end_ns)
+            keep = chunk.mask(start_ns, end_ns)
             parts.append((chunk.x[keep], chunk.y[keep], chunk.p[keep]))
         if parts:
             x, y, p = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
@@ -171,15 +184,16 @@ class EventStream:
         return EventWindow(x, y, p, self.sensor_size, end_ns, self.window_ns, self.header)
 
 
-def _decode_mono(data: bytes, stamp_ns: int, big_endian: bool) -> tuple[np.ndarray, ...]:
+def _decode_mono(data: bytes, stamp_ns: int, big_endian: bool) -> _Chunk:
     if len(data) % 8:
         raise EventDecodeError(f"mono packet of {len(data)} bytes is cut mid-event (mono events are 8 bytes)")
     words = np.frombuffer(data, dtype=">u8" if big_endian else "<u8").astype(np.uint64)
-    t = stamp_ns + (words & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    dt = (words & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    if dt.size > 1 and (np.diff(dt) < 0).any():
+        raise EventDecodeError("mono packet whose event times go backwards")
     x = ((words >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
     y = ((words >> np.uint64(48)) & np.uint64(0x7FFF)).astype(np.uint16)
-    p = (words >> np.uint64(63)).astype(np.uint8)
-    return t, x, y, p
+    return _Chunk(dt, 1, stamp_ns, x, y, (words >> np.uint64(63)).astype(np.uint8))
 
 
 def encode_mono(t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.ndarray, stamp_ns: int) -> bytes:

@@ -29,12 +29,15 @@ def render_event_frame(x: np.ndarray, y: np.ndarray, polarity: np.ndarray, size:
     if not (x.shape == y.shape == polarity.shape):
         raise ValueError(f"events: x, y, polarity lengths differ ({x.size}, {y.size}, {polarity.size})")
     height, width = size
-    xi, yi = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    if x.dtype.kind in "ui" and y.dtype.kind in "ui":  # integer pixels (decoded events): no floor needed
+        xi, yi = x.astype(np.int64), y.astype(np.int64)
+    else:
+        xi, yi = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
     xi, yi, positive = xi[inside], yi[inside], polarity[inside] > 0
-    counts = np.zeros((2, height * width), dtype=np.float64)
-    np.add.at(counts[0], yi[positive] * width + xi[positive], 1.0)
-    np.add.at(counts[1], yi[~positive] * width + xi[~positive], 1.0)
+    # one histogram over (pixel, polarity) bins: several times faster than np.add.at for the same counts
+    bins = (yi * width + xi) * 2 + (~positive)
+    counts = np.bincount(bins, minlength=2 * height * width).reshape(height, width, 2)
     frame = np.zeros((height, width, 3), dtype=np.uint8)
-    frame[:, :, :2] = np.clip(np.rint(counts.T.reshape(height, width, 2) * count_scale), 0, 255).astype(np.uint8)
+    frame[:, :, :2] = np.clip(np.rint(counts * float(count_scale)), 0, 255).astype(np.uint8)
     return frame
