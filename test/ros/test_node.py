@@ -259,3 +259,83 @@ def test_the_node_takes_compressed_images_compressed_depth_and_driver_point_clou
     stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in harness.labels]
     bad = set(harness.sent_rgb[3::4])
     assert bad & set(stamps), "frames with an undecodable camera image are still answered"
+
+
+class EventHarness(Harness):
+    """rgb and depth Images, evt3 EventPackets as metavision_driver publishes them (faery-encoded stream, packets
+    stamped with the ROS time of their first event), an Ouster-frame PointCloud2 and a latched /tf_static chain."""
+
+    def __init__(self, rclpy):
+        super().__init__(rclpy)
+        from event_camera_msgs.msg import EventPacket
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import PointCloud2
+        from tf2_msgs.msg import TFMessage
+
+        for sensor in ("event", "lidar"):
+            self.node.destroy_publisher(self.publishers.pop(sensor))
+        self.event_pub = self.node.create_publisher(EventPacket, "/event_camera/events", qos_profile_sensor_data)
+        self.cloud_pub = self.node.create_publisher(PointCloud2, "/ouster/points", qos_profile_sensor_data)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        tf_pub = self.node.create_publisher(TFMessage, "/tf_static", latched)
+        optical_in_link = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
+        tf_pub.publish(self.kit.tf_message([("base_link", "camera_link", np.eye(4)),
+                                            ("camera_link", "camera", optical_in_link),  # the images' frame
+                                            ("base_link", "os_lidar", np.eye(4))]))
+        self.base_ns = None
+        self.last_ns = None
+        self.packets = 0
+        self.cut_every = 0  # set by the test: every n-th packet cut mid-word
+
+    def publish_all(self):
+        from mlesam_ros.events import encode_evt3, split_evt3
+
+        super().publish_all()
+        if not self.publishers:
+            return
+        now = self.sent_rgb[-1]
+        if self.base_ns is None:
+            self.base_ns, self.last_ns = now - 50_000_000, now - 50_000_000
+        n = 3000
+        t_us = np.sort(self.rng.integers((self.last_ns - self.base_ns) // 1000 + 1,
+                                         (now - self.base_ns) // 1000 + 1, n)).astype(np.uint64) + 1_000_000
+        x = self.rng.integers(0, W, n).astype(np.uint16)
+        y = self.rng.integers(0, H, n).astype(np.uint16)
+        stream = encode_evt3(t_us, x, y, self.rng.integers(0, 2, n), (H, W), continuation=True)
+        for data, first in split_evt3(stream, np.array([0, n // 2])):
+            stamp = self.base_ns + (int(t_us[first]) - 1_000_000) * 1000
+            self.packets += 1
+            data = data[:-1] if self.cut_every and self.packets % self.cut_every == 0 else data
+            self.event_pub.publish(self.kit.event_packet("evt3", data, (H, W), self.kit.header(stamp, "event")))
+        self.last_ns = now
+        points = np.zeros(500, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
+        points["x"], points["y"] = self.rng.uniform(3, 30, 500), self.rng.uniform(-8, 8, 500)
+        points["z"], points["intensity"] = self.rng.uniform(-1, 2, 500), self.rng.uniform(0, 255, 500)
+        self.cloud_pub.publish(self.kit.pointcloud(points, self.kit.header(now, "os_lidar")))
+
+
+def test_the_node_takes_evt3_event_packets_and_projects_clouds_with_tf_static(rclpy_session, loopback_dds_env,
+                                                                              ros_message_packages, tmp_path):
+    log = tmp_path / "node.log"
+    sensors = {"event": {"topic": "/event_camera/events", "type": "event_camera_msgs/msg/EventPacket"},
+               "lidar": {"topic": "/ouster/points", "type": "sensor_msgs/msg/PointCloud2"}}
+    env = {**loopback_dds_env, **ros_message_packages}
+    process = start_node(write_params(tmp_path / "params.yaml", sensors=sensors), env, log)
+    try:
+        harness = EventHarness(rclpy_session)
+        harness.spin_until(lambda: len(harness.labels) >= 10, 90, "labels", process, log)
+        harness.spin_until(lambda: all(harness.status(s)[0] == 0 for s in SENSOR_TOPICS), 30,
+                           "every sensor OK (events and cloud included)", process, log)
+        harness.cut_every = 10
+        harness.spin_until(lambda: "cut mid-word" in log.read_text(), 30, "a cut packet logged", process, log)
+        answered = len(harness.labels)
+        harness.spin_until(lambda: len(harness.labels) >= answered + 5, 30, "labels after cut packets", process,
+                           log)
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert "event: /event_camera/events (event_camera_msgs/msg/EventPacket)" in text
+    assert "camera <- LiDAR from /tf_static (tf2_msgs" in text
+    assert "LiDAR extrinsic from transforms (camera <- os_lidar)" in text
+    assert "/event_camera/events (event): evt3 packet of" in text
