@@ -16,6 +16,7 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update && apt-get install -y --no-install-recommends \
         python3-pip python3-colcon-common-extensions python3-opencv \
         ros-jazzy-vision-msgs ros-jazzy-diagnostic-msgs ros-jazzy-cv-bridge \
+        ros-jazzy-event-camera-msgs ros-jazzy-tf2-ros ros-jazzy-image-transport-plugins \
     && rm -rf /var/lib/apt/lists/*
 
 # CUDA PyTorch first (never torchvision: the project does not use it), then sam2's modelling code without
@@ -24,7 +25,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 RUN pip3 install torch==2.13.0 --index-url ${TORCH_INDEX} \
     && pip3 install --no-deps rf-sam-2==1.0.3 \
     && pip3 install hydra-core==1.3.8 iopath==0.1.10 safetensors==0.8.0 tqdm==4.70.1 pyyaml rosbags==0.11.9 \
-        h5py matplotlib tensorboard
+        h5py matplotlib tensorboard evt3==0.4.1 faery==0.7.1
 
 WORKDIR /ws/src/mlesam
 COPY . .

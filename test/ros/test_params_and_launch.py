@@ -118,7 +118,7 @@ def test_package_xml_declares_every_ros_package_the_code_imports():
     assert root.find("export/build_type").text == "ament_python"
     depends = {e.text for e in root.findall("exec_depend")}
     ros_packages = {"rclpy", "rcl_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs", "builtin_interfaces",
-                    "launch", "launch_ros", "ament_index_python"}
+                    "launch", "launch_ros", "ament_index_python", "tf2_ros", "tf2_msgs"}
     imported = set()
     for path in [*(REPO / "mlesam_ros").glob("*.py"), LAUNCH]:
         for name in re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M):
