@@ -106,7 +106,7 @@ def run_demo(plan: DemoPlan) -> dict:
     from mlesam_core.data import DeliverDataset
     from mlesam_core.data.classes import get_class_table
 
-    total = 6
+    total = 8
     log = StepLog()
     plan.out.mkdir(parents=True, exist_ok=True)
     random_init = plan.sam2_checkpoint is None
@@ -166,6 +166,20 @@ def run_demo(plan: DemoPlan) -> dict:
         log.run(index, total, title, _python("mlesam_ros.replay", "--bag", str(bags[name]), "--out",
                                              str(replays[name]), *replay_args))
 
+    # the same frames as a robot's drivers record them, replayed with the drivers' topics (types from the bag)
+    from mlesam_ros.dataset_to_bag import RECORDED_TOPICS
+
+    recorded_bag, replay_recorded = plan.out / "bag_recorded", plan.out / "replay_recorded"
+    shutil.rmtree(recorded_bag, ignore_errors=True)
+    shutil.rmtree(replay_recorded, ignore_errors=True)
+    log.run(7, total, "the same frames as a robot records them: CompressedImage png, compressedDepth, evt3 "
+                      "EventPackets, PointCloud2 + /tf_static (MCAP)",
+            _python(*to_bag, "--out", str(recorded_bag), "--as-recorded", "--depth-encoding", "16UC1"))
+    topics = [arg for m in ("rgb", "depth", "event", "lidar")
+              for arg in ("--set", f"sensors.{m}.topic={RECORDED_TOPICS[m]}")]
+    log.run(8, total, "replay of the recorded-style bag", _python(
+        "mlesam_ros.replay", "--bag", str(recorded_bag), "--out", str(replay_recorded), *replay_args, *topics))
+
     print("\n[report] frames, timeline and summary", flush=True)
     table = get_class_table("deliver")
     dropout, clean = report.Replayed.load(replays["dropout"]), report.Replayed.load(replays["clean"])
@@ -181,6 +195,8 @@ def run_demo(plan: DemoPlan) -> dict:
         "groups": report.comparisons(dropout, clean, record, table),
         "replay": dropout.summary,
         "bag": record,
+        "recorded_style": report.recorded_comparison(clean, report.Replayed.load(replay_recorded),
+                                                     replays["clean"] / "bag", replay_recorded / "bag", table),
         "training": _training_summary(plan.train_dir),
         "steps": log.steps,
         "total_seconds": round(sum(s["seconds"] for s in log.steps), 1),

@@ -49,6 +49,11 @@ def test_demo_runs_end_to_end_and_reports_the_dropout(tmp_path, capsys):
     assert on_disk["training"]["steps"] == 4
     markdown = (out / "summary.md").read_text()
     assert "depth_dropout_2-4s: during the dropout" in markdown
+    recorded = on_disk["recorded_style"]  # the same frames as robot drivers record them, replayed too
+    assert recorded["frames"] == recorded["frames_out"] == recorded["frames_compared"] == 12
+    assert all(recorded["availability"][s]["used"] == 1.0 for s in ("rgb", "depth", "event", "lidar"))
+    assert 0.5 < recorded["mean_pixel_agreement"] <= 1.0
+    assert "Recorded-style bag" in markdown
 
     # a second run reuses the scenes and the adapters and only replays again
     capsys.readouterr()
