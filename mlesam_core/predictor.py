@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from mlesam_core.data.classes import ClassTable, get_class_table
 from mlesam_core.modalities import get_modality, normalization
-from mlesam_core.model import OFFICIAL_CHECKPOINT_URL, CheckpointError, build_model, load_adapters, lora_merge
+from mlesam_core.model import OFFICIAL_CHECKPOINT_URL, CheckpointError, build_model, load_adapters
 from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
 from mlesam_core.model.config import MLESAMConfig, load_model_config
 
@@ -86,7 +86,7 @@ class Segmenter:
         self.precision = precision
         self.model = model.to(self.device).eval()
         if merge_lora:
-            lora_merge.merge_lora(self.model, model.modalities[0])
+            self.model.merge_lora(model.modalities[0])
         self.config: MLESAMConfig = model.config
         self.modalities = tuple(model.modalities)
         # names and colours of the labels (config key `classes`); None for a model of the user's own classes
@@ -113,7 +113,7 @@ class Segmenter:
         self._graphs: dict[tuple[int, ...], _CapturedForward] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         log.info("Segmenter on %s (%s): compile %s, cuda_graphs %s, merged LoRA expert %s", self.device, precision,
-                 self.compile, self.cuda_graphs, lora_merge.merged_modality(self.model))
+                 self.compile, self.cuda_graphs, self.model.merged_modality)
 
     @classmethod
     def from_files(cls, config: MLESAMConfig | str | Path, sam2_checkpoint: str | Path | None = None,

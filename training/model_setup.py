@@ -18,7 +18,7 @@ def sam2_checkpoint_path(config: TrainConfig) -> Path | None:
     """The SAM2 checkpoint to load, checked to exist; None when `allow_random_init` (and no checkpoint)."""
     if config.sam2_checkpoint is None:
         if not config.allow_random_init:
-            from mlesam_core.model.build import OFFICIAL_CHECKPOINT_URL
+            from mlesam_core.model import OFFICIAL_CHECKPOINT_URL
 
             raise ConfigError(f"sam2_checkpoint: not set. Download an official SAM2.1 checkpoint (e.g. "
                               f"{OFFICIAL_CHECKPOINT_URL}) and give its path, or set allow_random_init: true "
@@ -35,7 +35,7 @@ def build_training_model(config: TrainConfig, model_config, device: torch.device
     from mlesam_core.model import build_model, load_sam2_weights
 
     checkpoint = sam2_checkpoint_path(config)
-    model = build_model(model_config)
+    model = build_model(model_config, init_seed=config.seed)
     if checkpoint is not None:
         load_sam2_weights(model, checkpoint)
         log.info("SAM2 weights loaded from %s", checkpoint)

@@ -18,8 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mlesam_core.config_io import ConfigError, from_dict, to_dict
+from mlesam_core.model.backbone_id import same_backbone
 from mlesam_core.model.base import LoRASam2Model
-from mlesam_core.model.build import same_backbone
 from mlesam_core.model.config import MLESAMConfig, config_differences
 
 log = logging.getLogger(__name__)

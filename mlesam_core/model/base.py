@@ -1,5 +1,7 @@
 """What MLE-SAM and the SAM-LoRA baseline share: the frozen SAM2 encoder with per-modality LoRA experts, the
-modality-major encoder batch, the frozen prompt-free SAM2 decoder core, input checks and the SAM2 key map."""
+modality-major encoder batch, the frozen prompt-free SAM2 decoder core, input checks, LoRA merging and the SAM2
+key map. The SAM2 parts are built outside (`build.build_model`, via `sam2_parts.build_sam2_parts`) and injected,
+as sam2's own `SAM2Base` takes its built image encoder."""
 
 from __future__ import annotations
 
@@ -12,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mlesam_core.model.build import build_sam2_parts, random_backbone_id
 from mlesam_core.model.config import MLESAMConfig
 from mlesam_core.model.decoder import ClassMaskHead, PromptFreeSamDecoder
 from mlesam_core.model.lora import LoRAQKV, ModalityContext, add_lora
-from mlesam_core.model.lora_merge import merged_modality
+from mlesam_core.model.sam2_parts import Sam2Parts
 
 
 @dataclass
@@ -45,11 +46,11 @@ class ModalityFeatures:
 class LoRASam2Model(nn.Module):
     """Frozen SAM2 image encoder + LoRA experts, and the frozen SAM2 decoder core; subclasses add the heads."""
 
-    def __init__(self, config: MLESAMConfig) -> None:
+    def __init__(self, config: MLESAMConfig, parts: Sam2Parts) -> None:
+        """Wrap the built SAM2 `parts` (taken over, not copied) for `config`; the heads start from SAM2's decoder."""
         super().__init__()
         self.config = config
         self.modalities = tuple(config.modalities)
-        parts = build_sam2_parts(config)
         self.image_encoder = parts.image_encoder
         self.context = ModalityContext()
         self.lora_layers: list[LoRAQKV] = add_lora(
@@ -63,7 +64,7 @@ class LoRASam2Model(nn.Module):
             layer.lora_B.requires_grad_(True)
         self.activation_checkpointing = config.activation_checkpointing
         self.lora_grouped = config.lora.grouped
-        self.backbone_id = random_backbone_id(config.random_init_seed)
+        self.backbone_id = parts.backbone_id
         self.size_multiple = math.lcm(32, 4 * self.image_encoder.trunk.window_spec[0])
         self._index_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}  # see `_active_index`
         self.build_heads(parts.mask_decoder)
@@ -153,18 +154,18 @@ class LoRASam2Model(nn.Module):
         return self._index_cache[key]
 
     def _check_merged(self, ids: list[int]) -> None:
-        """ValueError when a merged expert (`lora_merge.merge_lora`) cannot give this forward pass's result."""
-        name = merged_modality(self)
+        """ValueError when a merged expert (`merge_lora`) cannot give this forward pass's result."""
+        name = self.merged_modality
         if name is None:
             return
         if self.training:
             raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora): a merged "
-                             f"model cannot train; call unmerge_lora(model) before model.train()")
+                             f"model cannot train; call unmerge_lora() on it before model.train()")
         others = [self.modalities[i] for i in ids if self.modalities[i] != name]
         if others:
             raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora), but "
                              f"{others} {'is' if len(others) == 1 else 'are'} present too: a merged model runs "
-                             f"{name!r} alone; call unmerge_lora(model) to run several modalities")
+                             f"{name!r} alone; call unmerge_lora() on it to run several modalities")
 
     def _run_encoder(self, x: torch.Tensor) -> list[torch.Tensor]:
         """SAM2's ImageEncoder (trunk + FPN neck, scalp 1) on a modality-major batch -> backbone_fpn, finest first.
@@ -192,6 +193,34 @@ class LoRASam2Model(nn.Module):
                 return block(t)
 
         return checkpoint(run, x, use_reentrant=False)
+
+    # -------------------------------------------------------------------------------------------- LoRA merge
+    def merge_lora(self, modality: str) -> None:
+        """Fold `modality`'s expert into the frozen qkv weights of every block for deployment (eval mode only): the
+        encoder then costs no LoRA matmul. A merged model refuses training and inputs with another modality
+        present; `unmerge_lora` restores the original weights exactly."""
+        if modality not in self.modalities:
+            raise ValueError(f"merge_lora: unknown modality {modality!r}: this model takes {list(self.modalities)}")
+        if self.training:
+            raise ValueError("merge_lora: the model is in training mode; merge only for inference (call "
+                             "model.eval() first): training a merged model would update experts that no longer act")
+        current = self.merged_modality
+        if current is not None:
+            raise ValueError(f"merge_lora: the {current!r} expert is already merged; call unmerge_lora() first")
+        index = self.modalities.index(modality)
+        for layer in self.lora_layers:
+            layer.merge(index)
+
+    def unmerge_lora(self) -> None:
+        """Restore the frozen qkv weights exactly as they were before `merge_lora` (no-op when nothing is merged)."""
+        for layer in self.lora_layers:
+            layer.unmerge()
+
+    @property
+    def merged_modality(self) -> str | None:
+        """The modality whose expert is merged into the weights, or None."""
+        index = self.lora_layers[0].merged if self.lora_layers else None
+        return None if index is None else self.modalities[index]
 
     # ------------------------------------------------------------------------------------------------ output
     def combine(self, sam: torch.Tensor, aux: torch.Tensor | None, size: tuple[int, int],

@@ -42,7 +42,7 @@ class LoRAQKV(nn.Module):
     Parameters are stacked: `lora_A` [M, 2, r, d_in] and `lora_B` [M, 2, d_out, r], index 1 = (q, v). d_out is
     `qkv.out_features // 3`, which differs from d_in in Hiera's stage-transition blocks. B starts at zero so the
     wrapped layer starts equal to SAM2's. `merge` folds one expert into the frozen weight for deployment
-    (`lora_merge.merge_lora`): forward is then the base layer alone, and `unmerge` restores the exact original.
+    (`LoRASam2Model.merge_lora`): forward is then the base layer alone, and `unmerge` restores the exact original.
     """
 
     def __init__(self, base_layer: nn.Linear, num_modalities: int, rank: int, scale: float, dropout: float,

@@ -23,7 +23,6 @@ from torch.overrides import TorchFunctionMode
 from mlesam_core import Prediction, Segmenter
 from mlesam_core.modalities import get_modality, normalization, to_three_channels
 from mlesam_core.model import build_model
-from mlesam_core.model.lora_merge import merge_lora, merged_modality, unmerge_lora
 
 MODALITIES = ("rgb", "depth", "event", "lidar")
 SIZES = [(TINY_SIZE, TINY_SIZE), (50, 70), (97, 130)]  # model size (no resize), smaller, larger
@@ -207,16 +206,16 @@ def test_merged_expert_gives_the_unmerged_features_and_logits_and_no_lora_matmul
     unmerged_matmuls = count_lora_matmuls(lambda: model(images, present))
     weights = [layer.base_layer.weight.clone() for layer in model.lora_layers]
 
-    merge_lora(model, "rgb")
-    assert merged_modality(model) == "rgb" and all(layer.merged == 0 for layer in model.lora_layers)
+    model.merge_lora("rgb")
+    assert model.merged_modality == "rgb" and all(layer.merged == 0 for layer in model.lora_layers)
     for merged, unmerged in zip(model.encode(images, present), features, strict=True):
         torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model(images, present).logits, logits, rtol=1e-4, atol=1e-5)
     assert unmerged_matmuls == 3 * len(model.lora_layers)
     assert count_lora_matmuls(lambda: model(images, present)) == 0
 
-    unmerge_lora(model)
-    assert merged_modality(model) is None
+    model.unmerge_lora()
+    assert model.merged_modality is None
     for layer, weight in zip(model.lora_layers, weights, strict=True):
         torch.testing.assert_close(layer.base_layer.weight, weight, rtol=0, atol=0)
     torch.testing.assert_close(model(images, present).logits, logits, rtol=0, atol=0)
@@ -228,7 +227,7 @@ def test_merging_one_expert_of_a_multi_modal_model_equals_that_modality_alone(mo
     images, _ = random_batch(model.config, batch=1, seed=6)
     depth_only = torch.tensor([[False, True, False, False]])
     expected = model(images, depth_only).logits
-    merge_lora(model, "depth")
+    model.merge_lora("depth")
     torch.testing.assert_close(model(images, depth_only).logits, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -237,28 +236,28 @@ def test_merged_model_refuses_training_other_modalities_and_a_second_merge(model
     model = copy.deepcopy(model)
     images, present = random_batch(model.config, batch=1)
     with pytest.raises(ValueError, match="merge_lora: unknown modality 'nir'"):
-        merge_lora(model, "nir")
+        model.merge_lora("nir")
     model.train()
     with pytest.raises(ValueError, match="merge_lora: the model is in training mode"):
-        merge_lora(model, "rgb")
+        model.merge_lora("rgb")
     model.eval()
-    merge_lora(model, "rgb")
+    model.merge_lora("rgb")
     with pytest.raises(ValueError, match="'rgb' expert is already merged"):
-        merge_lora(model, "depth")
+        model.merge_lora("depth")
     with pytest.raises(ValueError, match=r"'rgb' LoRA expert is merged .* but \['depth', 'event', 'lidar'\] are "
                                          r"present too"):
         model(images, present)
     model.train()
     with pytest.raises(ValueError, match="a merged model cannot train; call unmerge_lora"):
         model(images, present)
-    unmerge_lora(model)
+    model.unmerge_lora()
     model(images, present)  # unmerged, training works again
 
 
 def test_segmenter_merge_lora_predicts_as_unmerged_and_needs_a_single_modality_config(single_modality_model, model):
     inputs = {"rgb": sensor_inputs(50, 70, seed=9)["rgb"]}
     merged = Segmenter(copy.deepcopy(single_modality_model), merge_lora=True)
-    assert merged_modality(merged.model) == "rgb"
+    assert merged.model.merged_modality == "rgb"
     fast, reference = merged.predict(inputs), Segmenter(single_modality_model).predict(inputs)
     np.testing.assert_array_equal(fast.labels, reference.labels)
     np.testing.assert_allclose(fast.confidence, reference.confidence, rtol=1e-4, atol=1e-5)
