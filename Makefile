@@ -13,7 +13,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # ROS tests and the demo) spinning threads stall each other by orders of magnitude (README, "Performance").
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test lint demo clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ $(STAMP): requirements.txt setup.py Makefile
 test: setup
 	@echo "[test] running the test suite (CPU only, loopback-only DDS)"
 	@$(PY) -m pytest
+
+# The quality gate CI runs before the tests: ruff over the tree, mypy on the packages (torch's types visible).
+lint: setup
+	@echo "[lint] ruff check ."
+	@$(VENV)/bin/ruff check .
+	@echo "[lint] mypy (pyproject.toml [tool.mypy])"
+	@$(VENV)/bin/mypy
 
 demo: setup
 	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),)

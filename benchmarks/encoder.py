@@ -29,9 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import RESULTS_DIR
 from benchmarks.speed_common import (
-    DTYPES,
     GPU_TARGET_NOTE,
-    autocast,
     config_label,
     config_path,
     default_device,
@@ -47,6 +45,7 @@ from benchmarks.speed_common import (
     write_report,
 )
 from mlesam_core.model import build_model
+from mlesam_core.precision import autocast, torch_dtype
 
 # Loop vs grouped outputs must agree to this fraction of the output scale (max |feature|): fp32 differs only in
 # summation order; bf16 rounds every op to 8 mantissa bits (2^-8 = 0.4 %), and the two paths round differently.
@@ -285,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision in sorted({"fp32", "bf16", *args.precisions}):
         if precision == "fp16" and device.type != "cuda":
             continue
-        report["matmul"][precision] = matmul_rate(device, DTYPES[precision], args.matmul_size)
+        report["matmul"][precision] = matmul_rate(device, torch_dtype(precision), args.matmul_size)
     print(f"device: {report['device']['name']}; dense matmul "
           + ", ".join(f"{k} {v['tflops'] * 1000:.1f} GFLOP/s" for k, v in report["matmul"].items()))
     print(f"{'config':9} {'size':>5} {'prec':5} {'comp':4} {'M':>2} {'grouped ms':>10} {'loop ms':>10} "

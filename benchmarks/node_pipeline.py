@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from benchmarks import REPO_ROOT, RESULTS_DIR
 from benchmarks.speed_common import (
     GPU_TARGET_NOTE,
-    autocast,
     config_label,
     config_path,
     default_device,
@@ -60,7 +59,7 @@ from benchmarks.speed_common import (
     write_report,
 )
 from mlesam_core.host_memory import retain_freed_memory
-from mlesam_core.predictor import labels_and_confidence
+from mlesam_core.predictor import Segmenter, labels_and_confidence
 from mlesam_ros.messages import MessageKit
 from mlesam_ros.outputs import output_messages
 from mlesam_ros.params import load_segment_config
@@ -128,42 +127,15 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
     return SegmentationPipeline(config, load_segmenter(config), clock=time.monotonic)
 
 
-def model_call(segmenter: Any, params: Any) -> tuple[Callable[[], Any], str]:
-    """The Segmenter's model alone on device-resident inputs (every modality present), run as the node's
-    `model.compile` / `model.cuda_graphs` settings (`params`) run it; returns the call and how it runs."""
-    model, device = segmenter.model, segmenter.device
-    size, m = segmenter.config.image_size, len(segmenter.modalities)
-    images = torch.randn(1, m, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    present = torch.ones(1, m, dtype=torch.bool, device=device)
-    ids = tuple(range(m))
-    cuda_graphs = getattr(params, "cuda_graphs", False) and device.type == "cuda"
-    forward, how = model, "eager"
-    if getattr(params, "compile", False):
-        forward, how = torch.compile(model, dynamic=False), "torch.compile"
-
-    def run() -> Any:
-        with torch.inference_mode(), autocast(device, segmenter.precision, cache_enabled=not cuda_graphs):
-            return forward(images, present, ids)
-
-    try:
-        run()  # compiles here
-    except Exception as exc:  # noqa: BLE001 -- the Segmenter falls back to eager the same way
-        forward, how = model, f"eager (torch.compile failed: {type(exc).__name__})"
-    if not cuda_graphs:
-        return run, how
-    try:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                run()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run()
-    except Exception as exc:  # noqa: BLE001
-        return run, f"{how} (CUDA graph capture failed: {type(exc).__name__})"
-    return graph.replay, f"{how} + CUDA graph"
+def model_call(segmenter: Segmenter) -> tuple[Callable[[], Any], str]:
+    """The Segmenter's model alone on its staged input buffer (every modality present, model size), run as
+    `predict` runs it (`Segmenter.run_model`: compiled / CUDA graph per the node's settings); the call and how it
+    runs."""
+    inputs = {m: np.zeros((*segmenter.size, 3), np.uint8) for m in segmenter.modalities}
+    staged = segmenter.stage(inputs)
+    segmenter.run_model(staged)  # compiles or captures here (falling back to eager as the node would)
+    how = "torch.compile" if segmenter.compile else "eager"
+    return partial(segmenter.run_model, staged), how + (" + CUDA graph" if segmenter.cuda_graphs else "")
 
 
 class FrameLoop:
@@ -173,7 +145,7 @@ class FrameLoop:
         self.pipeline = pipeline
         self.wire = wire
         self.device = pipeline.segmenter.device
-        self.model_alone, self.model_alone_mode = model_call(pipeline.segmenter, pipeline.config.model)
+        self.model_alone, self.model_alone_mode = model_call(pipeline.segmenter)
         rng = np.random.default_rng(0)
         self.variants = [sensor_arrays(size, rng) for _ in range(2)]  # alternate content, no RNG per frame
         self.sent = 0

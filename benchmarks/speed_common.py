@@ -22,7 +22,6 @@ from benchmarks import REPO_ROOT, command_line
 
 MODEL_CONFIGS = {"tiny": "config/model/mlesam_tiny.yaml", "hiera_t": "config/model/mlesam_hiera_t.yaml",
                  "hiera_b+": "config/model/mlesam_hiera_b+.yaml"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_STATUSES = ("met", "missed", "not-applicable")
 GPU_TARGET_NOTE = "not measured: {device} run; the target is for Hiera-B+ on one H100 (bash benchmarks/run_gpu.sh)"
 
@@ -119,13 +118,6 @@ def milliseconds(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
             "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3), "n": int(ms.size)}
-
-
-def autocast(device: torch.device, precision: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-    """torch.autocast to bf16/fp16 on `device` (no weight-cast cache inside CUDA-graph capture); nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision], cache_enabled=cache_enabled)
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 0.5) -> dict[str, Any]:

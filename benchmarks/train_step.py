@@ -38,7 +38,6 @@ from benchmarks import RESULTS_DIR
 from benchmarks.speed_common import (
     GPU_TARGET_NOTE,
     PeakMemory,
-    autocast,
     config_label,
     config_path,
     default_device,
@@ -54,6 +53,7 @@ from benchmarks.speed_common import (
 )
 from mlesam_core.losses import total_loss
 from mlesam_core.model import build_model
+from mlesam_core.precision import autocast
 
 CUDA_DEFAULTS = {"config": "hiera_b+", "size": 1024, "batch": 6, "precision": "bf16", "warmup": 2, "steps": 5}
 CPU_DEFAULTS = {"config": "hiera_t", "size": 256, "batch": 2, "precision": "fp32", "warmup": 1, "steps": 2}

@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 T = TypeVar("T")
+# The folder above mlesam_core (a source checkout: the repository root), where relative config paths are also sought.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -129,7 +131,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _convert_dataclass(tp, value, key)
     if origin is Literal:
         allowed = get_args(tp)
@@ -227,10 +229,31 @@ def _convert_dataclass(cls: type, value: Any, key: str) -> Any:
     return obj
 
 
+def resolve_path(path: str | Path, bases: Sequence[Path] = ()) -> Path:
+    """`path` as given when it is absolute or exists (relative to the cwd), else the first existing one relative to
+    each of `bases` and then `SOURCE_ROOT`; `path` unchanged when none exists (the caller names it as missing)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    for base in (*bases, SOURCE_ROOT):
+        if (base / candidate).exists():
+            return base / candidate
+    return candidate
+
+
+def doc_field(default: Any, doc: str, **metadata: Any) -> Any:
+    """A dataclass field with a description in its metadata (`doc`: e.g. a ROS ParameterDescriptor's text);
+    list and dict defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **metadata})
+    return dataclasses.field(default=default, metadata={"doc": doc, **metadata})
+
+
 def check(condition: bool, key: str, message: str) -> None:
     """Raise ConfigError('key: message') unless `condition` holds (for __post_init__ validation)."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
 
-__all__ = ["ConfigError", "load_yaml", "apply_overrides", "from_dict", "load_config", "to_dict", "check"]
+__all__ = ["ConfigError", "load_yaml", "apply_overrides", "from_dict", "load_config", "to_dict", "doc_field", "check",
+           "resolve_path", "SOURCE_ROOT"]

@@ -9,12 +9,11 @@ bilinearly to the label before the argmax, as `Segmenter` resizes them to the in
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mlesam_core.metrics import ConfusionMatrix, SegmentationScores
-from mlesam_core.modalities import normalization
+from mlesam_core.precision import autocast
+from mlesam_core.preprocess import normalization
+
+if TYPE_CHECKING:
+    from mlesam_core.predictor import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,6 @@ def all_subsets(modalities: Sequence[str]) -> list[Subset]:
     """Every non-empty subset of `modalities`, smallest first, each in the given order (Tables VI/VII)."""
     modalities = tuple(modalities)
     return [s for k in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, k)]
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on `device` for precision 'bf16'/'fp16' ('auto': bf16 on CUDA); fp32: nothing."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -105,7 +98,7 @@ def _display_image(images: torch.Tensor, present: torch.Tensor, modalities: Subs
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modalities: Sequence[str],
+def evaluate(model: torch.nn.Module | Segmenter, batches: Iterable[dict[str, Any]], modalities: Sequence[str],
              class_names: Sequence[str], subsets: Sequence[Sequence[str]] | None = None,
              group_by: Sequence[str] = (), device: torch.device | str = "cpu", precision: str = "auto",
              ignore_index: int = 255, max_examples: int = 0, progress: bool = True,
@@ -117,8 +110,9 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
     computed with all modalities, as are the kept examples. Samples for which a subset leaves no modality
     present are skipped for it.
     """
-    if isinstance(getattr(model, "model", None), torch.nn.Module):  # a Segmenter
-        model, device, precision = model.model, model.device, model.precision
+    if not isinstance(model, torch.nn.Module):  # a Segmenter: its model, device and precision
+        device, precision = model.device, model.precision
+        model = model.model
     modalities = tuple(modalities)
     device = torch.device(device)
     wanted = [modalities] + [tuple(s) for s in subsets or () if tuple(s) != modalities]
@@ -175,4 +169,4 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict[str, Any]], modaliti
     return result
 
 
-__all__ = ["Subset", "subset_name", "all_subsets", "autocast", "Example", "EvaluationResult", "evaluate"]
+__all__ = ["Subset", "subset_name", "all_subsets", "Example", "EvaluationResult", "evaluate"]

@@ -34,6 +34,13 @@ def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     return (loss * kept).sum() / kept.sum().clamp(min=1)
 
 
+def _valid(member: SegmentationOutput) -> torch.Tensor:
+    """The samples a SAM-LoRA member is scored on (its modality present)."""
+    if member.valid is None:
+        raise ValueError("a SAM-LoRA member output carries no `valid` mask")
+    return member.valid
+
+
 def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
     """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}.
 
@@ -41,7 +48,7 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     modality is present, and the terms are averaged over the members.
     """
     if output.members:
-        parts = [total_loss(member, torch.where(member.valid[:, None, None], labels, config.ignore_index), config)
+        parts = [total_loss(member, torch.where(_valid(member)[:, None, None], labels, config.ignore_index), config)
                  for member in output.members]
         return {key: torch.stack([part[key] for part in parts]).mean() for key in parts[0]}
     terms = config.loss

@@ -1,8 +1,10 @@
 """The one table of sensing modalities the project knows, and the per-modality input conventions.
 
 Every modality reaches the model as a 3-channel image whose values lie on the 0-255 scale (uint8 or
-float); `to_three_channels` maps a sensor's native channel count onto that form exactly as the data
-sets' public loaders do, and `normalize` applies the table's mean/std to value/255.
+float); `channel_sources` says how an image of C channels becomes those three (exactly as the data sets'
+public loaders build them), `to_three_channels` applies it on the host, `mlesam_core.preprocess` on the
+model's device, where the table's mean/std are applied to value/255. No torch here (the ROS parameters import
+this table before torch starts).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,6 +32,8 @@ class Modality:
     mean: tuple[float, float, float]  # applied to value / 255
     std: tuple[float, float, float]
     topic: str  # default ROS 2 topic of the node and the dataset-to-bag converter
+    # the model channel each native channel feeds: (source of channel 0, 1, 2), None = zero
+    from_native: tuple[int | None, int | None, int | None] = (0, 1, 2)
 
 
 MODALITIES: dict[str, Modality] = {
@@ -41,17 +44,17 @@ MODALITIES: dict[str, Modality] = {
         Modality("depth", "depth camera: 3-channel HHA encoding or single-channel depth (DELIVER)", "dense", 3,
                  IDENTITY_MEAN, IDENTITY_STD, "/depth/image_raw"),
         Modality("event", "event camera frame: positive count, negative count, 0 (DELIVER, MUSES)", "sparse", 2,
-                 IDENTITY_MEAN, IDENTITY_STD, "/event/image_raw"),
+                 IDENTITY_MEAN, IDENTITY_STD, "/event/image_raw", from_native=(0, 1, None)),
         Modality("lidar", "LiDAR projected into the camera: range, intensity, height (DELIVER, MUSES)", "sparse",
                  3, IDENTITY_MEAN, IDENTITY_STD, "/lidar/image_raw"),
         Modality("frame", "MUSES frame camera (RGB)", "dense", 3, IMAGENET_MEAN, IMAGENET_STD,
                  "/camera/image_raw"),
         Modality("aolp", "angle of linear polarisation: sin, cos, sin (MCubeS)", "dense", 2, IDENTITY_MEAN,
-                 IDENTITY_STD, "/polarization/aolp"),
+                 IDENTITY_STD, "/polarization/aolp", from_native=(0, 1, 0)),
         Modality("dolp", "degree of linear polarisation, repeated x3 (MCubeS)", "dense", 1, IDENTITY_MEAN,
-                 IDENTITY_STD, "/polarization/dolp"),
+                 IDENTITY_STD, "/polarization/dolp", from_native=(0, 0, 0)),
         Modality("nir", "near-infrared camera, grey repeated x3 (MCubeS)", "dense", 1, IDENTITY_MEAN, IDENTITY_STD,
-                 "/nir/image_raw"),
+                 "/nir/image_raw", from_native=(0, 0, 0)),
     )
 }
 
@@ -96,40 +99,43 @@ def dataset_modalities(dataset: str) -> tuple[str, ...]:
         raise ValueError(f"unknown data set {dataset!r} (known: {', '.join(DATASET_MODALITIES)})") from None
 
 
-def to_three_channels(array: np.ndarray, name: str = "input") -> np.ndarray:
-    """Map an HxW or HxWxC (C = 1..4) sensor image to HxWx3 as the public loaders do.
+ChannelSources = tuple[int | None, int | None, int | None]
+GENERIC_SOURCES: dict[int, ChannelSources] = {1: (0, 0, 0), 2: (0, 1, None), 3: (0, 1, 2), 4: (0, 1, 2)}
 
-    1 channel is repeated, 2 channels (event polarities, AoLP sin/cos) get a zero third channel,
-    4 channels (RGBA) lose alpha. Values keep their dtype and scale.
-    """
+
+def check_image_shape(shape: Sequence[int], name: str) -> None:
+    """ValueError naming `name` unless `shape` is HxW or HxWxC with C in 1..4 and H, W > 0."""
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 2, 3, 4)) or min(shape[:2]) == 0:
+        raise ValueError(f"{name}: expected an HxW or HxWxC image with C in 1..4, got shape {tuple(shape)}")
+
+
+def channel_sources(channels: int, modality: str | None = None, name: str = "input") -> ChannelSources:
+    """Which of an image's `channels` feeds each of the model's 3 channels (None: zero).
+
+    1 channel is repeated; 3 are kept and a 4th (alpha) is dropped; a modality's native layout follows its table
+    entry (event counts (pos, neg) get a zero third channel, AoLP (sin, cos) becomes (sin, cos, sin)). Without a
+    modality 2 channels get a zero third one, as the public loaders treat event images."""
+    if modality is None:
+        return GENERIC_SOURCES[channels]
+    entry = get_modality(modality)
+    if channels == entry.native_channels:
+        return entry.from_native
+    if channels in (1, 3, 4):
+        return GENERIC_SOURCES[channels]
+    accepted = sorted({1, entry.native_channels, 3, 4})
+    raise ValueError(f"{name}: {modality} takes {', '.join(map(str, accepted[:-1]))} or {accepted[-1]} channels, "
+                     f"got {channels}")
+
+
+def to_three_channels(array: np.ndarray, name: str = "input", *, modality: str | None = None) -> np.ndarray:
+    """Map an HxW or HxWxC (C = 1..4) sensor image to HxWx3 by `channel_sources`; values keep dtype and scale."""
+    check_image_shape(array.shape, name)
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) == 0:
-        raise ValueError(f"{name}: expected an HxW or HxWxC image with C in 1..4, got shape {tuple(array.shape)}")
-    channels = array.shape[2]
-    if channels == 1:
-        return np.repeat(array, 3, axis=2)
-    if channels == 2:
-        return np.concatenate([array, np.zeros_like(array[:, :, :1])], axis=2)
-    if channels == 4:
+    sources = channel_sources(array.shape[2], modality, name)
+    if sources == (0, 1, 2):
         return array[:, :, :3]
-    return array
-
-
-def normalization(names: Sequence[str], device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std tensors of shape [M, 3, 1, 1] for modalities `names` (for inputs scaled to 0-1)."""
-    mods = [get_modality(n) for n in names]
-    mean = torch.tensor([m.mean for m in mods], dtype=dtype, device=device)[:, :, None, None]
-    std = torch.tensor([m.std for m in mods], dtype=dtype, device=device)[:, :, None, None]
-    return mean, std
-
-
-def normalize(images: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-    """Normalise images [..., M, 3, H, W] on the 0-255 scale with each modality's mean/std."""
-    if images.shape[-4] != len(names) or images.shape[-3] != 3:
-        raise ValueError(f"expected images [..., {len(names)}, 3, H, W] for {list(names)}, "
-                         f"got shape {tuple(images.shape)}")
-    x = images if images.is_floating_point() else images.float()
-    mean, std = normalization(names, device=x.device, dtype=x.dtype)
-    return (x / 255.0 - mean) / std
+    if sources == (0, 0, 0):
+        return np.repeat(array[:, :, :1], 3, axis=2)
+    zero = np.zeros_like(array[:, :, :1])
+    return np.concatenate([zero if c is None else array[:, :, c:c + 1] for c in sources], axis=2)

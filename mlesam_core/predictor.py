@@ -2,42 +2,44 @@
 
 predict({modality: HxW or HxWxC array or tensor}) -> Prediction(labels HxW uint8, confidence HxW float32 (optional),
 routing).
-Preprocessing per modality, as `to_three_channels` -> resize to the model size (bilinear for dense modalities,
-nearest for sparse ones, per the modality table) -> `normalization` (value/255, table mean/std). Any non-empty
-subset of the configured modalities; the absent ones are marked absent (the model skips them entirely).
+Preprocessing per modality is `mlesam_core.preprocess` (resize to the model size, bilinear for dense modalities
+and nearest for sparse ones, channel mapping, value/255 and the table's mean/std), the same code evaluation runs.
+Any non-empty subset of the configured modalities; the absent ones are marked absent (the model skips them).
 
 The hot path works in place: each modality's array is uploaded in its own dtype and channel count (through a
 reused pinned buffer and a non-blocking copy on CUDA), mapped to 3 channels, resized and normalised on the device
 straight into a preallocated model input [1, M, 3, S, S]; a torch tensor input (e.g. HHA computed on the GPU) is
 taken where it is; the present mask of each modality subset is made once; the active modalities are known on the
 host from the input dict; labels, confidence (optional) and routing are computed on the device and downloaded in
-one copy, the call's only host sync. Options: bf16/fp16 autocast, `torch.compile`
-of the model, CUDA-graph replay per modality subset, and a merged LoRA expert for single-modality models; each
+one copy, the call's only host sync. Options (`InferenceOptions`): bf16/fp16 autocast, `torch.compile` of the
+model, CUDA-graph replay per modality subset, a merged LoRA expert for single-modality models, CPU threads; each
 optimisation falls back to the eager model, with a warning, where it is unavailable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mlesam_core.data.classes import ClassTable, get_class_table
-from mlesam_core.modalities import get_modality, normalization
+from mlesam_core.inference_options import InferenceOptions
+from mlesam_core.modalities import channel_sources
 from mlesam_core.model import OFFICIAL_CHECKPOINT_URL, CheckpointError, build_model, load_adapters
 from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
 from mlesam_core.model.config import MLESAMConfig, load_model_config
+from mlesam_core.precision import autocast
+from mlesam_core.preprocess import ModelInputTransform, check_image
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPH_WARMUP_RUNS = 3  # eager runs on a side stream before a capture, as PyTorch's CUDA-graph notes do
 
 
@@ -48,6 +50,15 @@ class Prediction:
     labels: np.ndarray  # HxW uint8 (input size)
     confidence: np.ndarray | None  # HxW float32; None when predict was asked not to compute it
     routing: dict[str, dict[str, float]]  # level -> {modality: weight}, every configured modality (absent: 0.0)
+
+
+@dataclass
+class StagedInput:
+    """A sample written into the Segmenter's input buffer: which modalities are present, and the sensor size."""
+
+    ids: tuple[int, ...]  # present modality ids (config order)
+    present: torch.Tensor  # [1, M] bool on the device
+    size: tuple[int, int]  # the sensors' (H, W): the size labels come back at
 
 
 @dataclass
@@ -72,55 +83,53 @@ class Segmenter:
     """Wraps a built model for single-sample inference on raw sensor images of any size (thread-safe: calls
     from several threads run one after another)."""
 
-    def __init__(self, model: LoRASam2Model, device: str | torch.device = "cpu", precision: str = "fp32",
-                 compile: bool = False, cuda_graphs: bool = False, merge_lora: bool = False) -> None:
-        """`compile`: torch.compile the model; `cuda_graphs`: replay a CUDA graph per modality subset;
-        `merge_lora`: fold the expert into the frozen weights (single-modality configs; changes `model`)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.device = torch.device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision: fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
-        if merge_lora:
+    def __init__(self, model: LoRASam2Model, options: InferenceOptions | None = None, **option_overrides: Any) -> None:
+        """Run `model` as `options` say (default `InferenceOptions()`: CPU, fp32, eager); options may also be given
+        by name (`Segmenter(model, device="cuda", precision="bf16")`). `merge_lora` changes `model` in place."""
+        options = (options or InferenceOptions()).replace(**option_overrides)
+        if options.merge_lora:
             _check_single_modality(model.modalities)
-        self.precision = precision
+        self.options = options
+        self.device = options.torch_device()
+        options.apply_threads()  # the calling thread's: construct the Segmenter on the thread that predicts
+        self.precision = options.precision
         self.model = model.to(self.device).eval()
-        if merge_lora:
+        if options.merge_lora:
             self.model.merge_lora(model.modalities[0])
         self.config: MLESAMConfig = model.config
         self.modalities = tuple(model.modalities)
         # names and colours of the labels (config key `classes`); None for a model of the user's own classes
         self.class_table: ClassTable | None = get_class_table(self.config.classes) if self.config.classes else None
         self.size = (self.config.image_size, self.config.image_size)
-        self._mean, self._std = normalization(self.modalities, device=self.device)  # [M, 3, 1, 1]
-        self._modes = {n: ("nearest" if get_modality(n).kind == "sparse" else "bilinear") for n in self.modalities}
+        self.transform = ModelInputTransform(self.modalities, self.size, self.device)
         self._lock = threading.Lock()  # one prediction at a time: the model's modality context is shared state
         with torch.inference_mode():  # written only under inference mode (predict, preprocess)
             self._images = torch.zeros((1, len(self.modalities), 3, *self.size), device=self.device)
         self._filled: set[int] = set()  # slots of `_images` holding the last call's data (the others are zero)
         self._present: dict[tuple[int, ...], torch.Tensor] = {}  # present mask [1, M] per modality subset
         self._uploads: dict[str, _UploadBuffers] = {}  # CUDA only: per modality, for its last input shape
-        self.compile = compile
+        self.compile = options.compile
         self._compiled: Callable[..., SegmentationOutput] | None = None
-        if compile:
+        if options.compile:
             try:
                 self._compiled = torch.compile(self.model, dynamic=False)
             except Exception as exc:  # noqa: BLE001 -- any failure to set up compilation means eager
                 self._no_compile(exc)
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        if cuda_graphs and not self.cuda_graphs:
+        self.cuda_graphs = options.cuda_graphs and self.device.type == "cuda"
+        if options.cuda_graphs and not self.cuda_graphs:
             log.warning("cuda_graphs: needs a CUDA device, the model is on %s: running eagerly", self.device)
         self._graphs: dict[tuple[int, ...], _CapturedForward] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
-        log.info("Segmenter on %s (%s): compile %s, cuda_graphs %s, merged LoRA expert %s", self.device, precision,
-                 self.compile, self.cuda_graphs, self.model.merged_modality)
+        log.info("Segmenter on %s (%s): compile %s, cuda_graphs %s, merged LoRA expert %s", self.device,
+                 self.precision, self.compile, self.cuda_graphs, self.model.merged_modality)
 
     @classmethod
     def from_files(cls, config: MLESAMConfig | str | Path, sam2_checkpoint: str | Path | None = None,
-                   adapters: str | Path | None = None, device: str | torch.device = "cpu",
-                   precision: str = "fp32", allow_random_init: bool = False, compile: bool = False,
-                   cuda_graphs: bool = False, merge_lora: bool = False) -> Segmenter:
-        """Build the model from a config, load SAM2 weights (or seeded random ones) and adapters."""
+                   adapters: str | Path | None = None, options: InferenceOptions | None = None,
+                   allow_random_init: bool = False, **option_overrides: Any) -> Segmenter:
+        """Build the model from a config, load SAM2 weights (or seeded random ones) and adapters; run it as
+        `options` (and options given by name) say."""
+        options = (options or InferenceOptions()).replace(**option_overrides)
         config = load_model_config(config)
         if sam2_checkpoint is None and not allow_random_init:
             raise CheckpointError(
@@ -128,15 +137,16 @@ class Segmenter:
                 f"sam2.config_name {config.sam2.config_name!r} from Meta's release (e.g. {OFFICIAL_CHECKPOINT_URL} "
                 f"for Hiera-B+) and pass sam2_checkpoint=<path>, or pass allow_random_init=True to run on seeded "
                 f"random frozen weights (tests and demos only)")
-        if merge_lora:  # before the (slow) build
+        options.torch_device()  # before the (slow) build: a device that is not there is named at once
+        options.apply_threads()
+        if options.merge_lora:
             _check_single_modality(config.modalities)
         model = build_model(config, sam2_checkpoint=sam2_checkpoint)
         if adapters is not None:
             load_adapters(model, adapters)
         else:
             log.warning("no adapters given: the LoRA experts and heads are untrained, predictions are meaningless")
-        return cls(model, device=device, precision=precision, compile=compile, cuda_graphs=cuda_graphs,
-                   merge_lora=merge_lora)
+        return cls(model, options)
 
     # -------------------------------------------------------------------------------------------- public API
     def preprocess(self, inputs: Mapping[str, np.ndarray | torch.Tensor]
@@ -145,8 +155,8 @@ class Segmenter:
         owns (predict uses reused buffers instead); ValueError on bad input."""
         with self._lock:
             with torch.inference_mode():
-                _, present, size = self._stage(inputs)
-            return self._images.clone(), present.clone(), size
+                staged = self._stage(inputs)
+            return self._images.clone(), staged.present.clone(), staged.size
 
     def predict(self, inputs: Mapping[str, np.ndarray | torch.Tensor], confidence: bool = True) -> Prediction:
         """Segment one multi-modal sample given as {modality name: HxW or HxWxC uint8/float image}, each a numpy
@@ -155,18 +165,29 @@ class Segmenter:
         `confidence=False` skips the softmax over the sensor-size logits (labels are the same; on a CPU that is
         about a third of the post-processing) and returns `confidence=None`."""
         with self._lock, torch.inference_mode():
-            ids, present, size = self._stage(inputs)
-            output = self._graph_forward(ids, present) if self.cuda_graphs else self._forward(ids, present)
-            labels, probability = labels_and_confidence(output.logits, size, confidence)
+            staged = self._stage(inputs)
+            output = self._run(staged)
+            labels, probability = labels_and_confidence(output.logits, staged.size, confidence)
             routing = torch.stack([weights[0].float() for weights in output.routing.values()])  # [levels, M]
             return self._download(labels[0], None if probability is None else probability[0], routing,
                                   list(output.routing))
 
+    def stage(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> StagedInput:
+        """Check `inputs` and write them into the model input buffer, as `predict` does first."""
+        with self._lock, torch.inference_mode():
+            return self._stage(inputs)
+
+    def run_model(self, staged: StagedInput) -> SegmentationOutput:
+        """The model alone on the input buffer, exactly as `predict` runs it (precision, compiled model or CUDA
+        graph); valid while no other call restaged the buffer (a CUDA graph's output is overwritten by its next
+        replay)."""
+        with self._lock, torch.inference_mode():
+            return self._run(staged)
+
     # ---------------------------------------------------------------------------------------- preprocessing
-    def _stage(self, inputs: Mapping[str, np.ndarray | torch.Tensor]
-               ) -> tuple[tuple[int, ...], torch.Tensor, tuple[int, int]]:
-        """Check `inputs` and write them into the model input buffer -> (present modality ids, present mask
-        [1, M], input (H, W)). Nothing is written unless every input is valid."""
+    def _stage(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> StagedInput:
+        """Check `inputs` and write them into the model input buffer. Nothing is written unless every input is
+        valid."""
         if not isinstance(inputs, Mapping) or not inputs:
             raise ValueError(f"no modalities given: expected a dict {{modality: HxWxC array}} with a non-empty "
                              f"subset of {list(self.modalities)}")
@@ -174,12 +195,12 @@ class Segmenter:
         if unknown:
             raise ValueError(f"unknown modality {unknown[0]!r}: this model takes {list(self.modalities)}")
         arrays: dict[int, np.ndarray | torch.Tensor] = {}
-        size = None
+        first = check_image(next(iter(inputs.values())), next(iter(inputs)))
+        size = (int(first.shape[0]), int(first.shape[1]))
         for name, array in inputs.items():
-            array = _check_image(array, name)
-            if size is None:
-                size = tuple(array.shape[:2])
-            elif tuple(array.shape[:2]) != size:
+            array = check_image(array, name)
+            channel_sources(array.shape[2], name, name)  # a channel count the modality does not take
+            if tuple(array.shape[:2]) != size:
                 raise ValueError(f"{name}: size {array.shape[0]}x{array.shape[1]} differs from the other "
                                  f"modalities' {size[0]}x{size[1]}")
             arrays[self.modalities.index(name)] = array
@@ -191,7 +212,7 @@ class Segmenter:
         ids = tuple(sorted(arrays))
         if ids not in self._present:
             self._present[ids] = torch.tensor([[i in ids for i in range(len(self.modalities))]], device=self.device)
-        return ids, self._present[ids], size
+        return StagedInput(ids, self._present[ids], size)
 
     def _upload(self, name: str, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """HxWxC array or tensor (C 1-3) -> [C, H, W] on the device: uint8 stays uint8, floats become float32."""
@@ -216,32 +237,20 @@ class Segmenter:
         return buffers.device.permute(2, 0, 1)
 
     def _write_slot(self, index: int, x: torch.Tensor) -> None:
-        """[C, H, W] (C 1-3, 0-255 scale) -> resized, 3 channels as `to_three_channels`, normalised, into the
-        model input's slot `index` (resizing the native channels first: interpolation is per channel)."""
-        name = self.modalities[index]
-        if tuple(x.shape[-2:]) != self.size:
-            mode = self._modes[name]
-            x = F.interpolate(x[None].float(), size=self.size, mode=mode,
-                              **({"align_corners": False} if mode == "bilinear" else {}))[0]
-        slot = self._images[0, index]
-        if x.shape[0] == 2:  # two channels get a zero third one
-            torch.div(x, 255.0, out=slot[:2])
-            slot[2].zero_()
-        else:  # three channels, or one repeated
-            torch.div(x.expand(3, -1, -1), 255.0, out=slot)
-        slot.sub_(self._mean[index]).div_(self._std[index])
+        """[C, H, W] (C 1-3, 0-255 scale) -> the model input's slot `index`, by the shared preprocessing."""
+        self.transform.write(index, x, self._images[0, index])
 
     # ----------------------------------------------------------------------------------------------- model
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        # CUDA graphs must not capture autocast's weight-cast cache (PyTorch's CUDA-graph notes)
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], cache_enabled=not self.cuda_graphs)
+    def _run(self, staged: StagedInput) -> SegmentationOutput:
+        """The model on the staged input: a CUDA graph's replay when enabled, else (compiled) eager."""
+        if self.cuda_graphs:
+            return self._graph_forward(staged.ids, staged.present)
+        return self._forward(staged.ids, staged.present)
 
     def _forward(self, ids: tuple[int, ...], present: torch.Tensor) -> SegmentationOutput:
         """The model on the input buffer, compiled if enabled; a compile failure (raised at the first call of a
         modality subset) switches to eager for good."""
-        with self._autocast():
+        with autocast(self.device, self.precision, cache_enabled=not self.cuda_graphs):
             if self._compiled is not None:
                 try:
                     return self._compiled(self._images, present, ids)
@@ -313,9 +322,9 @@ def labels_and_confidence(logits: torch.Tensor, size: tuple[int, int],
     softmax probability of each chosen class [1, H, W] (None unless `confidence`).
 
     The upsampling writes channels-last and the class reductions run over the innermost dimension of that
-    [1, H, W, C] view: on a CPU 1.6-1.9x faster than the channels-first definition (`node_pipeline.py
-    --post-variants`), the same up to float rounding; also faster there than any torch.compile'd form we tried, so
-    it is not compiled. `max`, not `argmax`: 5x faster over a class dimension on a CPU."""
+    [1, H, W, C] view: on a CPU faster than the channels-first definition (`python -m benchmarks.node_pipeline
+    --post-variants` times both), the same up to float rounding; also faster there than the torch.compile'd forms
+    we tried, so it is not compiled. `max`, not `argmax`: the faster reduction over a class dimension on a CPU."""
     logits = logits.float().contiguous(memory_format=torch.channels_last)
     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
     if not confidence:
@@ -331,21 +340,4 @@ def _check_single_modality(modalities: tuple[str, ...]) -> None:
                          f"{list(modalities)}")
 
 
-def _check_image(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray | torch.Tensor:
-    """A uint8/float HxW or HxWxC (C 1-4) numpy image or tensor as HxWxC with C 1-3 (alpha dropped, a view, no
-    copy); ValueError naming `name` otherwise. The channel mapping itself happens on the device (`_write_slot`)."""
-    if isinstance(array, torch.Tensor):
-        if array.dtype != torch.uint8 and not array.dtype.is_floating_point:
-            raise ValueError(f"{name}: expected uint8 or float (0-255 scale) values, got {array.dtype}")
-    elif not isinstance(array, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(array).__name__}")
-    elif array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name}: expected uint8 or float (0-255 scale) values, got {array.dtype}")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) == 0:
-        raise ValueError(f"{name}: expected an HxW or HxWxC image with C in 1..4, got shape {tuple(array.shape)}")
-    return array[:, :, :3]
-
-
-__all__ = ["Segmenter", "Prediction", "labels_and_confidence"]
+__all__ = ["Segmenter", "Prediction", "StagedInput", "labels_and_confidence"]

@@ -5,8 +5,8 @@ compressedDepth, `mlesam_ros.compressed`). Colour cameras give RGB; depth (16UC1
 a depth image with the shared `mlesam_core.sensors` encodings (a 3-channel 8-bit depth message is taken as
 already encoded); event frames give their two count channels (positive, negative); LiDAR arrives as a projected
 image (8-bit, already encoded, or 32FC3 range/intensity/height) or as a PointCloud2 projected with the camera
-model. Images with one or two channels stay that way: the Segmenter maps them to three (`to_three_channels`:
-repeated / zero third channel) on the model's device, so the host makes no 3-channel copy. Every problem raises
+model. Images with one or two channels stay that way: the Segmenter maps them to three
+(`modalities.channel_sources`) on the model's device, so the host makes no 3-channel copy. Every problem raises
 `InputError` naming it; the pipeline then treats that modality as absent for the frame.
 """
 
@@ -21,15 +21,7 @@ import numpy as np
 import torch
 
 from mlesam_core.data.base import resize_to
-from mlesam_core.sensors import (
-    CompiledHHA,
-    DepthEncoding,
-    depth_to_hha,
-    depth_to_hha_on,
-    depth_to_image,
-    lidar_image_to_uint8,
-    render_event_frame,
-)
+from mlesam_core.sensors import DepthEncoding, depth_to_image, hha_encoder, lidar_image_to_uint8, render_event_frame
 from mlesam_ros.compressed import compressed_to_array
 from mlesam_ros.events import EventWindow
 from mlesam_ros.image_conversion import (
@@ -91,9 +83,8 @@ class InputDecoder:
         self.transforms: TransformLookup = TransformTree()
         self.primary_frame = ""  # the primary's header frame_id, the camera frame when camera_info names none
         self._extrinsic_source = ""
-        self.on_device = torch.device(config.model.device).type != "cpu"  # HHA on the model's device
-        # on a CPU with `model.compile`: the compiled torch HHA (3.3-3.9x faster than numpy), else numpy
-        self.cpu_hha = CompiledHHA() if config.model.compile and not self.on_device else depth_to_hha
+        # HHA where the model runs: on its GPU (handed over there), else numpy or, with model.compile, compiled
+        self.hha = hha_encoder(config.model.device, config.model.compile)
         self._decoders: dict[str, Callable[[np.ndarray, str], ModelImage]] = {
             "depth": self._depth, "event": self._event, "lidar": self._lidar}
 
@@ -193,9 +184,7 @@ class InputDecoder:
                              f"depth.min_valid_fraction is {self.config.depth.min_valid_fraction:.1%}")
         if self.config.depth.encoding == "depth":
             return depth_to_image(metres, self.depth_encoding)  # one channel, repeated on the device
-        if self.on_device:  # HHA on the model's GPU, handed over there: the depth goes up once, nothing comes back
-            return depth_to_hha_on(metres, self.intrinsics(), self.config.model.device, self.depth_encoding)
-        return self.cpu_hha(metres, self.intrinsics(), self.depth_encoding)
+        return self.hha(metres, self.intrinsics(), self.depth_encoding)
 
     def _event(self, array: np.ndarray, encoding: str) -> np.ndarray:
         info = encoding_info(encoding)

@@ -4,8 +4,8 @@ Subscriptions feed the synchroniser on the executor thread; complete frames go t
 that a worker thread drains (a newer frame replaces one still waiting, so latency stays bounded while
 inference is busy). The worker thread also loads the model, so every torch operation runs on that one thread:
 torch's CPU thread team is per calling thread, and with a second team (the model built on the executor thread)
-libgomp sees more threads than cores and stops spinning between operations — the tiny model then ran 1.6x slower
-on 2 cores. A timer flushes frames whose auxiliaries never came and publishes /diagnostics, also when every
+libgomp sees more threads than cores and stops spinning between operations (`python -m benchmarks.inference_thread`
+measures the cost). A timer flushes frames whose auxiliaries never came and publishes /diagnostics, also when every
 sensor is silent.
 """
 

@@ -14,7 +14,7 @@ from mlesam_ros.params import OutputParams
 from mlesam_ros.pipeline import FrameResult, SegmentationPipeline
 
 OUTPUT_TOPICS = {
-    "labels": "mlesam/labels",  # mono8 class ids, 255 = unlabeled (mono16 with more than 255 classes)
+    "labels": "mlesam/labels",  # mono8 class ids, 255 = unlabeled
     "labels_color": "mlesam/labels_color",  # rgb8, class table palette
     "confidence": "mlesam/confidence",  # 32FC1, probability of the chosen class
     "routing": "mlesam/routing",  # Float32MultiArray [level, modality]
@@ -38,8 +38,7 @@ def output_messages(kit: MessageKit, pipeline: SegmentationPipeline, result: Fra
     names = enabled_outputs(pipeline.config.outputs)
     messages = {}
     if "labels" in names:
-        encoding = "mono16" if result.labels.dtype.itemsize == 2 else "mono8"
-        messages["labels"] = kit.image(result.labels, encoding, result.header)
+        messages["labels"] = kit.image(result.labels, "mono8", result.header)
     if "labels_color" in names:
         messages["labels_color"] = kit.image(pipeline.class_table.colorize(result.labels), "rgb8", result.header)
     if "confidence" in names:

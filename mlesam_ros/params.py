@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml
+from mlesam_core.config_io import ConfigError, apply_overrides, check, doc_field, from_dict, load_yaml, resolve_path
 from mlesam_core.data.classes import CLASS_TABLES
+from mlesam_core.inference_options import InferenceOptions
 from mlesam_core.modalities import check_modalities, get_modality
 from mlesam_ros.sync import SensorTiming
 
 NODE_NAME = "mlesam_segmenter"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # LiDAR frame (x forward, y left, z up) -> camera optical frame (x right, y down, z forward), same origin.
 LIDAR_TO_OPTICAL = (0.0, -1.0, 0.0, 0.0,
                     0.0, 0.0, -1.0, 0.0,
@@ -28,36 +28,17 @@ LIDAR_TO_OPTICAL = (0.0, -1.0, 0.0, 0.0,
                     0.0, 0.0, 0.0, 1.0)
 
 
-def _doc(default: Any, doc: str, **kwargs: Any) -> Any:
-    """A dataclass field with a description (becomes the ROS ParameterDescriptor's description)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kwargs})
-    return field(default=default, metadata={"doc": doc, **kwargs})
-
-
 @dataclass
-class ModelParams:
-    """Which model to run and where."""
+class ModelParams(InferenceOptions):
+    """Which model to run, and how (`InferenceOptions`: device, precision, compile, cuda_graphs, merge_lora,
+    threads, validated there)."""
 
-    config: str = _doc("config/model/mlesam_hiera_b+.yaml", "model config YAML (relative: cwd, repo, package share)")
-    sam2_checkpoint: str = _doc("", "official SAM2 checkpoint (.pt); empty = none")
-    adapters: str = _doc("", "trained adapters (.safetensors); empty = none")
-    device: str = _doc("cpu", "torch device: cpu, cuda, cuda:1, ...")
-    precision: Literal["fp32", "fp16", "bf16"] = _doc("fp32", "inference precision")
-    allow_random_init: bool = _doc(False, "no SAM2 checkpoint: seeded random frozen backbone (only adapters trained "
-                                          "on that same random backbone make sense: tests, CPU demo)")
-    compile: bool = _doc(False, "torch.compile the model, and on a CPU the HHA depth encoding (each new sensor subset "
-                                "compiles on its first frame: a slow start); eager, with a warning, where compilation "
-                                "fails")
-    cuda_graphs: bool = _doc(False, "replay a CUDA graph of the model per sensor subset (captured on its first frame); "
-                                    "eager, with a warning, on a CPU or where capture fails")
-    merge_lora: bool = _doc(False, "fold the LoRA expert into the frozen weights (no LoRA matmul); only for a model "
-                                   "config with exactly one modality")
-    cpu_threads: int = _doc(0, "CPU threads of torch's operators in the inference thread (leave cores to other "
-                               "nodes); 0 = torch's default, one per core")
-
-    def __post_init__(self) -> None:
-        check(self.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {self.cpu_threads}")
+    config: str = doc_field("config/model/mlesam_hiera_b+.yaml",
+                            "model config YAML (relative: cwd, repo, package share)")
+    sam2_checkpoint: str = doc_field("", "official SAM2 checkpoint (.pt); empty = none")
+    adapters: str = doc_field("", "trained adapters (.safetensors); empty = none")
+    allow_random_init: bool = doc_field(False, "no SAM2 checkpoint: seeded random frozen backbone (only adapters "
+                                               "trained on that same random backbone make sense: tests, CPU demo)")
 
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -74,12 +55,12 @@ COMPRESSED_TRANSPORTS = ("compressed", "compressedDepth")
 class SensorConfig(SensorTiming):
     """One input sensor: its topic, message type and synchronisation timing."""
 
-    topic: str = _doc("", "input topic (may be an image_transport topic such as /camera/image_raw/compressed); "
-                          "empty = the modality's default topic")
-    type: str = _doc("", f"message type on the topic: {IMAGE_TYPE}, {COMPRESSED_TYPE} (image_transport compressed "
-                         f"or compressedDepth), {POINTCLOUD_TYPE} (lidar) or {EVENT_PACKET_TYPE} (event); empty = "
-                         f"from the topic (.../compressed, .../compressedDepth: CompressedImage), else Image "
-                         f"(lidar: as lidar.input says)")
+    topic: str = doc_field("", "input topic (may be an image_transport topic such as /camera/image_raw/compressed); "
+                               "empty = the modality's default topic")
+    type: str = doc_field("", f"message type on the topic: {IMAGE_TYPE}, {COMPRESSED_TYPE} (image_transport "
+                              f"compressed or compressedDepth), {POINTCLOUD_TYPE} (lidar) or {EVENT_PACKET_TYPE} "
+                              f"(event); empty = from the topic (.../compressed, .../compressedDepth: "
+                              f"CompressedImage), else Image (lidar: as lidar.input says)")
 
 
 def accepted_types(sensor: str) -> tuple[str, ...]:
@@ -97,9 +78,9 @@ def image_transport_base(topic: str) -> str:
 class SyncParams:
     """Synchroniser settings shared by all sensors."""
 
-    primary_timeout: float = _doc(0.3, "primary silent this long (data time) -> the next sensor drives")
-    use_stale: bool = _doc(True, "use a stale auxiliary message (older than slop, within stale_after)")
-    buffer_size: int = _doc(16, "messages kept per sensor and frames waiting, at most")
+    primary_timeout: float = doc_field(0.3, "primary silent this long (data time) -> the next sensor drives")
+    use_stale: bool = doc_field(True, "use a stale auxiliary message (older than slop, within stale_after)")
+    buffer_size: int = doc_field(16, "messages kept per sensor and frames waiting, at most")
 
     def __post_init__(self) -> None:
         check(self.primary_timeout > 0, "primary_timeout", f"must be > 0, got {self.primary_timeout}")
@@ -110,9 +91,9 @@ class SyncParams:
 class DepthParams:
     """How depth messages become the model's depth image."""
 
-    encoding: Literal["hha", "depth"] = _doc("hha", "the model's depth input: hha (needs intrinsics) or depth")
-    camera_height: float = _doc(1.5, "camera height above ground in metres (HHA height channel)")
-    min_valid_fraction: float = _doc(0.01, "depth frames with fewer valid pixels count as invalid")
+    encoding: Literal["hha", "depth"] = doc_field("hha", "the model's depth input: hha (needs intrinsics) or depth")
+    camera_height: float = doc_field(1.5, "camera height above ground in metres (HHA height channel)")
+    min_valid_fraction: float = doc_field(0.01, "depth frames with fewer valid pixels count as invalid")
 
     def __post_init__(self) -> None:
         check(0.0 <= self.min_valid_fraction <= 1.0, "min_valid_fraction",
@@ -123,9 +104,9 @@ class DepthParams:
 class LidarParams:
     """LiDAR input: a projected image, or a PointCloud2 projected here."""
 
-    input: Literal["image", "points"] = _doc("image", "image: projected LiDAR image topic; points: PointCloud2")
-    points_topic: str = _doc("/lidar/points", "PointCloud2 topic (input: points)")
-    cam_from_lidar: tuple[float, ...] = _doc(LIDAR_TO_OPTICAL, "4x4 camera<-LiDAR extrinsic, row-major")
+    input: Literal["image", "points"] = doc_field("image", "image: projected LiDAR image topic; points: PointCloud2")
+    points_topic: str = doc_field("/lidar/points", "PointCloud2 topic (input: points)")
+    cam_from_lidar: tuple[float, ...] = doc_field(LIDAR_TO_OPTICAL, "4x4 camera<-LiDAR extrinsic, row-major")
 
     def __post_init__(self) -> None:
         check(len(self.cam_from_lidar) == 16, "cam_from_lidar", f"needs 16 values, got {len(self.cam_from_lidar)}")
@@ -135,8 +116,8 @@ class LidarParams:
 class EventParams:
     """Event input as event_camera_msgs/EventPacket: how a frame's event image is rendered from the events."""
 
-    window: float = _doc(0.03, "a frame at t renders the events with time in (t - window, t] (seconds; MUSES: "
-                               "30 ms)")
+    window: float = doc_field(0.03, "a frame at t renders the events with time in (t - window, t] (seconds; "
+                                    "MUSES: 30 ms)")
 
     def __post_init__(self) -> None:
         check(self.window > 0, "window", f"must be > 0 seconds, got {self.window}")
@@ -146,11 +127,11 @@ class EventParams:
 class CameraParams:
     """Camera model used for HHA depth and LiDAR projection, and the expected image size."""
 
-    info_topic: str = _doc("", "CameraInfo of the primary camera (depth registered to it); empty = image_transport's "
-                               "convention, camera_info next to the primary's image topic (/camera/image_raw and "
-                               "/camera/image_raw/compressed: /camera/camera_info)")
-    intrinsics: tuple[float, ...] = _doc((), "3x3 K row-major; empty = from camera_info")
-    image_size: tuple[int, ...] = _doc((), "expected [H, W] of every input; empty = camera_info, else driver's")
+    info_topic: str = doc_field("", "CameraInfo of the primary camera (depth registered to it); empty = "
+                                    "image_transport's convention, camera_info next to the primary's image topic "
+                                    "(/camera/image_raw and /camera/image_raw/compressed: /camera/camera_info)")
+    intrinsics: tuple[float, ...] = doc_field((), "3x3 K row-major; empty = from camera_info")
+    image_size: tuple[int, ...] = doc_field((), "expected [H, W] of every input; empty = camera_info, else driver's")
 
     def __post_init__(self) -> None:
         check(len(self.intrinsics) in (0, 9), "intrinsics", f"needs 9 values or none, got {len(self.intrinsics)}")
@@ -162,20 +143,20 @@ class CameraParams:
 class OutputParams:
     """Which outputs to produce."""
 
-    labels: bool = _doc(True, "publish /mlesam/labels (mono8 class ids, 255 = unlabeled)")
-    labels_color: bool = _doc(True, "publish /mlesam/labels_color (rgb8, class palette)")
-    confidence: bool = _doc(True, "publish /mlesam/confidence (32FC1); off, its softmax is not computed either")
-    routing: bool = _doc(True, "publish /mlesam/routing (Float32MultiArray level x modality)")
+    labels: bool = doc_field(True, "publish /mlesam/labels (mono8 class ids, 255 = unlabeled)")
+    labels_color: bool = doc_field(True, "publish /mlesam/labels_color (rgb8, class palette)")
+    confidence: bool = doc_field(True, "publish /mlesam/confidence (32FC1); off, its softmax is not computed either")
+    routing: bool = doc_field(True, "publish /mlesam/routing (Float32MultiArray level x modality)")
 
 
 @dataclass
 class QosParams:
     """Quality of service of inputs and outputs."""
 
-    input_reliability: Literal["best_effort", "reliable"] = _doc("best_effort", "input QoS (sensor data)")
-    input_depth: int = _doc(5, "input queue depth")
-    output_reliability: Literal["best_effort", "reliable"] = _doc("reliable", "output QoS reliability")
-    output_depth: int = _doc(2, "output queue depth")
+    input_reliability: Literal["best_effort", "reliable"] = doc_field("best_effort", "input QoS (sensor data)")
+    input_depth: int = doc_field(5, "input queue depth")
+    output_reliability: Literal["best_effort", "reliable"] = doc_field("reliable", "output QoS reliability")
+    output_depth: int = doc_field(2, "output queue depth")
 
 
 @dataclass
@@ -183,10 +164,10 @@ class SegmentConfig:
     """Everything the segmentation node and the replay need besides the model weights."""
 
     model: ModelParams = field(default_factory=ModelParams)
-    modalities: tuple[str, ...] = _doc(("rgb", "depth", "event", "lidar"),
-                                       "sensors to use, in fallback-driver order (subset of the model's)")
-    primary: str = _doc("rgb", "the sensor whose frames drive the output")
-    classes: str = _doc("", "class table of the labels (deliver, muses, mcubes); empty = the model's")
+    modalities: tuple[str, ...] = doc_field(("rgb", "depth", "event", "lidar"),
+                                                    "sensors to use, in fallback-driver order (subset of the model's)")
+    primary: str = doc_field("rgb", "the sensor whose frames drive the output")
+    classes: str = doc_field("", "class table of the labels (deliver, muses, mcubes); empty = the model's")
     sensors: dict[str, SensorConfig] = field(default_factory=dict)
     sync: SyncParams = field(default_factory=SyncParams)
     depth: DepthParams = field(default_factory=DepthParams)
@@ -195,8 +176,8 @@ class SegmentConfig:
     camera: CameraParams = field(default_factory=CameraParams)
     outputs: OutputParams = field(default_factory=OutputParams)
     qos: QosParams = field(default_factory=QosParams)
-    diagnostics_period: float = _doc(1.0, "seconds between /diagnostics messages")
-    log_period: float = _doc(5.0, "the same input problem is logged at most once per this many seconds")
+    diagnostics_period: float = doc_field(1.0, "seconds between /diagnostics messages")
+    log_period: float = doc_field(5.0, "the same input problem is logged at most once per this many seconds")
 
     def __post_init__(self) -> None:
         try:
@@ -246,17 +227,6 @@ class SegmentConfig:
         image_topic = image_transport_base(self.input_topic(self.primary))
         namespace = image_topic.rstrip("/").rpartition("/")[0]
         return f"{namespace}/camera_info"
-
-
-def resolve_path(path: str, bases: Sequence[Path] = ()) -> Path:
-    """An existing file: `path` as given, else relative to each of `bases`, the cwd and the repository root."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    for base in (Path.cwd(), *bases, REPO_ROOT):
-        if (base / candidate).exists():
-            return base / candidate
-    return candidate
 
 
 def parameters_section(data: dict, source: str = "") -> dict:

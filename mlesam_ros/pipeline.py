@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from mlesam_ros.messages import header_seconds, message_type, stamp_to_ns
 from mlesam_ros.model_inputs import InputDecoder, InputError
 from mlesam_ros.params import NODE_NAME, SegmentConfig, resolve_path
 from mlesam_ros.sync import ApproximateSync, StampError, SyncedFrame
+
+if TYPE_CHECKING:  # the predictor (torch, sam2) loads in load_segmenter, after the parameters were validated
+    from mlesam_core.predictor import Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -39,33 +42,27 @@ class FrameResult:
     driver: str
     status: dict[str, str]  # per sensor: ok, stale, missing (from the synchroniser) or invalid (unusable)
     used: tuple[str, ...]  # modalities given to the model
-    labels: np.ndarray | None = None  # HxW class ids (uint8; uint16 with more than 255 classes)
+    labels: np.ndarray | None = None  # HxW uint8 class ids (model configs have at most 255 classes)
     confidence: np.ndarray | None = None  # HxW float32 (computed only when the confidence output is on)
     routing: dict[str, dict[str, float]] = field(default_factory=dict)  # level -> modality -> weight
     latency: float | None = None  # seconds spent in Segmenter.predict
     errors: dict[str, str] = field(default_factory=dict)  # sensor (or "inference") -> problem
 
 
-def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Any:
+def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Segmenter:
     """The `Segmenter` that `config.model` describes (model config path searched in `search` too). Call it on the
-    thread that will run inference: `model.cpu_threads` is set for the calling thread (torch's thread count is
+    thread that will run inference: `model.threads` is set for the calling thread (torch's thread count is
     per thread)."""
-    import torch
-
-    from mlesam_core import Segmenter  # torch loads here, after the parameters were validated
+    from mlesam_core.predictor import Segmenter  # torch loads here, after the parameters were validated
 
     model = config.model
-    if model.cpu_threads:
-        torch.set_num_threads(model.cpu_threads)
     path = resolve_path(model.config, search)
     logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
     return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,
-                                device=model.device, precision=model.precision,
-                                allow_random_init=model.allow_random_init, compile=model.compile,
-                                cuda_graphs=model.cuda_graphs, merge_lora=model.merge_lora)
+                                options=model, allow_random_init=model.allow_random_init)
 
 
-def class_table_for(config: SegmentConfig, segmenter: Any) -> ClassTable:
+def class_table_for(config: SegmentConfig, segmenter: Segmenter) -> ClassTable:
     """The `classes` parameter's table, else the model's; it must have as many classes as the model predicts."""
     table = get_class_table(config.classes) if config.classes else getattr(segmenter, "class_table", None)
     if table is None:
@@ -79,7 +76,7 @@ def class_table_for(config: SegmentConfig, segmenter: Any) -> ClassTable:
 class SegmentationPipeline:
     """Synchroniser + input decoding + Segmenter + health, independent of rclpy."""
 
-    def __init__(self, config: SegmentConfig, segmenter: Any, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, config: SegmentConfig, segmenter: Segmenter, clock: Callable[[], float] = time.monotonic,
                  log: logging.Logger | None = None) -> None:
         """Pipeline for `config` around a loaded `Segmenter`; `clock` gives arrival times (seconds)."""
         unknown = [m for m in config.modalities if m not in segmenter.modalities]
@@ -205,8 +202,7 @@ class SegmentationPipeline:
             self.problems.logger.exception("inference failed on frame %.3f", frame.stamp)
             return result
         result.latency = time.perf_counter() - start
-        labels = np.asarray(prediction.labels)
-        result.labels = labels.astype(np.uint16 if self.class_table.num_classes > 255 else np.uint8, copy=False)
+        result.labels = prediction.labels
         if prediction.confidence is not None:
             result.confidence = np.asarray(prediction.confidence, dtype=np.float32)
         result.routing = {level: {m: float(w) for m, w in weights.items()}

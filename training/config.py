@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mlesam_core.config_io import ConfigError, check, from_dict, load_config, load_yaml
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from mlesam_core.config_io import ConfigError, check, from_dict, load_config, load_yaml, resolve_path
+from mlesam_core.precision import TrainingPrecision
 
 
 @dataclass
@@ -46,7 +45,7 @@ class OptimConfig:
     max_steps: int | None = None  # optimiser steps; when set, replaces epochs as the budget
     grad_accum_steps: int = 1
     grad_clip_norm: float | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: TrainingPrecision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (mlesam_core.precision)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
@@ -132,14 +131,6 @@ class TrainConfig:
         check(self.log_every_steps > 0, "log_every_steps", f"must be positive, got {self.log_every_steps}")
         check(self.save_every_steps is None or self.save_every_steps > 0, "save_every_steps",
               f"must be positive, got {self.save_every_steps}")
-
-
-def resolve_path(path: str | Path) -> Path:
-    """`path` as given if it exists (or is absolute), else relative to the repository root if it exists there."""
-    path = Path(path).expanduser()
-    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
-        return path
-    return REPO_ROOT / path
 
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),

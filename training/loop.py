@@ -25,8 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mlesam_core.config_io import ConfigError, to_dict
-from mlesam_core.evaluation import autocast, evaluate
+from mlesam_core.evaluation import evaluate
 from mlesam_core.losses import total_loss
+from mlesam_core.precision import autocast
 from training import checkpoint as ckpt
 from training.config import TrainConfig, build_model_config, model_config_mapping
 from training.data import DataBundle, build_data, check_data_against_model

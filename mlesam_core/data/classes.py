@@ -37,7 +37,7 @@ class ClassTable:
         labels = np.asarray(labels)
         if labels.dtype != np.uint8:  # uint8 ids index the 256-entry table as they are (no int64 copy)
             labels = labels.astype(np.int64).clip(0, 255)
-        return np.take(self.palette_array(), labels, axis=0)  # ~6x faster than fancy indexing
+        return np.take(self.palette_array(), labels, axis=0)  # faster than fancy indexing
 
 
 DELIVER = ClassTable(

@@ -9,9 +9,9 @@ import numpy as np
 
 
 def png_params(compression: int = 1) -> list[int]:
-    """OpenCV PNG options: zlib level `compression` (0 = stored, fastest, ~4x larger files).
+    """OpenCV PNG options: zlib level `compression` (0 = stored, fastest, several times larger files).
 
-    For level >= 1 the SUB filter with run-length zlib is ~2x faster than OpenCV's default and as small here.
+    For level >= 1 the SUB filter with run-length zlib is faster than OpenCV's default and as small here.
     """
     if not 0 <= compression <= 9:
         raise ValueError(f"PNG compression must be 0..9, got {compression}")
@@ -35,7 +35,7 @@ def read_image(path: str | Path, any_depth: bool = False, rgb_order: bool = True
         raise ValueError(f"cannot decode image file: {path}")
     if image.dtype != np.uint8 and not any_depth:
         # 16-bit files read as 8-bit keep their most significant byte, as an 8-bit reader would
-        image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
+        image = np.right_shift(image, 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
     if image.ndim == 3 and image.shape[2] in (3, 4) and rgb_order:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return image

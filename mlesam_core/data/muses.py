@@ -80,12 +80,10 @@ def read_calibration(path: str | Path) -> MusesCalibration:
         raise FileNotFoundError(f"MUSES calibration not found: {path}")
     data = json.loads(path.read_text())
 
-    def matrix(keys: tuple[str, ...], shape: tuple[int, int], required: bool = True) -> np.ndarray | None:
+    def optional_matrix(keys: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray | None:
         node = data
         for key in keys:
             if not isinstance(node, dict) or key not in node:
-                if required:
-                    raise KeyError(f"{path}: missing {'.'.join(keys)}")
                 return None
             node = node[key]
         value = np.asarray(node, dtype=np.float64)
@@ -93,10 +91,16 @@ def read_calibration(path: str | Path) -> MusesCalibration:
             raise ValueError(f"{path}: {'.'.join(keys)} must be {shape[0]}x{shape[1]}, got shape {value.shape}")
         return value
 
-    return MusesCalibration(matrix(("intrinsics", "rgb", "K"), (3, 3)), matrix(("intrinsics", "event", "K"),
-                                                                              (3, 3), False),
-                            matrix(("extrinsics", "lidar2rgb"), (4, 4)), matrix(("extrinsics", "event2rgb"), (4, 4),
-                                                                                 False))
+    def matrix(keys: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray:
+        value = optional_matrix(keys, shape)
+        if value is None:
+            raise KeyError(f"{path}: missing {'.'.join(keys)}")
+        return value
+
+    return MusesCalibration(matrix(("intrinsics", "rgb", "K"), (3, 3)), optional_matrix(("intrinsics", "event", "K"),
+                                                                                       (3, 3)),
+                            matrix(("extrinsics", "lidar2rgb"), (4, 4)), optional_matrix(("extrinsics", "event2rgb"),
+                                                                                          (4, 4)))
 
 
 def scale_intrinsics(k: np.ndarray, size: tuple[int, int], calib_size: tuple[int, int] = CALIB_SIZE) -> np.ndarray:
@@ -248,9 +252,12 @@ class MusesDataset(MultiModalDataset):
             return self._frame(index)
         if not self.from_raw:
             return self._projected(index, modality)
+        calibration = self.calibration
+        if calibration is None:  # from_raw reads it in __init__
+            raise RuntimeError("MUSES raw sensor data needs the calibration")
         if modality == "lidar":
-            return project_lidar(read_lidar_bin(self.path(index, "lidar_raw")), self.calibration, size)
-        return event_image_from_h5(self.path(index, "event_raw"), self.calibration, size)
+            return project_lidar(read_lidar_bin(self.path(index, "lidar_raw")), calibration, size)
+        return event_image_from_h5(self.path(index, "event_raw"), calibration, size)
 
     def read_label(self, index: int) -> np.ndarray:
         """The trainId label of sample `index`, checked against the 19 classes."""

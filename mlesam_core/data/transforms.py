@@ -3,8 +3,10 @@
 The DELIVER recipe: colour jitter (p 0.2) and 3x3 Gaussian blur (p 0.2) on colour cameras only; horizontal flip
 (p 0.5) and random resized crop (scale 0.5-2.0, label fill 255) on every modality and the label together.
 Geometric resampling follows the modality table: bilinear for dense images, nearest for sparse ones (event,
-LiDAR), so single points are moved, never smeared; labels always nearest. `ToModelInput` is last: float32
-tensors [3, H, W] normalised with `mlesam_core.modalities.normalize`, labels int64.
+LiDAR), so single points are moved, never smeared; labels always nearest. `Resize` (evaluation, and training
+without augmentation) and `ToModelInput` (last: float32 tensors [3, H, W], labels int64) are the Segmenter's own
+preprocessing (`mlesam_core.preprocess`), so evaluation sees exactly what a deployed model sees; the random
+augmentations resample with OpenCV.
 
 Randomness: every transform takes an optional `torch.Generator`; without one it draws from torch's global RNG
 (which DataLoader workers, and the training's per-sample seeding, make reproducible).
@@ -22,7 +24,8 @@ import torch
 
 from mlesam_core.data.base import Sample
 from mlesam_core.data.classes import IGNORE_INDEX
-from mlesam_core.modalities import check_modalities, get_modality, normalize
+from mlesam_core.modalities import check_modalities, get_modality
+from mlesam_core.preprocess import normalization, normalize_into, resize_for_model, resize_mode
 
 COLOR_CAMERAS = ("rgb", "frame")  # photometric augmentation applies to these only (as DELIVER's recipe)
 
@@ -34,6 +37,13 @@ def _uniform(generator: torch.Generator | None, low: float = 0.0, high: float = 
 def _resample(image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
     out = cv2.resize(image, (size[1], size[0]), interpolation=interpolation)
     return out.reshape(size[0], size[1], *image.shape[2:])
+
+
+def _resize_array(image: np.ndarray, size: tuple[int, int], mode: Literal["bilinear", "nearest"]) -> np.ndarray:
+    """HxW or HxWxC array -> float32 HxWxC at `size` through the Segmenter's resize."""
+    array = np.asarray(image)
+    x = torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1))).permute(2, 0, 1)
+    return resize_for_model(x, size, mode).permute(1, 2, 0).numpy()
 
 
 def _interpolation(modality: str) -> int:
@@ -56,15 +66,17 @@ class Compose:
 
 
 class Resize:
-    """Resize every modality and the label to (H, W)."""
+    """Resize every modality (to float32 HxWxC, as the Segmenter resizes: `preprocess.resize_for_model`) and the
+    label (nearest) to (H, W)."""
 
     def __init__(self, size: tuple[int, int]) -> None:
-        self.size = tuple(size)
+        self.size = (int(size[0]), int(size[1]))
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        images = {m: _resample(img, self.size, _interpolation(m)) for m, img in sample["images"].items()}
-        label = _resample(np.asarray(sample["label"]), self.size, cv2.INTER_NEAREST)
-        return {**sample, "images": images, "label": label}
+        images = {m: _resize_array(img, self.size, resize_mode(m)) for m, img in sample["images"].items()}
+        label = np.asarray(sample["label"])
+        resized = _resize_array(label, self.size, "nearest").astype(label.dtype)
+        return {**sample, "images": images, "label": resized.reshape(self.size)}
 
 
 class RandomHorizontalFlip:
@@ -214,21 +226,26 @@ class ModalityDropout:
 
 
 class ToModelInput:
-    """Images -> float32 tensors [3, H, W] normalised per modality; label -> int64 tensor [H, W]."""
+    """Images (any channel count the modality takes) -> float32 tensors [3, H, W] mapped and normalised as the
+    Segmenter does (`preprocess.normalize_into`); label -> int64 tensor [H, W]."""
 
     def __init__(self, modalities: Sequence[str]) -> None:
         self.modalities = check_modalities(modalities)
+        self.mean, self.std = normalization(self.modalities)
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         images = sample["images"]
         missing = [m for m in self.modalities if m not in images]
         if missing:
             raise KeyError(f"sample lacks modality {missing[0]!r} (it has: {', '.join(images)})")
-        stacked = torch.stack([torch.from_numpy(np.ascontiguousarray(images[m], dtype=np.float32))
-                               .permute(2, 0, 1) for m in self.modalities])
-        normalised = normalize(stacked, self.modalities)
+        normalised = {}
+        for index, name in enumerate(self.modalities):
+            array = np.asarray(images[name], dtype=np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1))).permute(2, 0, 1)
+            out = torch.empty(3, *array.shape[:2])
+            normalised[name] = normalize_into(x, name, self.mean[index], self.std[index], out)
         label = torch.from_numpy(np.asarray(sample["label"]).astype(np.int64))
-        return {**sample, "images": dict(zip(self.modalities, normalised, strict=True)), "label": label}
+        return {**sample, "images": normalised, "label": label}
 
 
 def train_transform(size: tuple[int, int], modalities: Sequence[str], augment: bool = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,10 @@ from mlesam_core.model.config import MLESAMConfig
 from mlesam_core.model.decoder import ClassMaskHead, PromptFreeSamDecoder
 from mlesam_core.model.lora import LoRAQKV, ModalityContext, add_lora
 from mlesam_core.model.sam2_parts import Sam2Parts
+
+if TYPE_CHECKING:
+    from sam2.modeling.backbones.hieradet import Hiera
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
 
 
 @dataclass
@@ -54,7 +59,7 @@ class LoRASam2Model(nn.Module):
         self.image_encoder = parts.image_encoder
         self.context = ModalityContext()
         self.lora_layers: list[LoRAQKV] = add_lora(
-            self.image_encoder.trunk, len(self.modalities), config.lora.rank, config.lora.scale,
+            self.trunk, len(self.modalities), config.lora.rank, config.lora.scale,
             config.lora.dropout, self.context)
         self.sam_decoder = PromptFreeSamDecoder(parts.prompt_encoder, parts.mask_decoder,
                                                 config.decoder.sam_tokens, config.decoder.not_a_point_tokens)
@@ -65,15 +70,20 @@ class LoRASam2Model(nn.Module):
         self.activation_checkpointing = config.activation_checkpointing
         self.lora_grouped = config.lora.grouped
         self.backbone_id = parts.backbone_id
-        self.size_multiple = math.lcm(32, 4 * self.image_encoder.trunk.window_spec[0])
+        self.size_multiple = math.lcm(32, 4 * self.trunk.window_spec[0])
         self._index_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}  # see `_active_index`
         self.build_heads(parts.mask_decoder)
 
-    def build_heads(self, mask_decoder: nn.Module) -> None:
+    @property
+    def trunk(self) -> Hiera:
+        """SAM2's Hiera trunk inside the image encoder (a typed view, not a second registration)."""
+        return cast("Hiera", self.image_encoder.trunk)
+
+    def build_heads(self, mask_decoder: MaskDecoder) -> None:
         """Create the trainable heads (subclasses); `mask_decoder` is SAM2's, for weights to start from."""
         raise NotImplementedError
 
-    def new_mask_head(self, mask_decoder: nn.Module) -> ClassMaskHead:
+    def new_mask_head(self, mask_decoder: MaskDecoder) -> ClassMaskHead:
         """A trainable class-token head whose upscaling/conv_s0/conv_s1 start from SAM2's weights."""
         return ClassMaskHead(mask_decoder, self.config.num_classes)
 
@@ -173,9 +183,9 @@ class LoRASam2Model(nn.Module):
         The trunk loop is Hiera.forward spelled out so that blocks can be activation-checkpointed; the tests
         compare it with sam2's own `image_encoder(x)["backbone_fpn"]`.
         """
-        trunk = self.image_encoder.trunk
+        trunk = self.trunk
         x = trunk.patch_embed(x)
-        x = x + trunk._get_pos_embed(x.shape[1:3])
+        x = x + trunk._get_pos_embed((x.shape[1], x.shape[2]))
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         stages = []
         for i, block in enumerate(trunk.blocks):
@@ -266,7 +276,7 @@ class LoRASam2Model(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable tensors: parameters that require grad plus the buffers of modules that own such
         parameters (BatchNorm running statistics of the aux head)."""
-        keys = set()
+        keys: set[str] = set()
         for module_name, module in self.named_modules():
             own = list(module.named_parameters(recurse=False))
             if any(p.requires_grad for _, p in own):

@@ -16,15 +16,28 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from sam2.modeling.position_encoding import PositionEmbeddingRandom
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
+    from sam2.modeling.sam.prompt_encoder import PromptEncoder
 
 
 class PromptFreeSamDecoder(nn.Module):
     """SAM2's frozen two-way transformer with prompt-free inputs; returns processed class tokens and image tokens."""
 
-    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, sam_tokens: bool,
+    transformer: nn.Module
+    pe_layer: PositionEmbeddingRandom
+    no_mask_embed: nn.Embedding
+    not_a_point_embed: nn.Embedding
+    obj_score_token: nn.Embedding
+    iou_token: nn.Embedding
+
+    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, sam_tokens: bool,
                  not_a_point_tokens: int) -> None:
         super().__init__()
         self.transformer = mask_decoder.transformer
@@ -39,12 +52,12 @@ class PromptFreeSamDecoder(nn.Module):
                 self.obj_score_token = mask_decoder.obj_score_token
             self.iou_token = mask_decoder.iou_token
         self.embed_dim = mask_decoder.transformer_dim
-        self._pe_cache: dict[tuple, torch.Tensor] = {}
+        self._pe_cache: dict[tuple[int, int, str, int, int], torch.Tensor] = {}
 
     def dense_pe(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """SAM2's dense positional encoding [D, h, w] for the feature size, computed once per size and device
         (the pe_layer is frozen; the key includes its Gaussian matrix's version, so loading weights recomputes)."""
-        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        matrix = self.pe_layer.get_buffer("positional_encoding_gaussian_matrix")
         key = (h, w, str(device), matrix.data_ptr(), matrix._version)
         pe = self._pe_cache.get(key)
         if pe is None:
@@ -111,7 +124,11 @@ class BatchedMLP(nn.Module):
 class ClassMaskHead(nn.Module):
     """Trainable part of the SAM pathway: class tokens, hypernetworks, upscaling, conv_s0/conv_s1 -> stride-4 logits."""
 
-    def __init__(self, mask_decoder: nn.Module, num_classes: int) -> None:
+    output_upscaling: nn.Sequential
+    conv_s0: nn.Conv2d
+    conv_s1: nn.Conv2d
+
+    def __init__(self, mask_decoder: MaskDecoder, num_classes: int) -> None:
         super().__init__()
         dim = mask_decoder.transformer_dim
         self.class_tokens = nn.Embedding(num_classes, dim)

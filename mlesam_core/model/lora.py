@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from sam2.modeling.backbones.hieradet import Hiera
 
 
 class ModalityContext:
@@ -60,6 +64,7 @@ class LoRAQKV(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(num_modalities, 2, self.head_features, rank))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._context = context  # shared, not a submodule
+        self.unmerged_weight: torch.Tensor | None
         self.merged: int | None = None  # the modality whose expert is folded into base_layer.weight
         # the frozen weight as it was before `merge` (non-persistent: moves with .to(), never saved)
         self.register_buffer("unmerged_weight", None, persistent=False)
@@ -93,7 +98,10 @@ class LoRAQKV(nn.Module):
         """Restore the frozen weight exactly as it was before `merge` (no-op when nothing is merged)."""
         if self.merged is None:
             return
-        self.base_layer.weight.data = self.unmerged_weight
+        original = self.unmerged_weight
+        if original is None:
+            raise RuntimeError("LoRA layer marked merged but holds no original weight")
+        self.base_layer.weight.data = original
         self.unmerged_weight = None
         self.merged = None
 
@@ -128,16 +136,20 @@ class LoRAQKV(nn.Module):
                 f"in={self.in_features}, out=3x{self.head_features}{merged}")
 
 
-def add_lora(trunk: nn.Module, num_modalities: int, rank: int, scale: float, dropout: float,
+def add_lora(trunk: Hiera, num_modalities: int, rank: int, scale: float, dropout: float,
              context: ModalityContext) -> list[LoRAQKV]:
     """Wrap every Hiera block's `attn.qkv` in place with a `LoRAQKV`; returns the wrappers in block order."""
     wrappers = []
     for block in trunk.blocks:
-        qkv = block.attn.qkv
+        attn = block.get_submodule("attn")
+        qkv = attn.get_submodule("qkv")
         if isinstance(qkv, LoRAQKV):
             raise ValueError("this Hiera trunk already carries LoRA wrappers")
-        block.attn.qkv = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context)
-        wrappers.append(block.attn.qkv)
+        if not isinstance(qkv, nn.Linear):
+            raise TypeError(f"Hiera block attention qkv is {type(qkv).__name__}, expected nn.Linear")
+        wrapper = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context)
+        attn.qkv = wrapper
+        wrappers.append(wrapper)
     return wrappers
 
 

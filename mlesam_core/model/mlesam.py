@@ -13,19 +13,22 @@ the aux head; everything from SAM2 else is frozen.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from mlesam_core.model.aux_head import AuxHead
 from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
+
+if TYPE_CHECKING:
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
 from mlesam_core.model.router import FeatureFusion
 
 
 class MLESAM(LoRASam2Model):
     """The MLE-SAM model (`architecture: mlesam`)."""
 
-    def build_heads(self, mask_decoder: nn.Module) -> None:
+    def build_heads(self, mask_decoder: MaskDecoder) -> None:
         config = self.config
         dim = mask_decoder.transformer_dim
         self.fusion = FeatureFusion(len(self.modalities), dim, config.fusion, config.router.top_k,
@@ -47,7 +50,7 @@ class MLESAM(LoRASam2Model):
         ffp, ifp, sfm = fused
         sam = self.mask_head(self.sam_decoder, sfm, ifp, ffp)
         aux = self.aux_head(fused) if self.aux_head is not None else None
-        return self.combine(sam, aux, tuple(images.shape[-2:]), routing)
+        return self.combine(sam, aux, (images.shape[-2], images.shape[-1]), routing)
 
 
 __all__ = ["MLESAM"]

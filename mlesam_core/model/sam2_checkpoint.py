@@ -54,7 +54,7 @@ def load_sam2_weights(model: LoRASam2Model, path: str | Path) -> str:
     if patch is not None:
         ckpt_blocks = len({k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")})
         ours = own["image_encoder.trunk.patch_embed.proj.weight"]
-        our_blocks = len(model.image_encoder.trunk.blocks)
+        our_blocks = len(model.trunk.blocks)
         if patch.shape[0] != ours.shape[0] or ckpt_blocks != our_blocks:
             raise CheckpointError(
                 f"{path}: checkpoint is Hiera with {_variant(patch.shape[0], ckpt_blocks)} but the model is "

@@ -10,6 +10,7 @@ and training them together equals training M separate models on the shared froze
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,11 +18,14 @@ from torch import nn
 from mlesam_core.model.aux_head import AuxHead
 from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
 
+if TYPE_CHECKING:
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
+
 
 class SAMLoRA(LoRASam2Model):
     """Per-modality LoRA SAM2 models with logit averaging over the present modalities."""
 
-    def build_heads(self, mask_decoder: nn.Module) -> None:
+    def build_heads(self, mask_decoder: MaskDecoder) -> None:
         config = self.config
         dim = mask_decoder.transformer_dim
         self.mask_heads = nn.ModuleList(self.new_mask_head(mask_decoder) for _ in self.modalities)
@@ -38,9 +42,10 @@ class SAMLoRA(LoRASam2Model):
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
         weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
-        size = tuple(images.shape[-2:])
-        sam = aux = None
-        members = [] if self.training else None
+        size = (images.shape[-2], images.shape[-1])
+        sam: torch.Tensor | None = None
+        aux: torch.Tensor | None = None
+        members: list[SegmentationOutput] | None = [] if self.training else None
         for j, m in enumerate(features.ids):  # one decoder per modality: this baseline is M separate models
             ffp, ifp, sfm = (level[j] for level in features.levels)
             w = weights[:, m, None, None, None]
@@ -53,6 +58,7 @@ class SAMLoRA(LoRASam2Model):
                 member = self.combine(sam_m, aux_m, size, {"logits": weights})
                 member.valid = present[:, m]
                 members.append(member)
+        assert sam is not None  # at least one modality ran (check_inputs / _encode)
         output = self.combine(sam, aux, size, {"logits": weights})
         output.members = members
         return output

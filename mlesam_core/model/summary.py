@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from mlesam_core.model.base import LoRASam2Model
 from mlesam_core.model.lora import lora_parameters_per_modality
@@ -22,7 +23,7 @@ COMPONENTS = (
 )
 
 
-def parameter_summary(model: LoRASam2Model) -> dict[str, object]:
+def parameter_summary(model: LoRASam2Model) -> dict[str, Any]:
     """{'components': {name: trainable count}, 'per_modality': {modality: count}, 'trainable', 'frozen'}."""
     components: dict[str, int] = OrderedDict((name, 0) for _, name in COMPONENTS)
     for key, param in model.named_parameters():

@@ -1,16 +1,18 @@
 """How raw sensor readings become model images: one implementation shared by data sets, generator and ROS."""
 
 from mlesam_core.sensors.depth import (
-                                       CompiledHHA,
-                                       DepthEncoding,
-                                       depth_to_hha,
-                                       depth_to_hha_on,
-                                       depth_to_image,
-                                       hha_tensor,
+    CompiledHHA,
+    DepthEncoding,
+    HHAEncoder,
+    depth_to_hha,
+    depth_to_hha_on,
+    depth_to_image,
+    hha_encoder,
+    hha_tensor,
 )
 from mlesam_core.sensors.events import EVENT_COUNT_SCALES, event_count_scale, render_event_frame
 from mlesam_core.sensors.lidar import LidarEncoding, lidar_image_to_uint8, project_points
 
-__all__ = ["CompiledHHA", "DepthEncoding", "depth_to_hha", "depth_to_hha_on", "depth_to_image", "hha_tensor",
-           "EVENT_COUNT_SCALES", "event_count_scale", "render_event_frame",
+__all__ = ["CompiledHHA", "DepthEncoding", "HHAEncoder", "depth_to_hha", "depth_to_hha_on", "depth_to_image",
+           "hha_encoder", "hha_tensor", "EVENT_COUNT_SCALES", "event_count_scale", "render_event_frame",
            "LidarEncoding", "lidar_image_to_uint8", "project_points"]

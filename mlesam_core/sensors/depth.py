@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -45,17 +46,32 @@ def depth_to_image(depth_m: np.ndarray, encoding: DepthEncoding = DepthEncoding(
     return np.where(valid, np.rint(scaled), 0).astype(np.uint8)
 
 
-def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEncoding = DepthEncoding(),
-                 device: str | torch.device | None = None) -> np.ndarray:
-    """HxW metric depth + 3x3 intrinsics K -> HxWx3 uint8 (disparity, height, angle to gravity).
+HHAEncoder = Callable[[np.ndarray, np.ndarray, DepthEncoding], np.ndarray | torch.Tensor]
 
-    Invalid depth (0, NaN, +-Inf) gives 0 in every channel. With a non-CPU `device` the work runs there and
-    the result comes back (`depth_to_hha_on`, which the ROS node uses, leaves it there); on the CPU numpy is 5x
-    faster than torch's many small kernels here.
+
+def hha_encoder(device: str | torch.device = "cpu", compile: bool = False) -> HHAEncoder:
+    """The HHA implementation for a model on `device`: (depth, K, encoding) -> HxWx3 uint8.
+
+    On a GPU the encoding runs there and stays there (`depth_to_hha_on`: a torch tensor the Segmenter takes as it
+    is); on the CPU numpy `depth_to_hha`, or with `compile` the torch.compile'd `CompiledHHA`
+    (`python -m benchmarks.hha_speed` compares them)."""
+    if torch.device(device).type != "cpu":
+        return partial(_hha_on_device, device=device)
+    return CompiledHHA() if compile else depth_to_hha
+
+
+def _hha_on_device(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEncoding,
+                   device: str | torch.device) -> torch.Tensor:
+    return depth_to_hha_on(depth_m, intrinsics, device, encoding)
+
+
+def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEncoding = DepthEncoding()) -> np.ndarray:
+    """HxW metric depth + 3x3 intrinsics K -> HxWx3 uint8 (disparity, height, angle to gravity), with numpy.
+
+    Invalid depth (0, NaN, +-Inf) gives 0 in every channel. On a CPU numpy beats eager torch's many small kernels
+    here; `hha_tensor` is the same function in torch, for a GPU or torch.compile.
     """
     depth, (fx, fy, cx, cy) = _checked_depth(depth_m, intrinsics)
-    if device is not None and torch.device(device).type != "cpu":
-        return depth_to_hha_on(depth, intrinsics, device, encoding).cpu().numpy()
     h, w = depth.shape
     valid = _valid(depth)
     z = np.where(valid, depth, np.float32(0.0))
@@ -90,19 +106,19 @@ def depth_to_hha(depth_m: np.ndarray, intrinsics: np.ndarray, encoding: DepthEnc
 
 def depth_to_hha_on(depth_m: np.ndarray, intrinsics: np.ndarray, device: str | torch.device,
                     encoding: DepthEncoding = DepthEncoding()) -> torch.Tensor:
-    """`depth_to_hha` computed on `device` and left there: HxWx3 uint8 tensor (a 1024² frame costs one 4 MB
-    upload instead of 20-40 ms of CPU; the Segmenter takes the tensor as it is, so nothing comes back)."""
+    """`depth_to_hha` computed on `device` and left there: HxWx3 uint8 tensor (the depth goes up once instead of
+    the CPU encoding it; the Segmenter takes the tensor as it is, so nothing comes back)."""
     depth, focal_centre = _checked_depth(depth_m, intrinsics)
     with torch.inference_mode():
         return hha_tensor(torch.from_numpy(depth).to(device), focal_centre, encoding)
 
 
 class CompiledHHA:
-    """`depth_to_hha` on the CPU through a torch.compile'd `hha_tensor`: inductor fuses its ~50 array passes into a
-    few loops, 3.3-3.9x faster than numpy on 2 cores (`python -m benchmarks.hha_speed`), the same function up to
-    float rounding (at most one level, in about one pixel per million). The ROS node uses it when
-    `model.compile` is on. It compiles on the first call (a few seconds; again for a new image size or K); where
-    compilation is unavailable it warns once and runs the numpy `depth_to_hha` from then on."""
+    """`depth_to_hha` on the CPU through a torch.compile'd `hha_tensor`: inductor fuses its many array passes into a
+    few loops (speed against numpy: `python -m benchmarks.hha_speed`), the same function up to float rounding (at
+    most one level, in rare pixels). `hha_encoder` picks it when `compile` is on. It compiles on the first call
+    (seconds; again for a new image size or K); where compilation is unavailable it warns once and runs the numpy
+    `depth_to_hha` from then on."""
 
     def __init__(self) -> None:
         self._compiled: Callable[..., torch.Tensor] | None = None
@@ -130,7 +146,8 @@ class CompiledHHA:
         self._compiled = None
 
 
-def _checked_depth(depth_m: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+def _checked_depth(depth_m: np.ndarray,
+                   intrinsics: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """HxW float32 depth (C order) and (fx, fy, cx, cy) of K or P; ValueError naming the bad argument."""
     depth = np.ascontiguousarray(depth_m, dtype=np.float32)
     if depth.ndim != 2:
@@ -138,7 +155,7 @@ def _checked_depth(depth_m: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndar
     k = np.asarray(intrinsics, dtype=np.float64)
     if k.shape not in ((3, 3), (3, 4)):
         raise ValueError(f"intrinsics: expected K (3x3) or P (3x4), got shape {k.shape}")
-    return depth, tuple(float(v) for v in (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
+    return depth, (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
 
 
 def hha_tensor(depth: torch.Tensor, focal_centre: tuple[float, float, float, float],

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADER_KEYS = {"command", "device", "torch", "timestamp", "settings", "targets"}
 
 

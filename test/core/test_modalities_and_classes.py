@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mlesam_core.data.classes import DELIVER, get_class_table
-from mlesam_core.modalities import MODALITIES, check_modalities, dataset_modalities, normalize, to_three_channels
+from mlesam_core.modalities import MODALITIES, check_modalities, dataset_modalities, to_three_channels
+from mlesam_core.preprocess import normalization, normalize_into
 
 
 def test_every_dataset_modality_is_in_the_table():
@@ -37,12 +38,14 @@ def test_channel_mapping_matches_the_public_loaders():
 
 
 def test_normalize_uses_imagenet_for_rgb_and_identity_for_sparse():
-    images = torch.full((1, 2, 3, 2, 2), 255.0)
-    out = normalize(images, ["rgb", "lidar"])
-    assert torch.allclose(out[0, 0, 0], torch.full((2, 2), (1 - 0.485) / 0.229))
-    assert torch.allclose(out[0, 1], torch.ones(3, 2, 2))
-    with pytest.raises(ValueError, match="expected images"):
-        normalize(images, ["rgb"])
+    image = torch.full((3, 2, 2), 255.0)
+    mean, std = normalization(["rgb", "lidar"])
+    rgb = normalize_into(image, "rgb", mean[0], std[0], torch.empty(3, 2, 2))
+    lidar = normalize_into(image, "lidar", mean[1], std[1], torch.empty(3, 2, 2))
+    assert torch.allclose(rgb[0], torch.full((2, 2), (1 - 0.485) / 0.229))
+    assert torch.allclose(lidar, torch.ones(3, 2, 2))
+    with pytest.raises(ValueError, match="rgb takes 1, 3 or 4 channels, got 2"):
+        normalize_into(image[:2], "rgb", mean[0], std[0], torch.empty(3, 2, 2))
 
 
 def test_class_tables_and_colorize():

@@ -19,7 +19,7 @@ from mlesam_core.data.transforms import (
     eval_transform,
     train_transform,
 )
-from mlesam_core.modalities import normalize
+from mlesam_core.preprocess import normalization
 
 MODALITIES = ("rgb", "depth", "event", "lidar")
 
@@ -135,7 +135,8 @@ def test_model_input_is_normalised_per_modality_and_labels_are_int64():
     out = ToModelInput(MODALITIES)(sample)
     stacked = torch.stack([torch.from_numpy(sample["images"][m].astype(np.float32)).permute(2, 0, 1)
                            for m in MODALITIES])
-    expected = normalize(stacked, MODALITIES)
+    mean, std = normalization(MODALITIES)
+    expected = (stacked / 255.0 - mean) / std
     for k, name in enumerate(MODALITIES):
         assert out["images"][name].dtype == torch.float32 and out["images"][name].shape == (3, 48, 64)
         assert torch.allclose(out["images"][name], expected[k])

@@ -21,8 +21,9 @@ from fixtures.model import TINY_SIZE, random_batch, randomize_lora, tiny_config
 from torch.overrides import TorchFunctionMode
 
 from mlesam_core import Prediction, Segmenter
-from mlesam_core.modalities import get_modality, normalization, to_three_channels
+from mlesam_core.modalities import get_modality, to_three_channels
 from mlesam_core.model import build_model
+from mlesam_core.preprocess import normalization
 
 MODALITIES = ("rgb", "depth", "event", "lidar")
 SIZES = [(TINY_SIZE, TINY_SIZE), (50, 70), (97, 130)]  # model size (no resize), smaller, larger

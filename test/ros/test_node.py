@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parents[2]
 H, W = 48, 64
 K = np.array([[32.0, 0, 32.0], [0, 32.0, 24.0], [0, 0, 1]])
 SENSOR_TOPICS = {"rgb": "/camera/image_raw", "depth": "/depth/image_raw", "event": "/test/events",
@@ -24,7 +24,7 @@ SENSOR_TOPICS = {"rgb": "/camera/image_raw", "depth": "/depth/image_raw", "event
 def write_params(path: Path, **changes) -> Path:
     """A params file for the tiny random-init model; `changes` replace top-level ros__parameters."""
     params = {
-        "model": {"config": str(REPO / "config" / "model" / "mlesam_tiny.yaml"), "allow_random_init": True},
+        "model": {"config": str(REPO_ROOT / "config" / "model" / "mlesam_tiny.yaml"), "allow_random_init": True},
         "sensors": {"event": {"topic": SENSOR_TOPICS["event"]}},  # a non-default topic, from the params file
         "classes": "deliver",  # the class table by parameter (names on /mlesam/class_names, palette)
         "diagnostics_period": 0.2,
@@ -37,7 +37,7 @@ def write_params(path: Path, **changes) -> Path:
 def start_node(params: Path, env: dict, log: Path) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen([sys.executable, "-m", "mlesam_ros.node", "--ros-args", "--params-file", str(params)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen) -> None:

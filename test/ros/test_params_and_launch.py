@@ -3,16 +3,15 @@
 import ast
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
+from fixtures import REPO_ROOT
 
 from mlesam_core.config_io import ConfigError, from_dict, load_yaml
 from mlesam_ros.params import NODE_NAME, SegmentConfig, iter_parameters, load_segment_config, nest, resolve_path
 
-REPO = Path(__file__).resolve().parents[2]
-PARAMS = REPO / "config" / "segment.yaml"
-LAUNCH = REPO / "launch" / "segment.launch.py"
+PARAMS = REPO_ROOT / "config" / "segment.yaml"
+LAUNCH = REPO_ROOT / "launch" / "segment.launch.py"
 
 
 def launch_constants():
@@ -26,7 +25,7 @@ def launch_constants():
 
 
 def setup_py():
-    tree = ast.parse((REPO / "setup.py").read_text())
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
     constants = {node.targets[0].id: node.value.value for node in tree.body
                  if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
     scripts = [s.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
@@ -105,7 +104,7 @@ def test_launch_file_names_exist_in_setup_py_and_config():
     assert constants["PACKAGE"] == setup_constants["PACKAGE"]
     assert scripts[constants["EXECUTABLE"]] == "mlesam_ros.node:main"
     assert constants["NODE_NAME"] == NODE_NAME
-    assert (REPO / "config" / constants["PARAMS_FILE"]).is_file()
+    assert (REPO_ROOT / "config" / constants["PARAMS_FILE"]).is_file()
     assert set(arguments) == {"params_file", "checkpoint", "adapters", "device", "namespace", "use_sim_time"}
     declared = {name for name, *_ in iter_parameters(SegmentConfig())}
     assert set(constants["OVERRIDES"]) <= set(arguments)
@@ -113,22 +112,22 @@ def test_launch_file_names_exist_in_setup_py_and_config():
 
 
 def test_package_xml_declares_every_ros_package_the_code_imports():
-    root = ET.parse(REPO / "package.xml").getroot()
+    root = ET.parse(REPO_ROOT / "package.xml").getroot()
     assert root.get("format") == "3" and root.findtext("name") == "mlesam_ros"
     assert root.find("export/build_type").text == "ament_python"
     depends = {e.text for e in root.findall("exec_depend")}
     ros_packages = {"rclpy", "rcl_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs", "builtin_interfaces",
                     "launch", "launch_ros", "ament_index_python", "tf2_ros", "tf2_msgs"}
     imported = set()
-    for path in [*(REPO / "mlesam_ros").glob("*.py"), LAUNCH]:
+    for path in [*(REPO_ROOT / "mlesam_ros").glob("*.py"), LAUNCH]:
         for name in re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M):
             imported.add(name)
     assert imported & ros_packages <= depends
-    assert (REPO / "resource" / "mlesam_ros").exists()
+    assert (REPO_ROOT / "resource" / "mlesam_ros").exists()
 
 
 def test_robot_docs_list_every_parameter():
-    docs = (REPO / "docs" / "robot.md").read_text()
+    docs = (REPO_ROOT / "docs" / "robot.md").read_text()
     names = {re.sub(r"^sensors\.\w+\.", "sensors.<m>.", name) for name, *_ in iter_parameters(SegmentConfig())}
     assert sorted(n for n in names if f"`{n}`" not in docs) == []
 
@@ -143,7 +142,8 @@ def test_fast_inference_options_default_off_and_reach_the_segmenter(monkeypatch)
     monkeypatch.setattr(Segmenter, "from_files", lambda path, **kwargs: received.update(kwargs))
     load_segmenter(load_segment_config(PARAMS, ["model.compile=true", "model.cuda_graphs=true",
                                                 "model.merge_lora=true"]))
-    assert (received["compile"], received["cuda_graphs"], received["merge_lora"]) == (True, True, True)
+    options = received["options"]
+    assert (options.compile, options.cuda_graphs, options.merge_lora) == (True, True, True)
 
 
 def test_cpu_threads_apply_to_the_thread_that_loads_the_model(monkeypatch):
@@ -151,21 +151,40 @@ def test_cpu_threads_apply_to_the_thread_that_loads_the_model(monkeypatch):
 
     import torch
 
-    from mlesam_core import Segmenter
+    from mlesam_core import predictor
     from mlesam_ros.pipeline import load_segmenter
 
-    monkeypatch.setattr(Segmenter, "from_files", lambda path, **kwargs: None)
+    class BuildReached(Exception):
+        pass
+
+    def build_model(*args, **kwargs):
+        raise BuildReached  # the threads are set before the model is built; no need to build it
+
+    monkeypatch.setattr(predictor, "build_model", build_model)
     main_threads = torch.get_num_threads()
     wanted = 1 if main_threads != 1 else 2
     seen = {}
 
     def inference_thread():
-        load_segmenter(load_segment_config(PARAMS, [f"model.cpu_threads={wanted}"]))
+        with pytest.raises(BuildReached):
+            load_segmenter(load_segment_config(PARAMS, [f"model.threads={wanted}", "model.allow_random_init=true"]))
         seen["threads"] = torch.get_num_threads()
 
     worker = threading.Thread(target=inference_thread)
     worker.start()
     worker.join()
     assert seen["threads"] == wanted and torch.get_num_threads() == main_threads
-    with pytest.raises(ConfigError, match=r"model\.cpu_threads: must be >= 0"):
-        load_segment_config(PARAMS, ["model.cpu_threads=-2"])
+    with pytest.raises(ConfigError, match=r"model\.threads: must be >= 0"):
+        load_segment_config(PARAMS, ["model.threads=-2"])
+
+
+def test_the_parameters_load_and_validate_without_torch():
+    """The node reads and checks its parameters before torch starts (torch's threading is set from them)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from mlesam_ros.params import load_segment_config; "
+             f"load_segment_config({str(PARAMS)!r}, ['model.device=cuda:1', 'model.precision=bf16']); "
+             "print(sorted(m for m in ('torch', 'cv2', 'sam2') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert done.stdout.strip() == "[]"

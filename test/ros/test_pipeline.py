@@ -219,13 +219,13 @@ def test_model_compile_on_a_cpu_encodes_depth_with_the_compiled_hha(tiny_segment
     from mlesam_core.sensors import CompiledHHA
 
     plain, compiled = make_pipeline(tiny_segmenter), make_pipeline(tiny_segmenter, "model.compile=true")
-    assert isinstance(compiled.decoder.cpu_hha, CompiledHHA) and not isinstance(plain.decoder.cpu_hha, CompiledHHA)
+    assert isinstance(compiled.decoder.hha, CompiledHHA) and not isinstance(plain.decoder.hha, CompiledHHA)
     for pipeline in (plain, compiled):
         pipeline.set_camera_info(rig.camera_info())
     msg = rig.depth(1.0)
     expected, got = plain.decoder.decode("depth", msg, (H, W)), compiled.decoder.decode("depth", msg, (H, W))
     assert np.abs(expected.astype(int) - got.astype(int)).max() <= 1
-    assert compiled.decoder.cpu_hha._compiled is not None
+    assert compiled.decoder.hha._compiled is not None
 
 
 def test_a_decoder_failure_costs_that_sensor_only(tiny_segmenter, rig, monkeypatch, caplog):

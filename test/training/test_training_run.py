@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures import REPO_ROOT
 from safetensors.torch import load_file
 
 from training.checkpoint import load_checkpoint
 from training.loop import train
 from training.run_log import read_metrics
 from training.train import main as train_main
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_writes_metrics_checkpoints_and_adapters_the_segmenter_loads(tiny_run):

@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same data)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
     parser.add_argument("--png-compression", type=int, default=0, choices=range(10),
-                        help="PNG zlib level (default 0 = stored: fastest; 1 makes files ~3.5x smaller, ~6 ms "
-                             "slower per 256 px sample)")
+                        help="PNG zlib level (default 0 = stored: fastest; 1 and up: several times smaller files, "
+                             "slower to write)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     generate_dataset(args.out, args.size, {"train": args.train, "val": args.val, "test": args.test}, args.seed,

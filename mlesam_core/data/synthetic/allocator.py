@@ -1,7 +1,7 @@
 """Keep freed array memory inside the process while rendering (glibc's allocator only).
 
 A sample allocates and frees hundreds of 0.1-1 MB numpy buffers. By default glibc serves each from a fresh
-mmap and returns it on free, so every buffer costs page faults again; that was ~15 % of the generation time.
+mmap and returns it on free, so every buffer costs page faults again (`python -m benchmarks.generator_speed`).
 Raising the mmap and trim thresholds lets freed buffers be reused from the heap instead.
 """
 

@@ -10,6 +10,7 @@ LiDAR are active sensors and barely change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def sample_condition(name: str, rng: np.random.Generator) -> Condition:
     if name not in CONDITIONS:
         raise ValueError(f"unknown condition {name!r} (known: {', '.join(CONDITIONS)})")
     azimuth = rng.uniform(-150, 150)
-    common = dict(name=name, visibility=np.inf, fog_color=(0.0, 0.0, 0.0), rain=0.0, night=False,
+    common: dict[str, Any] = dict(name=name, visibility=np.inf, fog_color=(0.0, 0.0, 0.0), rain=0.0, night=False,
                   read_noise=0.004, event_noise_rate=0.002, lidar_dropout=0.01, depth_dropout=0.02,
                   shadows=False, sun=0.0, sun_direction=_sun_direction(50, azimuth))
     if name == "sun":

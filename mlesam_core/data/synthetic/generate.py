@@ -108,6 +108,8 @@ def render_sample(size: int, seed: int, split: str, index: int, condition: str |
     radiance_before = _radiance(scene, g_before, maps_before, weather, before, k, rng)
 
     rgb = camera_image(radiance_now, weather, case, rng)
+    # a capture render (radiance_only False) has every map
+    assert maps_now.glass is not None and maps_now.reflectivity is not None and maps_now.label is not None
     # quantised as stored (16-bit PNG), so that hha/ is exactly depth_to_hha of depth/ (as the ROS side computes)
     depth_m = np.round(np.minimum(depth_measurement(g_now, maps_now.glass, weather, rng) * DEPTH_PNG_SCALE,
                                   65535)) / DEPTH_PNG_SCALE
@@ -149,11 +151,11 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
                      workers: int = 1, png_compression: int = 0, tune_allocator: bool = True) -> Path:
     """Write `counts[split]` samples per split under `out` in the DELIVER layout, plus generator.json.
 
-    `tune_allocator` keeps freed buffers in this process's heap (`allocator.keep_freed_memory`, ~15 % faster);
-    worker processes are always tuned. Pass False to leave a long-lived calling process as it is.
+    `tune_allocator` keeps freed buffers in this process's heap (`allocator.keep_freed_memory`); worker processes
+    are always tuned. Pass False to leave a long-lived calling process as it is.
 
-    PNGs are stored uncompressed by default (`png_compression` 0): zlib would cost ~6 ms per 256 px sample, more
-    than a tenth of the generation time, for files ~3.5x smaller (level 1).
+    PNGs are stored uncompressed by default (`png_compression` 0): zlib costs a noticeable share of the generation
+    time for several times smaller files (`python -m benchmarks.generator_speed --png-compression 1` measures it).
     """
     counts = counts or {"train": 100, "val": 20, "test": 20}
     for split, n in counts.items():

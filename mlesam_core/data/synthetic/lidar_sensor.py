@@ -44,8 +44,8 @@ def lidar_points(g: GBuffer, reflectivity: np.ndarray, intrinsics: np.ndarray, c
     half_fov = np.degrees(np.arctan(max(k[0, 2], width - k[0, 2]) / k[0, 0]))
     azimuth = np.radians(np.arange(-half_fov, half_fov, spec.azimuth_step))
     elevation = np.radians(np.linspace(spec.elevation_min, spec.elevation_max, spec.rings))
-    az, el = np.meshgrid(azimuth, elevation)
-    az, el = az.ravel(), el.ravel()
+    az_grid, el_grid = np.meshgrid(azimuth, elevation)
+    az, el = az_grid.ravel(), el_grid.ravel()
     # beam direction in the camera frame and the pixel looking the same way
     direction = np.stack([np.sin(az) * np.cos(el), -np.sin(el), np.cos(az) * np.cos(el)], axis=1)
     u = np.floor(k[0, 2] + k[0, 0] * direction[:, 0] / direction[:, 2]).astype(np.int64)

@@ -161,8 +161,9 @@ def _fence_mask(primitive: Primitive, ox, oy, oz, ray_x, ray_y, t) -> np.ndarray
     return wire | posts | rails
 
 
-def _draw(primitive: Primitive, object_index: int, rect: np.ndarray, nearest: float, origins: tuple,
-          ray_x: np.ndarray, ray_y: np.ndarray, depth: np.ndarray, index: np.ndarray, normal: np.ndarray) -> None:
+def _draw(primitive: Primitive, object_index: int, rect: np.ndarray, nearest: float,
+          origins: tuple[np.ndarray, np.ndarray, np.ndarray], ray_x: np.ndarray, ray_y: np.ndarray, depth: np.ndarray,
+          index: np.ndarray, normal: np.ndarray) -> None:
     """Z-buffer one primitive into the stacked G-buffer arrays [F, ...] inside its screen rectangle."""
     v0, v1, u0, u1 = rect
     region = depth[:, v0:v1, u0:u1]
@@ -207,7 +208,8 @@ def cast_frames(scene: Scene, origins: np.ndarray, intrinsics: np.ndarray, size:
         visible = np.any([v for _, v in per_frame], axis=0)
         nearest = np.maximum(extents[:, 4] - origins[:, 2].max(), NEAR)  # the smallest over the frames
         # float32 [F, 1, 1]: arithmetic with the float32 rays stays float32
-        split = tuple(origins[:, i].astype(np.float32)[:, None, None] for i in range(3))
+        ox, oy, oz = (origins[:, i].astype(np.float32)[:, None, None] for i in range(3))
+        split = (ox, oy, oz)
         with np.errstate(divide="ignore", invalid="ignore"):
             for i in np.argsort(nearest, kind="stable"):  # nearest first, so hidden objects can be skipped
                 if visible[i]:

@@ -355,14 +355,16 @@ def surface_maps(scene: Scene, g: GBuffer, tables: SurfaceTables | None = None,
         where = rank[on_ground]  # positions of the ground pixels in the sorted order
         color[where], label[where], reflectivity[where] = patch.color, ground_label, ground_refl
     glass = np.zeros(len(order), bool)
-    emitters, emission, always = [], [], []
+    emitters: list[np.ndarray] = []
+    emission: list[np.ndarray] = []
+    always: list[np.ndarray] = []
     for kind in Surface:
         a, b = starts[kind], starts[kind + 1]
         if a == b:
             continue
         patch = _Patch(row[a:b], x[a:b], y[a:b], z[a:b], normal[a:b], color[a:b], tables)
         TEXTURES[kind](patch)
-        if patch.glow is not None:
+        if patch.glow is not None and patch.glow_color is not None:  # set together (`glow`)
             emitters.append(a + np.flatnonzero(patch.glow))
             emission.append(patch.glow_color)
             always.append(patch.always if patch.always is not None else np.zeros(len(emitters[-1]), bool))
