@@ -34,23 +34,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from benchmarks import RESULTS_DIR
-from benchmarks.speed_common import (
-    GPU_TARGET_NOTE,
-    PeakMemory,
-    config_label,
-    config_path,
-    default_device,
-    device_slug,
-    milliseconds,
-    parse_args_for_device,
-    report_header,
-    start_run,
-    synchronize,
-    target,
-    timed,
-    write_report,
-)
+from benchmarks import RESULTS_DIR, speed_common
 from mlesam_core.losses import total_loss
 from mlesam_core.model import build_model
 from mlesam_core.precision import autocast
@@ -80,20 +64,20 @@ def run_variant(model: torch.nn.Module, checkpointing: bool, args: argparse.Name
 
     seconds: list[float] = []
     result: dict[str, Any] = {"activation_checkpointing": checkpointing}
-    with PeakMemory(device) as memory:
+    with speed_common.PeakMemory(device) as memory:
         try:
             for i in range(args.warmup + args.steps):
-                elapsed, _ = timed(partial(step, optimizer), device)
+                elapsed, _ = speed_common.timed(partial(step, optimizer), device)
                 if i >= args.warmup:
                     seconds.append(elapsed)
         except torch.OutOfMemoryError as exc:
             result["out_of_memory"] = str(exc).splitlines()[0]
     del optimizer
     model.zero_grad(set_to_none=True)
-    synchronize(device)
+    speed_common.synchronize(device)
     result["memory"] = memory.result
     if seconds:
-        result["step"] = milliseconds(seconds)
+        result["step"] = speed_common.milliseconds(seconds)
         step_s = result["step"]["p50_ms"] / 1000.0
         result["samples_per_s"] = round(args.batch / step_s, 3)  # multi-modal samples (the paper's batch unit)
         result["images_per_s"] = round(args.batch * m / step_s, 3)  # modality images through the encoder
@@ -128,7 +112,7 @@ class LiveTensorBytes(TorchDispatchMode):
 
 def estimate_peak_memory(args: argparse.Namespace, checkpointing: bool) -> dict[str, Any]:
     """Peak tensor memory of two training steps run on fake tensors (see the module docstring)."""
-    model = build_model(config_path(args.config), overrides=[f"image_size={args.size}"]).train()
+    model = build_model(speed_common.config_path(args.config), overrides=[f"image_size={args.size}"]).train()
     model.activation_checkpointing = checkpointing
     mode = FakeTensorMode()
     with torch.no_grad():
@@ -188,15 +172,15 @@ def evaluate_targets(report: dict[str, Any], device: torch.device, limit_gib: fl
         parts.append(f"estimated (fake tensors) peak with checkpointing "
                      f"{'on' if estimate['activation_checkpointing'] else 'off'}: {estimate['peak_gib']:.1f} GiB")
     status = ("met" if fits else "missed") if applicable else "not-applicable"
-    note = "" if applicable else GPU_TARGET_NOTE.format(device=device.type)
-    return {"train_batch_fits": target(
+    note = "" if applicable else speed_common.GPU_TARGET_NOTE.format(device=device.type)
+    return {"train_batch_fits": speed_common.target(
         f"training batch 6 at 1024², four modalities, fits in {limit_gib:g} GiB; images/s reported", status,
         f"{s['config']} {s['size']}² batch {s['batch']} {s['precision']}: " + "; ".join(parts), note)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--device", default=speed_common.default_device())
     parser.add_argument("--config", help="tiny, hiera_t, hiera_b+ or a config path")
     parser.add_argument("--size", type=int)
     parser.add_argument("--batch", type=int)
@@ -211,14 +195,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     estimate.add_argument("--estimate-only", action="store_true", help="only the fake-tensor estimate, no timing")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path)
-    return parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
+    return speed_common.parse_args_for_device(parser, argv, CPU_DEFAULTS, CUDA_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device, settings = start_run(args)
-    settings["config"] = config_label(args.config)
-    report = report_header(device, settings)
+    device, settings = speed_common.start_run(args)
+    settings["config"] = speed_common.config_label(args.config)
+    report = speed_common.report_header(device, settings)
     report.update(variants=[], memory_estimates=[])
     if args.estimate_memory or args.estimate_only:
         for mode in args.checkpointing:
@@ -227,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"estimated peak, checkpointing {mode}: {estimate['peak_gib']:.2f} GiB "
                   f"(after forward {estimate['after_forward_gib']:.2f} GiB; {estimate['method']})")
     torch.manual_seed(0)
-    model = build_model(config_path(args.config), overrides=[f"image_size={args.size}"])
+    model = build_model(speed_common.config_path(args.config), overrides=[f"image_size={args.size}"])
     report.update(modalities=len(model.modalities),
                   trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     if not args.estimate_only:
@@ -247,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{variant['images_per_s']:9.3f} {memory['peak_gib']:9.2f} {memory['peak_minus_start_gib']:10.2f}"
                   f"  {memory['method']}")
     report["targets"] = evaluate_targets(report, device, args.memory_limit_gib)
-    write_report(report, args.out or RESULTS_DIR / f"train_step_{device_slug(device)}.json")
+    speed_common.write_report(report, args.out or RESULTS_DIR / f"train_step_{speed_common.device_slug(device)}.json")
     return 0
 
 

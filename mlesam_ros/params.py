@@ -174,10 +174,10 @@ class SegmentConfig:
     lidar: LidarParams = field(default_factory=LidarParams)
     events: EventParams = field(default_factory=EventParams)
     camera: CameraParams = field(default_factory=CameraParams)
-    outputs: OutputParams = field(default_factory=OutputParams)
-    qos: QosParams = field(default_factory=QosParams)
     diagnostics_period: float = doc_field(1.0, "seconds between /diagnostics messages")
     log_period: float = doc_field(5.0, "the same input problem is logged at most once per this many seconds")
+    outputs: OutputParams = field(default_factory=OutputParams)
+    qos: QosParams = field(default_factory=QosParams)
 
     def __post_init__(self) -> None:
         try:
