@@ -273,10 +273,11 @@ class MusesDataset(MultiModalDataset):
         """Sample `index`; with `paper_protocol`, 1024x1024 without keeping aspect and ignore mapped to road."""
         label = self.read_label(index) if self.with_labels else None
         frame = self._frame(index) if label is None or "frame" in self.modalities else None
-        size = label.shape if label is not None else frame.shape[:2]
         if label is None:
-            label = np.full(size, IGNORE_INDEX, np.uint8)
-        images = {m: resize_to(frame if m == "frame" else self._modality(index, m, size), size, m)
+            assert frame is not None  # read above whenever there is no label to take the size from
+            label = np.full(frame.shape[:2], IGNORE_INDEX, np.uint8)
+        size = label.shape
+        images = {m: resize_to(frame if m == "frame" and frame is not None else self._modality(index, m, size), size, m)
                   for m in self.modalities}
         if self.paper_protocol:
             images = {m: resize_to(img, PAPER_SIZE, m) for m, img in images.items()}
