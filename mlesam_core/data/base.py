@@ -69,6 +69,13 @@ def resize_to(image: np.ndarray, size: tuple[int, int], modality: str) -> np.nda
     return resized.reshape(size[0], size[1], *image.shape[2:])
 
 
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an HxW label map to (H, W) with nearest neighbour (class ids are never blended)."""
+    if label.shape[:2] == tuple(size):
+        return label
+    return cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST).reshape(size[0], size[1])
+
+
 def source_meta(source_size: tuple[int, int], region: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
     """Where a loaded sample sits in its source image: `source_size` (H, W) of the file, `region` (top, left,
     height, width) of the source the sample covers (the whole image unless the loader crops); a prediction of

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from mlesam_core.data.base import Sample
+from mlesam_core.data.base import Sample, resize_label, resize_to
 from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.modalities import check_modalities, get_modality
 from mlesam_core.preprocess import normalization, normalize_into, resize_for_model, resize_mode
@@ -34,20 +34,11 @@ def _uniform(generator: torch.Generator | None, low: float = 0.0, high: float = 
     return low + (high - low) * float(torch.rand(1, generator=generator))
 
 
-def _resample(image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
-    out = cv2.resize(image, (size[1], size[0]), interpolation=interpolation)
-    return out.reshape(size[0], size[1], *image.shape[2:])
-
-
 def _resize_array(image: np.ndarray, size: tuple[int, int], mode: Literal["bilinear", "nearest"]) -> np.ndarray:
     """HxW or HxWxC array -> float32 HxWxC at `size` through the Segmenter's resize."""
     array = np.asarray(image)
     x = torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1))).permute(2, 0, 1)
     return resize_for_model(x, size, mode).permute(1, 2, 0).numpy()
-
-
-def _interpolation(modality: str) -> int:
-    return cv2.INTER_NEAREST if get_modality(modality).kind == "sparse" else cv2.INTER_LINEAR
 
 
 class Compose:
@@ -67,16 +58,14 @@ class Compose:
 
 class Resize:
     """Resize every modality (to float32 HxWxC, as the Segmenter resizes: `preprocess.resize_for_model`) and the
-    label (nearest) to (H, W)."""
+    label (`data.base.resize_label`, nearest) to (H, W)."""
 
     def __init__(self, size: tuple[int, int]) -> None:
         self.size = (int(size[0]), int(size[1]))
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         images = {m: _resize_array(img, self.size, resize_mode(m)) for m, img in sample["images"].items()}
-        label = np.asarray(sample["label"])
-        resized = _resize_array(label, self.size, "nearest").astype(label.dtype)
-        return {**sample, "images": images, "label": resized.reshape(self.size)}
+        return {**sample, "images": images, "label": resize_label(np.asarray(sample["label"]), self.size)}
 
 
 class RandomHorizontalFlip:
@@ -110,14 +99,14 @@ class RandomResizedCrop:
         top = int(_uniform(generator) * (pad_h - out_h + 1)) if pad_h > out_h else 0
         left = int(_uniform(generator) * (pad_w - out_w + 1)) if pad_w > out_w else 0
 
-        def crop(image: np.ndarray, interpolation: int, fill: int) -> np.ndarray:
-            resized = _resample(image, scaled, interpolation)
-            canvas = np.full((pad_h, pad_w, *image.shape[2:]), fill, dtype=image.dtype)
+        def crop(resized: np.ndarray, fill: int) -> np.ndarray:
+            canvas = np.full((pad_h, pad_w, *resized.shape[2:]), fill, dtype=resized.dtype)
             canvas[:scaled[0], :scaled[1]] = resized
             return canvas[top:top + out_h, left:left + out_w]
 
-        images = {m: crop(img, _interpolation(m), 0) for m, img in sample["images"].items()}
-        return {**sample, "images": images, "label": crop(label, cv2.INTER_NEAREST, self.label_fill)}
+        # the loaders' resampling (`data.base.resize_to`): bilinear for dense, nearest for sparse modalities
+        images = {m: crop(resize_to(img, scaled, m), 0) for m, img in sample["images"].items()}
+        return {**sample, "images": images, "label": crop(resize_label(label, scaled), self.label_fill)}
 
 
 class ColorJitter:
