@@ -14,8 +14,13 @@ Encodings and their time rules (event_camera_codecs' documentation and decoders,
   `REANCHOR_NS` (a driver restart, a mis-detected wrap): small jitter of the stamps does not move events.
 - `mono` (deprecated): 64-bit words, bit 63 polarity, bits 48-62 y, 32-47 x, 0-31 dt in ns; ROS time = header
   stamp + dt (the README's "best estimate ROS time").
-
-libcaer/libcaer_cmp (iniVation) packets are refused with an error naming the encoding: not implemented here.
+- `libcaer` (iniVation, libcaer_driver): libcaer's 8-byte polarity events (uint32 data: bit 1 polarity, bits 2-16
+  y, 17-31 x; int32 microsecond timestamp); the sensor time is aligned with host time at driver start-up, so ROS
+  time = `time_base` (ns) + timestamp, plus 2^31 us for each timestamp wrap within the packet.
+- `libcaer_cmp` (libcaer_driver's compressed form): 16-bit words (4-bit code: TIME_HIGH, TIME_LOW, ADDR_X,
+  ADDR_Y, VECT_BASE_Y, VECT_8) with the packet's time in microseconds since `time_base` (us); ROS time =
+  (time_base + (time_high << 12 | time_low)) * 1000. The time words restart in each packet; x, the vector base
+  and polarity carry over, as in event_camera_codecs' decoder.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ bool is_bigendian
 uint8[] events
 """
 REANCHOR_NS = 50_000_000  # an implied evt3 offset this far from the anchor re-anchors
-ENCODINGS = ("evt3", "mono")
+ENCODINGS = ("evt3", "mono", "libcaer", "libcaer_cmp")
 MAX_EVENTS = 20_000_000  # events kept per stream at most (about 260 MB), whatever the retention time
 
 
@@ -121,8 +126,14 @@ class EventStream:
                                    f"{self.encoding} {self.sensor_size[1]}x{self.sensor_size[0]}")
         if encoding == "evt3":
             chunk = self._decode_evt3(data, size, stamp_ns)
-        else:
+        elif encoding == "mono":
             chunk = _decode_mono(data, stamp_ns, bool(msg.is_bigendian))
+        elif encoding == "libcaer":
+            chunk = _decode_libcaer(data, int(msg.time_base))
+        else:
+            if self._decoder is None:
+                self._decoder = LibcaerCmpDecoder()
+            chunk = self._decoder.decode(data, int(msg.time_base))
         self.encoding, self.sensor_size, self.header = encoding, size, msg.header
         inside = (chunk.x < size[1]) & (chunk.y < size[0])  # as event_camera_codecs: outside the geometry: dropped
         if not inside.all():
@@ -196,6 +207,68 @@ def _decode_mono(data: bytes, stamp_ns: int, big_endian: bool) -> _Chunk:
     return _Chunk(dt, 1, stamp_ns, x, y, (words >> np.uint64(63)).astype(np.uint8))
 
 
+def _decode_libcaer(data: bytes, time_base_ns: int) -> _Chunk:
+    if len(data) % 8:
+        raise EventDecodeError(f"libcaer packet of {len(data)} bytes is cut mid-event (events are 8 bytes)")
+    events = np.frombuffer(data, dtype=[("data", "<u4"), ("timestamp", "<i4")])
+    stamps = events["timestamp"].astype(np.int64)
+    wraps = np.concatenate([[0], np.cumsum(stamps[1:] < stamps[:-1])]) if stamps.size else stamps
+    t_us = stamps + wraps * (1 << 31)  # a wrap of the 31-bit microsecond counter within the packet
+    word = events["data"]
+    return _Chunk(t_us, 1000, time_base_ns, ((word >> 17) & 0x7FFF).astype(np.uint16),
+                  ((word >> 2) & 0x7FFF).astype(np.uint16), ((word >> 1) & 1).astype(np.uint8))
+
+
+class LibcaerCmpDecoder:
+    """event_camera_codecs' libcaer_cmp decoding, vectorised: each word's state (time, x, vector base, polarity)
+    is the value of the last word that set it (the time restarts in every packet; the rest carries over)."""
+
+    TIME_HIGH, TIME_LOW, ADDR_X, ADDR_Y, VECT_BASE_Y, VECT_8 = range(6)
+
+    def __init__(self) -> None:
+        """A decoder at the stream's start."""
+        self.x, self.base_y, self.polarity = 0, 0, 0
+
+    def decode(self, data: bytes, time_base_us: int) -> _Chunk:
+        """The events of one packet."""
+        if len(data) % 2:
+            raise EventDecodeError(f"libcaer_cmp packet of {len(data)} bytes is cut mid-word (words are 2 bytes)")
+        words = np.frombuffer(data, dtype="<u2").astype(np.int64)
+        codes, rest = words >> 12, words & 0xFFF
+        if (codes > self.VECT_8).any():
+            raise EventDecodeError(f"libcaer_cmp: unsupported word code {int(codes[codes > self.VECT_8][0])}")
+        positions = np.arange(words.size)
+
+        def last(code: int, values: np.ndarray, initial: int) -> np.ndarray:
+            """Per word: `values` at the last word (at or before it) with `code`, else `initial`."""
+            index = np.maximum.accumulate(np.where(codes == code, positions, -1))
+            return np.where(index >= 0, values[np.maximum(index, 0)], initial)
+
+        time_us = (last(self.TIME_HIGH, rest << 12, 0) | last(self.TIME_LOW, rest, 0)) + time_base_us
+        x = last(self.ADDR_X, rest & 0x7FF, self.x)
+        base = last(self.VECT_BASE_Y, rest & 0x7FF, self.base_y)
+        polarity = last(self.VECT_BASE_Y, (rest >> 11) & 1, self.polarity)
+        # each VECT_8 after a base (or after the packet start) moves the base on by 8
+        vectors = codes == self.VECT_8
+        since_base = np.cumsum(vectors) - last(self.VECT_BASE_Y, np.cumsum(vectors), 0)
+        vector_base = base + 8 * (since_base - 1)
+        single = np.flatnonzero(codes == self.ADDR_Y)
+        bits = (rest[vectors, None] >> np.arange(8)) & 1
+        vector_word, bit = np.nonzero(bits)
+        vector_index = np.flatnonzero(vectors)[vector_word]
+        order = np.argsort(np.concatenate([single, vector_index]), kind="stable")
+        event_x = np.concatenate([x[single], x[vector_index]])[order]
+        event_y = np.concatenate([rest[single] & 0x7FF, vector_base[vector_index] + bit])[order]
+        event_p = np.concatenate([(rest[single] >> 11) & 1, polarity[vector_index]])[order]
+        event_t = time_us[np.concatenate([single, vector_index])[order]]
+        if words.size:
+            self.x = int(x[-1])
+            self.base_y = int(base[-1] + 8 * since_base[-1])
+            self.polarity = int(polarity[-1])
+        return _Chunk(event_t, 1000, 0, event_x.astype(np.uint16), event_y.astype(np.uint16),
+                      event_p.astype(np.uint8))
+
+
 def encode_mono(t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, polarity: np.ndarray, stamp_ns: int) -> bytes:
     """The deprecated mono encoding of events (ROS time ns, dt from `stamp_ns` must fit 32 bits)."""
     dt = np.asarray(t_ns, np.int64) - stamp_ns
@@ -263,4 +336,4 @@ def split_evt3(stream: bytes, first_events: np.ndarray) -> list[tuple[bytes, int
 
 
 __all__ = ["EVENT_PACKET_TYPE", "EVENT_PACKET_MSG", "REANCHOR_NS", "ENCODINGS", "EventDecodeError", "EventWindow",
-           "EventStream", "encode_mono", "encode_evt3", "evt3_events_before", "split_evt3"]
+           "EventStream", "LibcaerCmpDecoder", "encode_mono", "encode_evt3", "evt3_events_before", "split_evt3"]

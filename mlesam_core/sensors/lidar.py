@@ -53,25 +53,28 @@ def project_points(points: np.ndarray, intensity: np.ndarray | None, cam_from_li
 
     finite = np.isfinite(points).all(axis=1) & np.isfinite(intensity)
     points, intensity = points[finite], intensity[finite]
-    cam = points @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
-    pix = np.concatenate([cam, np.ones((cam.shape[0], 1))], axis=1) @ projection.T
-    depth = pix[:, 2]
-    valid = depth >= min_depth
-    u = np.floor(pix[valid, 0] / depth[valid]).astype(np.int64)
-    v = np.floor(pix[valid, 1] / depth[valid]).astype(np.int64)
+    # camera = R p + t, then pixel = P [camera; 1], written out per coordinate: a BLAS matmul of [N, 3] by 3x3
+    # costs more in thread start-up than it computes (python -m benchmarks.input_paths)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    r, t = cam_from_lidar[:3, :3], cam_from_lidar[:3, 3]
+    cam = [r[i, 0] * x + r[i, 1] * y + r[i, 2] * z + t[i] for i in range(3)]
+    u_h, v_h, depth = ([projection[i, 0] * cam[0] + projection[i, 1] * cam[1] + projection[i, 2] * cam[2]
+                        + projection[i, 3] for i in range(3)])
+    valid = np.flatnonzero(depth >= min_depth)
+    u = np.floor(u_h[valid] / depth[valid]).astype(np.int64)
+    v = np.floor(v_h[valid] / depth[valid]).astype(np.int64)
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    idx = np.flatnonzero(valid)[inside]
-    u, v = u[inside], v[inside]
+    idx, u, v = valid[inside], u[inside], v[inside]
     if idx.size == 0:
         return image
-    order = np.argsort(depth[idx], kind="stable")  # nearest first
-    flat = (v * width + u)[order]
-    _, first = np.unique(flat, return_index=True)  # first occurrence = nearest point of each pixel
-    keep = idx[order][first]
-    rows, cols = v[order][first], u[order][first]
-    image[rows, cols, 0] = np.linalg.norm(points[keep], axis=1)
+    flat = v * width + u
+    order = np.lexsort((depth[idx], flat))  # by pixel, nearest first within a pixel (ties: input order)
+    flat = flat[order]
+    first = order[np.concatenate([[True], flat[1:] != flat[:-1]])]  # the nearest point of each pixel
+    keep, rows, cols = idx[first], v[first], u[first]
+    image[rows, cols, 0] = np.sqrt(x[keep] ** 2 + y[keep] ** 2 + z[keep] ** 2)
     image[rows, cols, 1] = intensity[keep]
-    image[rows, cols, 2] = points[keep, 2]
+    image[rows, cols, 2] = z[keep]
     return image
 
 
@@ -80,12 +83,11 @@ def lidar_image_to_uint8(image: np.ndarray, encoding: LidarEncoding = LidarEncod
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"lidar image: expected HxWx3, got shape {tuple(image.shape)}")
-    hit = image[:, :, 0] > 0
+    rows, cols = np.nonzero(image[:, :, 0] > 0)  # sparse: only the hit pixels are scaled
+    hits = image[rows, cols]
     out = np.zeros(image.shape, dtype=np.uint8)
-    rng = np.clip(image[:, :, 0] / encoding.max_range * 255.0, 1.0, 255.0)
-    inten = np.clip(image[:, :, 1] / encoding.max_intensity * 255.0, 1.0, 255.0)
     span = encoding.max_height - encoding.min_height
-    hgt = np.clip(1.0 + (image[:, :, 2] - encoding.min_height) / span * 254.0, 1.0, 255.0)
-    for channel, values in enumerate((rng, inten, hgt)):
-        out[:, :, channel] = np.where(hit, np.rint(values), 0).astype(np.uint8)
+    scaled = np.stack([hits[:, 0] / encoding.max_range * 255.0, hits[:, 1] / encoding.max_intensity * 255.0,
+                       1.0 + (hits[:, 2] - encoding.min_height) / span * 254.0], axis=1)
+    out[rows, cols] = np.rint(np.clip(scaled, 1.0, 255.0)).astype(np.uint8)
     return out

@@ -124,15 +124,15 @@ def test_a_packet_cut_mid_word_or_from_another_sensor_is_refused_and_the_stream_
     stream = EventStream(window=0.03, retain=1.0)
     cut = rosbags_kit.event_packet("evt3", bytes(msgs[5].events)[:-1], SENSOR, msgs[5].header)
     other = rosbags_kit.event_packet("evt3", bytes(msgs[5].events), (480, 640), msgs[5].header)
-    mono = rosbags_kit.event_packet("libcaer_cmp", b"\x00\x00", SENSOR, msgs[5].header)
+    unknown = rosbags_kit.event_packet("trigger", b"\x00\x00", SENSOR, msgs[5].header)
     for msg in msgs[:5]:
         stream.add(msg)
     with pytest.raises(EventDecodeError, match="cut mid-word"):
         stream.add(cut)
     with pytest.raises(EventDecodeError, match="another sensor: evt3 640x480, the stream is evt3 80x60"):
         stream.add(other)
-    with pytest.raises(EventDecodeError, match="'libcaer_cmp' is not supported"):
-        stream.add(mono)
+    with pytest.raises(EventDecodeError, match="'trigger' is not supported"):
+        stream.add(unknown)
     for msg in msgs[5:]:
         stream.add(msg)
     end_ns = BASE_NS + 590_000_000
@@ -188,3 +188,41 @@ def test_each_camera_frame_gets_the_events_of_its_window_late_packets_included(t
 
 def stamp_of(msg):
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
+def word(code, rest):
+    """A libcaer_cmp word as event_camera_codecs' libcaer_cmp_types.h lays it out (4-bit code over 12 bits)."""
+    return (code << 12) | rest
+
+
+def test_libcaer_cmp_packets_decode_as_event_camera_codecs_decodes_them(rosbags_kit):
+    th, tl, ax, ay, vb, v8 = range(6)
+    first = [word(th, 1), word(tl, 5), word(ax, 7), word(ay, 3 | 1 << 11), word(ay, 4),  # x 7: y 3 ON, y 4 OFF
+             word(tl, 9), word(vb, 10 | 1 << 11), word(v8, 0b101), word(v8, 0b10000000)]  # vector: y 10, 12; 25
+    second = [word(tl, 2), word(v8, 0b1), word(ax, 9), word(ay, 50)]  # time restarts; x and the base carry over
+    stream = EventStream(window=1.0, retain=2.0)
+    base_us = 1_700_000_000_000_000
+    for words, offset in ((first, 0), (second, 10_000)):
+        stream.add(rosbags_kit.event_packet("libcaer_cmp", np.array(words, "<u2").tobytes(), SENSOR,
+                                            rosbags_kit.header(0, "e"), time_base=base_us + offset))
+    window = stream.window((base_us + 20_000) * 1000)
+    assert window.x.tolist() == [7, 7, 7, 7, 7, 7, 9]
+    assert window.y.tolist() == [3, 4, 10, 12, 25, 26, 50]
+    assert window.polarity.tolist() == [1, 0, 1, 1, 1, 1, 0]
+    t_us = [4096 + 5, 4096 + 5, 4096 + 9, 4096 + 9, 4096 + 9, 10_000 + 2, 10_000 + 2]
+    assert [c.ros_ns(i) for c in stream._chunks for i in range(c.t.size)] == [(base_us + t) * 1000 for t in t_us]
+
+
+def test_libcaer_packets_take_time_base_plus_the_microsecond_stamps_across_a_wrap(rosbags_kit):
+    x, y, p = np.array([3, 85, 5]), np.array([2, 59, 0]), np.array([1, 0, 1])  # x 85: outside the 80x60 sensor
+    stamps = np.array([2**31 - 5, 2**31 - 1, 3], dtype=np.int64)  # the 31-bit counter wraps before the third
+    events = np.zeros(3, dtype=[("data", "<u4"), ("timestamp", "<i4")])
+    events["data"] = (x << 17) | (y << 2) | (p << 1) | 1  # libcaer's polarity event: bit 0 = valid
+    events["timestamp"] = stamps
+    msg = rosbags_kit.event_packet("libcaer", events.tobytes(), SENSOR, rosbags_kit.header(0, "e"), time_base=BASE_NS)
+    stream = EventStream(window=10.0, retain=20.0)
+    last_ns = BASE_NS + (2**31 + 3) * 1000
+    assert stream.add(msg) == last_ns
+    window = stream.window(last_ns)
+    assert window.x.tolist() == [3, 5] and window.y.tolist() == [2, 0] and window.polarity.tolist() == [1, 1]
+    assert stream.window(last_ns - 1).x.tolist() == [3]
