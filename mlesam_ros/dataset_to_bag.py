@@ -95,15 +95,16 @@ def parse_corrupt(text: str) -> Corruption:
     return Corruption(match[1], float(match[2]))
 
 
-def open_dataset(fmt: str, root: str | Path, split: str, modalities: Sequence[str]) -> Any:
-    """The project's loader of `fmt` for `split` (DELIVER depth as HHA; raw depth is read separately)."""
+def open_dataset(fmt: str, root: str | Path, split: str, modalities: Sequence[str], from_raw: bool = False) -> Any:
+    """The project's loader of `fmt` for `split` (DELIVER depth as HHA; raw depth is read separately; MUSES
+    `from_raw`: events and LiDAR from the raw sensor files)."""
     from mlesam_core import data
 
     loaders = {"deliver": "DeliverDataset", "muses": "MusesDataset", "mcubes": "McubesDataset"}
     loader = getattr(data, loaders[fmt], None)
     if loader is None:
         raise RuntimeError(f"the {fmt} loader ({loaders[fmt]}) is not available in mlesam_core.data")
-    return loader(root, split, modalities)
+    return loader(root, split, modalities, from_raw=True) if from_raw else loader(root, split, modalities)
 
 
 def raw_depth_reader(fmt: str, root: str | Path, split: str) -> Any:
@@ -127,6 +128,45 @@ def raw_depth_metres(raw_loader: Any, index: int, size: tuple[int, int]) -> np.n
     if raw.dtype != np.uint16 or raw.shape != tuple(size):
         return None
     return raw.astype(np.float32) / DEPTH_PNG_SCALE
+
+
+class GeneratorScans:
+    """For a procedural data set (generator.json): each sample's LiDAR scan from the generator's own ray caster,
+    rendered again from the generator's seed (None, with a warning, where the rendering no longer reproduces the
+    stored LiDAR image, e.g. data made by another version of the generator)."""
+
+    def __init__(self, root: Path, split: str) -> None:
+        """Scans of `split` of the data set at `root`."""
+        info = json.loads((root / "generator.json").read_text())
+        self.size, self.seed, self.split = int(info["size"][0]), int(info["seed"]), split
+        self._warned = False
+
+    def points(self, rgb_path: Path, stored_lidar: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(points [N, 3] in the LiDAR frame, intensities [N]) of the sample whose camera image is `rgb_path`."""
+        from mlesam_core.data import deliver_camera_matrix
+        from mlesam_core.data.synthetic.generate import render_sample
+        from mlesam_core.data.synthetic.lidar_sensor import lidar_image
+
+        index = int(rgb_path.name.split("_", 1)[0])
+        sample = render_sample(self.size, self.seed, self.split, index)
+        k = deliver_camera_matrix(self.size, self.size)
+        if sample.lidar_points is None or not np.array_equal(
+                lidar_image(sample.lidar_points, sample.lidar_intensity, k, stored_lidar.shape[:2]), stored_lidar):
+            if not self._warned:
+                logger.warning("%s: the generator's scan no longer reproduces the stored LiDAR image; clouds are "
+                               "back-projected from the images", rgb_path)
+                self._warned = True
+            return None
+        return sample.lidar_points, sample.lidar_intensity
+
+
+def muses_raw_reader(root: str | Path, split: str) -> Any:
+    """For MUSES with calib.json: a loader that knows the raw sensor files and the calibration (else None)."""
+    if not (Path(root) / "calib.json").is_file():
+        return None
+    from mlesam_core.data import MusesDataset
+
+    return MusesDataset(root, split, ("frame",), from_raw=True)
 
 
 def depth_message(kit: MessageKit, metres: np.ndarray, encoding: str, header: Any) -> Any:
@@ -153,12 +193,14 @@ class RecordedStyle:
     raw depth as compressedDepth, events as evt3 EventPackets, LiDAR as an unorganised PointCloud2 in its own
     frame, with /tf_static (camera_optical_frame <- camera_link <- base_link -> lidar) and camera_info.
 
-    The data sets store event frames, not event streams, and projected LiDAR images, not scans: the events of a
-    frame are the ones its frame counts (value / the data set's count scale per pixel and polarity: the events
-    the generator's event model produced) at random times within the `EVENT_WINDOW` ending at the frame's stamp,
-    and the cloud is the stored LiDAR image's hits back-projected along their pixel rays at their range
-    (intensity kept). Consecutive samples are independent scenes, not a video, so no events are interpolated
-    between them.
+    MUSES with calib.json and raw sensor files: the event file's last EVENT_WINDOW (mapped into the frame camera
+    as its SDK maps it) and the raw scan. Otherwise the data sets store event frames, not event streams, and
+    projected LiDAR images, not scans: the events of a frame are the ones its frame counts (value / the data
+    set's count scale per pixel and polarity: the events the generator's event model produced) at random times
+    within the `EVENT_WINDOW` ending at the frame's stamp; the cloud of a procedural sample is the generator's
+    own ray-cast scan (rendered again from generator.json's seed: `GeneratorScans`), else the stored LiDAR
+    image's hits back-projected along their pixel rays at their range (intensity kept). Consecutive samples are
+    independent scenes, not a video, so no events are interpolated between them.
     """
 
     def __init__(self, kit: MessageKit, fmt: str, codec: str, rng: np.random.Generator, start_ns: int) -> None:
@@ -169,8 +211,11 @@ class RecordedStyle:
         self.count_scale = event_count_scale(fmt)
         self.seq = 0
 
-    def tf_static(self, stamp_ns: int) -> Any:
-        """The rig's static transforms (through base_link; LiDAR and camera co-located, as in the data sets)."""
+    def tf_static(self, stamp_ns: int, camera_from_lidar: np.ndarray | None = None) -> Any:
+        """The rig's static transforms: through base_link with LiDAR and camera co-located (the DELIVER-format
+        data), or a calibration's camera <- LiDAR (MUSES)."""
+        if camera_from_lidar is not None:
+            return self.kit.tf_message([(FRAME_ID, LIDAR_FRAME, camera_from_lidar)], stamp_ns)
         return self.kit.tf_message(RIG_TRANSFORMS, stamp_ns)
 
     def camera(self, image: np.ndarray, header: Any) -> Any:
@@ -194,26 +239,61 @@ class RecordedStyle:
         counts = np.rint(frame[:, :, :2].astype(np.float64) / self.count_scale).astype(np.int64)
         ys, xs, channel = np.nonzero(counts)
         repeat = counts[ys, xs, channel]
-        x, y = np.repeat(xs, repeat).astype(np.uint16), np.repeat(ys, repeat).astype(np.uint16)
+        x, y = np.repeat(xs, repeat), np.repeat(ys, repeat)
         polarity = (np.repeat(channel, repeat) == 0).astype(np.uint8)
-        window_us = int(EVENT_WINDOW * 1e6)
+        before_us = self.rng.integers(0, int(EVENT_WINDOW * 1e6), x.size)  # in (end - window, end]
+        return self.event_packets(x, y, polarity, before_us, stamp_ns, frame.shape[:2], frame_id)
+
+    def raw_events(self, path: Path, calibration: Any, size: tuple[int, int], stamp_ns: int,
+                   frame_id: str) -> list[Any]:
+        """EventPackets of a MUSES event file's last EVENT_WINDOW, mapped into the frame camera's pixels as the
+        MUSES SDK maps them (the stream is registered to the camera: the node renders it at the camera's size)."""
+        from mlesam_core.data.muses import event_to_frame_pixels, read_events
+
+        x, y, t, p = read_events(path, int(EVENT_WINDOW * 1e6))
+        u, v = event_to_frame_pixels(x, y, calibration, size)
+        inside = (u >= 0) & (u < size[1]) & (v >= 0) & (v < size[0])
+        t = np.asarray(t, np.int64)[inside]
+        before_us = (t.max() - t) if t.size else t  # the newest event at the frame's stamp
+        return self.event_packets(u[inside].astype(np.int64), v[inside].astype(np.int64),
+                                  (np.asarray(p)[inside] > 0).astype(np.uint8), before_us, stamp_ns, size, frame_id)
+
+    def event_packets(self, x: np.ndarray, y: np.ndarray, polarity: np.ndarray, before_us: np.ndarray,
+                      stamp_ns: int, size: tuple[int, int], frame_id: str) -> list[Any]:
+        """Events `before_us` microseconds before `stamp_ns` as evt3 EventPackets stamped with their first
+        event's ROS time (metavision_driver's stamping)."""
         end_us = (stamp_ns - self.start_ns) // 1000 + SENSOR_EPOCH_US
-        t_us = end_us - self.rng.integers(0, window_us, x.size)  # in (end - window, end]
+        t_us = end_us - np.asarray(before_us, np.int64)
         order = np.argsort(t_us, kind="stable")
         t_us, x, y, polarity = t_us[order].astype(np.uint64), x[order], y[order], polarity[order]
         if t_us.size == 0:
             return []
-        stream = encode_evt3(t_us, x, y, polarity, frame.shape[:2], continuation=True)
+        stream = encode_evt3(t_us, x.astype(np.uint16), y.astype(np.uint16), polarity, size, continuation=True)
         period_us = int(EVENT_PACKET_PERIOD * 1e6)
         edges = np.arange(int(t_us[0]) // period_us * period_us, int(t_us[-1]) + period_us + 1, period_us)
         firsts = np.unique(np.searchsorted(t_us, edges)[:-1])
         packets = []
         for data, first in split_evt3(stream, firsts):
             ros_ns = (int(t_us[min(first, t_us.size - 1)]) - SENSOR_EPOCH_US) * 1000 + self.start_ns
-            packets.append(self.kit.event_packet("evt3", data, frame.shape[:2], self.kit.header(ros_ns, frame_id),
+            packets.append(self.kit.event_packet("evt3", data, size, self.kit.header(ros_ns, frame_id),
                                                  seq=self.seq))
             self.seq += 1
         return packets
+
+    def raw_lidar(self, scan: np.ndarray, header: Any) -> Any:
+        """A MUSES scan (x, y, z, intensity, ring, timestamp) as the PointCloud2 a driver publishes, in its frame."""
+        points = np.zeros(scan.shape[0], dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32),
+                                                ("intensity", np.float32), ("ring", np.uint16), ("time", np.float32)])
+        for column, name in enumerate(("x", "y", "z", "intensity", "ring", "time")):
+            points[name] = scan[:, column]
+        return self.kit.pointcloud(points, self.kit.header(stamp_to_ns(header.stamp), LIDAR_FRAME))
+
+    def scan(self, points: np.ndarray, intensity: np.ndarray, header: Any) -> Any:
+        """A scan ([N, 3] in the LiDAR frame, intensities) as a PointCloud2 there."""
+        cloud = np.zeros(points.shape[0], dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32),
+                                                 ("intensity", np.float32)])
+        cloud["x"], cloud["y"], cloud["z"], cloud["intensity"] = points[:, 0], points[:, 1], points[:, 2], intensity
+        return self.kit.pointcloud(cloud, self.kit.header(stamp_to_ns(header.stamp), LIDAR_FRAME))
 
     def lidar(self, image: np.ndarray, k: np.ndarray, header: Any) -> Any:
         """The stored LiDAR image's hits back-projected into the LiDAR frame, as a PointCloud2 there."""
@@ -242,7 +322,10 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
             raise ValueError(f"{item.sensor!r} is not a {fmt} modality (it has: {', '.join(modalities)})")
     if rate <= 0:
         raise ValueError(f"--rate must be > 0, got {rate}")
-    dataset = open_dataset(fmt, root, split, modalities)
+    raw_muses = muses_raw_reader(root, split) if as_recorded and fmt == "muses" else None
+    dataset = open_dataset(fmt, root, split, modalities, from_raw=raw_muses is not None)
+    scans = (GeneratorScans(Path(root), split) if as_recorded and fmt == "deliver"
+             and (Path(root) / "generator.json").is_file() else None)
     raw_loader = raw_depth_reader(fmt, root, split)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rng = np.random.default_rng(seed)
@@ -254,7 +337,9 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
         kit = MessageKit.rosbags(writer.store)
         recorded = RecordedStyle(kit, fmt, codec, rng, int(round(start * 1e9))) if as_recorded else None
         if recorded is not None:
-            writer.write(TF_STATIC_TOPIC, int(round(start * 1e9)), recorded.tf_static(int(round(start * 1e9))))
+            calibration = raw_muses.calibration if raw_muses is not None else None
+            writer.write(TF_STATIC_TOPIC, int(round(start * 1e9)), recorded.tf_static(
+                int(round(start * 1e9)), None if calibration is None else calibration.lidar_to_rgb))
         for index in tqdm(range(count), desc=f"{fmt} {split} -> {Path(out).name}", unit="frame"):
             sample = dataset[index]
             offset = index / rate
@@ -267,18 +352,38 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
 
                 k = deliver_camera_matrix(*label.shape)
                 writer.write(CAMERA_INFO_TOPIC, stamp_ns, kit.camera_info(k, label.shape, header))
+            elif raw_muses is not None:
+                from mlesam_core.data.muses import scale_intrinsics
+
+                k = scale_intrinsics(raw_muses.calibration.rgb_k, label.shape)
+                writer.write(CAMERA_INFO_TOPIC, stamp_ns, kit.camera_info(k, label.shape, header))
             for sensor in modalities:
                 if any(d.sensor == sensor and d.start <= offset < d.end for d in drops):
                     continue
                 image = np.ascontiguousarray(sample["images"][sensor])
                 if recorded is not None and sensor in RECORDED_TOPICS:
                     metres = raw_depth_metres(raw_loader, index, label.shape) if sensor == "depth" else None
+                    raw = raw_muses.path(index, f"{sensor}_raw") if raw_muses is not None and sensor in (
+                        "event", "lidar") else None
                     if sensor == "event":
-                        for packet in recorded.events(image, stamp_ns, FRAME_ID):
+                        packets = (recorded.raw_events(raw, raw_muses.calibration, label.shape, stamp_ns, FRAME_ID)
+                                   if raw is not None and raw.is_file() else recorded.events(image, stamp_ns, FRAME_ID))
+                        for packet in packets:
                             writer.write(RECORDED_TOPICS[sensor], stamp_to_ns(packet.header.stamp), packet)
                         continue
+                    if sensor == "lidar" and raw is not None and raw.is_file():
+                        from mlesam_core.data.muses import read_lidar_bin
+
+                        writer.write(RECORDED_TOPICS[sensor], stamp_ns, recorded.raw_lidar(read_lidar_bin(raw),
+                                                                                           header))
+                        continue
+                    if sensor == "lidar" and scans is not None and (
+                            scan := scans.points(dataset.path(index, "rgb"), image)) is not None:
+                        writer.write(RECORDED_TOPICS[sensor], stamp_ns, recorded.scan(*scan, header))
+                        continue
                     if sensor == "lidar" and k is None:
-                        raise ValueError("--as-recorded: LiDAR clouds need the camera matrix (DELIVER layout)")
+                        raise ValueError("--as-recorded: a LiDAR cloud needs the camera matrix (DELIVER layout, or "
+                                         "MUSES with calib.json and raw scans)")
                     msg = (recorded.lidar(image, k, header) if sensor == "lidar"
                            else recorded.depth(metres, depth_encoding, header) if metres is not None
                            else recorded.camera(image, header))  # rgb, or depth already encoded (HHA)

@@ -91,11 +91,23 @@ def recorded_bag(synthetic_deliver_root, tmp_path_factory):
     return out, record
 
 
-def test_a_recorded_style_bag_carries_what_drivers_publish(recorded_bag):
+def test_a_recorded_style_bag_carries_what_drivers_publish(recorded_bag, synthetic_deliver_root):
+    from mlesam_core.data import DeliverDataset
+
     bag, record = recorded_bag
-    types = {}
+    types, clouds = {}, []
     for topic, _, msg in read_bag(bag):
         types.setdefault(topic, set()).add(message_type(msg))
+        if topic == RECORDED_TOPICS["lidar"]:
+            clouds.append(msg)
+    # the clouds are the generator's own ray-cast scans: they project to exactly the data set's LiDAR images
+    stored = DeliverDataset(synthetic_deliver_root, "val", ("lidar",))
+    for index in (0, 5):
+        points = np.frombuffer(bytes(clouds[index].data), dtype=[(f.name, "<f4") for f in clouds[index].fields])
+        size = stored[index]["label"].shape
+        image = project_points(np.stack([points["x"], points["y"], points["z"]], axis=1), points["intensity"],
+                               CAMERA_FROM_LIDAR, deliver_camera_matrix(*size), size)
+        np.testing.assert_array_equal(lidar_image_to_uint8(image), stored[index]["images"]["lidar"])
     assert types[RECORDED_TOPICS["rgb"]] == types[RECORDED_TOPICS["depth"]] == {"sensor_msgs/msg/CompressedImage"}
     assert types[RECORDED_TOPICS["event"]] == {"event_camera_msgs/msg/EventPacket"}
     assert types[RECORDED_TOPICS["lidar"]] == {"sensor_msgs/msg/PointCloud2"}
@@ -132,3 +144,81 @@ def test_the_command_line_writes_mcap_by_default_with_as_recorded(synthetic_deli
     assert any(p.suffix == ".mcap" for p in out.iterdir())
     formats = {m.format for t, _, m in read_bag(out) if t == RECORDED_TOPICS["rgb"]}
     assert formats == {"rgb8; jpeg compressed bgr8"}
+
+
+def write_muses_with_raw_sensors(root, frames=2, seed=0):
+    """A MUSES tree (official layout) with calib.json, raw LiDAR scans and event files."""
+    import h5py
+
+    from mlesam_core.data.image_io import write_image
+
+    rng = np.random.default_rng(seed)
+    height, width = 108, 192  # a tenth of 1080 x 1920
+    folder = ("val", "clear", "day")
+    yaw = np.radians(3.0)
+    event_to_rgb = np.eye(4)
+    event_to_rgb[:3, :3] = [[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]]
+    calib = {"intrinsics": {"rgb": {"K": [[1000.0, 0, 960.0], [0, 1000.0, 540.0], [0, 0, 1]]},
+                            "event": {"K": [[100.0, 0, 96.0], [0, 100.0, 54.0], [0, 0, 1]]}},
+             "extrinsics": {"lidar2rgb": [[0, -1, 0, 0.05], [0, 0, -1, -0.2], [1, 0, 0, 0.1], [0, 0, 0, 1]],
+                            "event2rgb": event_to_rgb.tolist()}}
+    root.mkdir(parents=True)
+    (root / "calib.json").write_text(json.dumps(calib))
+    for i in range(frames):
+        name = f"{i:06d}"
+        write_image(root.joinpath("frame_camera", *folder, f"{name}_frame_camera.png"),
+                    rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        write_image(root.joinpath("gt_semantic", *folder, f"{name}_gt_labelTrainIds.png"),
+                    rng.integers(0, 19, (height, width), dtype=np.uint8))
+        n = 4000
+        scan = np.stack([rng.uniform(3, 40, n), rng.uniform(-10, 10, n), rng.uniform(-2, 3, n),
+                         rng.uniform(0, 255, n), rng.integers(0, 32, n), rng.uniform(0, 0.1, n)], axis=1)
+        path = root.joinpath("lidar", *folder, f"{name}_lidar.bin")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scan.astype(np.float64).tofile(path)
+        m = 20000  # 60 ms of events: the loader and the bag keep the last 30 ms
+        t = np.sort(rng.integers(5_000_000, 5_060_000, m))
+        t = np.where(t == t.max() - 30_000, t + 1, t)  # none on the window's open end (MUSES: closed, ours: open)
+        path = root.joinpath("event_camera", *folder, f"{name}_event_camera.h5")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            for key, values in (("x", rng.integers(0, width, m)), ("y", rng.integers(0, height, m)), ("t", t),
+                                ("p", rng.integers(0, 2, m))):
+                f[f"events/{key}"] = values
+    return root
+
+
+def test_muses_raw_events_and_scans_become_packets_and_clouds_that_decode_to_the_loaders_images(tmp_path):
+    from mlesam_core.data import MusesDataset
+    from mlesam_ros.events import EventStream
+    from mlesam_ros.model_inputs import InputDecoder
+
+    root = write_muses_with_raw_sensors(tmp_path / "muses")
+    bag = tmp_path / "muses_bag"
+    convert("muses", root, "val", bag, as_recorded=True, codec="png")
+    loader = MusesDataset(root, "val", ("frame", "event", "lidar"), from_raw=True)
+    config = load_segment_config(None, ["modalities=[frame,event,lidar]", "primary=frame"])
+    decoder = InputDecoder(config, event_count_scale=event_count_scale("muses"))
+    stream = EventStream(window=EVENT_WINDOW, retain=1.0)
+    frames = {}
+    for topic, _, msg in read_bag(bag):
+        if topic == TF_STATIC_TOPIC:
+            decoder.transforms.add_message(msg)
+        elif topic == "/camera/camera_info":
+            decoder.set_camera_info(msg)
+        elif topic == RECORDED_TOPICS["event"]:
+            stream.add(msg)
+        elif topic in (RECORDED_TOPICS["frame"], RECORDED_TOPICS["lidar"]):
+            frames.setdefault(stamp_to_ns(msg.header.stamp), {})[topic] = msg
+    assert len(frames) == 2
+    for index, (stamp, messages) in enumerate(sorted(frames.items())):
+        sample = loader[index]
+        size = sample["label"].shape
+        camera = decoder.decode("frame", messages[RECORDED_TOPICS["frame"]], size)
+        np.testing.assert_array_equal(camera, sample["images"]["frame"])
+        events = decoder.decode("event", stream.window(stamp), size)
+        assert events.sum() > 1000
+        np.testing.assert_array_equal(events, sample["images"]["event"][:, :, :2])
+        lidar = decoder.decode("lidar", messages[RECORDED_TOPICS["lidar"]], size)
+        assert (lidar[:, :, 0] > 0).sum() > 100
+        np.testing.assert_array_equal(lidar, sample["images"]["lidar"])

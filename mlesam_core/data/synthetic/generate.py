@@ -59,6 +59,8 @@ class SyntheticSample:
     label: np.ndarray  # HxW uint8 DELIVER class ids, 255 = ignore
     condition: str
     case: str | None
+    lidar_points: np.ndarray | None = None  # [N, 3] the ray-cast scan in the LiDAR frame, which `lidar` projects
+    lidar_intensity: np.ndarray | None = None  # [N]
 
 
 def assignment(index: int) -> tuple[str, str | None]:
@@ -117,7 +119,7 @@ def render_sample(size: int, seed: int, split: str, index: int, condition: str |
     points, intensity = lidar_points(g_now, maps_now.reflectivity, k, weather, case, rng, LIDAR)
     lidar = lidar_image(points, intensity, k, shape)
     event = event_frame(radiance_before, radiance_now, weather.event_noise_rate, case, rng)
-    return SyntheticSample(rgb, depth_m, hha, event, lidar, maps_now.label, condition_name, case)
+    return SyntheticSample(rgb, depth_m, hha, event, lidar, maps_now.label, condition_name, case, points, intensity)
 
 
 def scene_name(index: int, case: str | None) -> str:
