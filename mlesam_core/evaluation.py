@@ -144,6 +144,9 @@ def evaluate(model: torch.nn.Module | Segmenter, batches: Iterable[dict[str, Any
             with autocast(device, precision):
                 output = model(images[rows], subset_present[rows])
             logits = output.logits
+            if not bool(torch.isfinite(logits).all()):  # argmax would turn NaN into a silent class
+                raise FloatingPointError(f"the model's output for the batch of {batch['meta'][0].get('path', '?')} "
+                                         f"(subset {subset_name(subset)}) holds NaN or infinite values")
             if logits.shape[-2:] != labels.shape[-2:]:
                 logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
             prediction = logits.argmax(dim=1)

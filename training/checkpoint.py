@@ -4,12 +4,18 @@ A checkpoint holds only what training changes (the model's `adapter_state_dict`:
 the buffers of their modules), so it stays adapter-sized; the frozen SAM2 weights come from the SAM2
 checkpoint (or the seeded random init) again on resume. Files are written to a temporary name in the same folder,
 flushed and fsync'ed, then renamed over the target with `os.replace`, so a crash mid-write never leaves a truncated
-`last.pt`.
+`last.pt`; the temporaries of writers killed mid-write (`.<name>.tmp-<pid>` of a process that no longer exists)
+are removed by `remove_stale_temporaries` when a run starts.
+
+Each checkpoint stores the sha256 of its content (`mlesam_core.content_hash`: every tensor's bytes, every value)
+under `content_sha256`; `load_checkpoint` recomputes it and refuses a file whose content changed after it was
+written (`verify=False`, `--no-verify` on the command line, for files made elsewhere).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -20,8 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlesam_core.content_hash import content_sha256
+
+log = logging.getLogger(__name__)
+
 FORMAT = "mlesam-train-checkpoint"
 VERSION = 1
+HASH_KEY = "content_sha256"
+TEMPORARY_MARK = ".tmp-"  # temporaries are ".<target name>.tmp-<pid>"
+
+
+class CheckpointCorrupt(ValueError):
+    """A checkpoint's content does not match the hash written with it (or it has none); the message names it."""
 
 
 @dataclass
@@ -35,12 +51,42 @@ class Progress:
     best_step: int | None = None
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the atomic-write temporaries in `folder` whose writer process is gone; returns what was removed.
+
+    A temporary of a live process (a running save, or a reused pid) is left alone.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(f".*{TEMPORARY_MARK}*"):
+        pid = tmp.name.rsplit(TEMPORARY_MARK, 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+            continue
+        size = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+        log.warning("removed %s (%.1f MB), left by process %s that died while writing it", tmp, size / 1e6, pid)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds, fsync it and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -64,6 +110,10 @@ def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Ten
     if missing or unexpected or wrong:
         raise ValueError(f"{source}: checkpoint does not fit this model (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, other shapes {wrong[:5]}); was it written with another model config?")
+    not_finite = [k for k in own if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    if not_finite:
+        raise ValueError(f"{source}: checkpoint holds NaN or infinite values in {not_finite[:5]} (written after "
+                         f"training diverged?); resume from an earlier checkpoint")
     with torch.no_grad():
         for key, target in own.items():
             target.copy_(state[key])
@@ -108,12 +158,27 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         "progress": asdict(progress),
         "config": config,
     }
+    payload[HASH_KEY] = content_sha256(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; clear errors for missing or foreign files."""
+def verify_content(payload: dict[str, Any], path: str | Path) -> None:
+    """Recompute the content hash of a loaded checkpoint; CheckpointCorrupt if it differs or is missing."""
+    stored = payload.get(HASH_KEY)
+    if stored is None:
+        raise CheckpointCorrupt(f"{path}: no content hash (not written by this version of training.checkpoint); "
+                                f"pass --no-verify (verify=False) to use it unchecked")
+    actual = content_sha256({k: v for k, v in payload.items() if k != HASH_KEY})
+    if actual != stored:
+        raise CheckpointCorrupt(f"{path}: content does not match the sha256 written with it (stored {stored[:16]}..., "
+                                f"now {actual[:16]}...): the file changed after it was saved (disk or copy error?); "
+                                f"resume from another checkpoint, or pass --no-verify to use it anyway")
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (its content hash checked unless `verify` is False);
+    clear errors for missing, foreign or corrupt files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -125,6 +190,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not an MLE-SAM training checkpoint")
     if payload.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {payload.get('version')}, this code reads {VERSION}")
+    if verify:
+        verify_content(payload, path)
     return payload
 
 

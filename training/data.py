@@ -80,6 +80,13 @@ def build_dataset(data: DataConfig, split: str, modalities: Sequence[str], trans
     return dataset
 
 
+def unwrap_dataset(dataset: Dataset) -> tuple[Any, list[int]]:
+    """The loader under a data set `build_dataset` returned (thinned or not), and its indices in order."""
+    if isinstance(dataset, Subset):
+        return dataset.dataset, list(dataset.indices)
+    return dataset, list(range(len(dataset)))
+
+
 def _ignore_sigint(worker_id: int) -> None:
     """Loader workers leave Ctrl-C to the main process, which saves a checkpoint and shuts them down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

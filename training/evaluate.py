@@ -6,6 +6,11 @@ missing-modality matrix (every non-empty subset of the trained modalities, via t
 condition and sensor-failure case (Table IV). Writes evaluation.json, evaluation.md, per_class_iou.png,
 subsets.png (with --subsets) and overlays.png to --out (default: <adapters folder>/eval_<split>[_noise]).
 The model config comes from the adapter file; the data section and the SAM2 checkpoint from --config.
+
+`--predict-only` (default split: test) scores nothing: it writes one prediction file per input in the data set's
+benchmark format to --out (default: <adapters folder>/predict_<split>[_noise]), see `training.predict`.
+The adapter file's content hash is checked (`--no-verify` for files made elsewhere). Exit status: 0 done; 2 bad
+config, data, adapters or output, or non-finite model output, reported in one line.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch.utils.data import DataLoader
 
 from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import get_class_table
 from mlesam_core.data.collate import ModalityCollate
 from mlesam_core.evaluation import EvaluationResult, all_subsets, evaluate, subset_name
+from training.cli_errors import EXIT_BAD_INPUT, EXPECTED_ERRORS, error_line
 from training.config import TrainConfig, load_train_config, resolve_path
-from training.data import build_dataset, check_data_against_model
+from training.data import build_dataset, check_data_against_model, unwrap_dataset
 from training.distributed import pick_device
 from training.model_setup import build_training_model
 from training.reporting import write_report
@@ -48,6 +55,7 @@ class EvalRequest:
     examples: int = 4
     seed: int = 0  # of the noise
     progress: bool = True
+    verify: bool = True  # check the adapter file's content hash
 
 
 def parse_subsets(text: str, modalities: Sequence[str]) -> Literal["full", "all"] | list[tuple[str, ...]]:
@@ -62,14 +70,13 @@ def parse_subsets(text: str, modalities: Sequence[str]) -> Literal["full", "all"
     return subsets
 
 
-def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[EvaluationResult, Any]:
-    """Build the model of `request.adapters` and evaluate it on `config.data` (returns result, model config)."""
-    from mlesam_core.data.transforms import eval_transform
+def load_evaluated_model(config: TrainConfig, request: EvalRequest) -> tuple[Any, torch.nn.Module, torch.device]:
+    """(model config, model with the adapters loaded, device) of `request.adapters`, checked against the data."""
     from mlesam_core.model import load_adapters
     from mlesam_core.model.adapters import adapter_config
 
     adapters = resolve_path(request.adapters)
-    model_config = adapter_config(adapters)
+    model_config = adapter_config(adapters)  # validated, sam2.overrides included, before anything is built
     check_data_against_model(config.data, model_config)
     modalities = model_config.modalities
     if request.noise is not None and request.noise_on not in modalities:
@@ -77,32 +84,45 @@ def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[Evalua
                           f"got {request.noise_on!r}")
     device = pick_device(config.device)
     model = build_training_model(config, model_config, device)
-    load_adapters(model, adapters)
+    load_adapters(model, adapters, verify=request.verify)
+    return model_config, model.eval(), device
+
+
+def requested_subsets(request: EvalRequest, modalities: Sequence[str]) -> list[tuple[str, ...]] | None:
+    """The modality subsets to run besides the full set (None: the full set only)."""
+    if request.subsets == "full":
+        return None
+    if request.subsets == "all":
+        return all_subsets(modalities)
+    return [tuple(s) for s in request.subsets]
+
+
+def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[EvaluationResult, Any]:
+    """Build the model of `request.adapters` and evaluate it on `config.data` (returns result, model config)."""
+    from mlesam_core.data.transforms import eval_transform
+
+    model_config, model, device = load_evaluated_model(config, request)
+    modalities = model_config.modalities
     size = (model_config.image_size, model_config.image_size)
     transform = eval_transform(size, modalities, noise=request.noise, noise_on=request.noise_on, seed=request.seed)
     dataset = build_dataset(config.data, request.split, modalities, transform, request.max_samples)
-    if not getattr(getattr(dataset, "dataset", dataset), "with_labels", True):
+    if not unwrap_dataset(dataset)[0].with_labels:
         raise ConfigError(f"--split {request.split}: the {config.data.format} {request.split} split has no labels "
                           f"(withheld for the benchmark server); --predict-only writes its predictions instead")
     loader = DataLoader(dataset, batch_size=request.batch_size, shuffle=False, num_workers=config.data.workers,
                         collate_fn=ModalityCollate(modalities), pin_memory=device.type == "cuda")
-    if request.subsets == "full":
-        subsets = None
-    elif request.subsets == "all":
-        subsets = all_subsets(modalities)
-    else:
-        subsets = [tuple(s) for s in request.subsets]
-    result = evaluate(model, loader, modalities, get_class_table(config.data.format).names, subsets=subsets,
+    result = evaluate(model, loader, modalities, get_class_table(config.data.format).names,
+                      subsets=requested_subsets(request, modalities),
                       group_by=("condition", "case") if request.by_case else (), device=device,
                       precision=config.optim.precision, ignore_index=model_config.ignore_index,
                       max_examples=request.examples, progress=request.progress)
     return result, model_config
 
 
-def default_out_dir(request: EvalRequest) -> Path:
-    """<adapters folder>/eval_<split>[_<noise>_<modality>]."""
+def default_out_dir(request: EvalRequest, kind: str = "eval") -> Path:
+    """<adapters folder>/<kind>_<split>[_<noise>_<modality>] (kind: eval, predict)."""
     suffix = f"_{request.noise}_{request.noise_on}" if request.noise else ""
-    return Path(request.adapters).parent / f"eval_{request.split}{suffix}"
+    return Path(request.adapters).parent / f"{kind}_{request.split}{suffix}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,7 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sam2-checkpoint", help="official SAM2 checkpoint (overrides sam2_checkpoint)")
     parser.add_argument("--allow-random-init", action="store_true",
                         help="evaluate on the seeded random backbone (adapters trained that way)")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", help="data split (default: val; test with --predict-only)")
     parser.add_argument("--subsets", default="full",
                         help="'full' (trained modalities only), 'all' (every non-empty subset) or e.g. 'rgb,rgb+depth'")
     parser.add_argument("--noise", choices=("gaussian", "uniform"), help="corrupt --noise-on (Table VIII)")
@@ -124,8 +144,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-samples", type=int, help="evaluate an evenly spaced subset of the split")
     parser.add_argument("--examples", type=int, default=4, help="coloured overlays to draw")
     parser.add_argument("--out", help="output folder")
+    parser.add_argument("--predict-only", action="store_true",
+                        help="write prediction files in the benchmark's format (labels are not read) instead of scores")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load the adapters without checking their content hash (files made elsewhere)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.split is None:
+        args.split = "test" if args.predict_only else "val"
     if (args.noise is None) != (args.noise_on is None):
         parser.error("--noise and --noise-on go together")
     return args
@@ -143,26 +169,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_train_config(args.config, overrides)
         request = EvalRequest(Path(args.adapters), args.split, "full", args.noise, args.noise_on, args.by_case,
-                              args.batch_size, args.max_samples, args.examples, config.seed, not args.no_progress)
+                              args.batch_size, args.max_samples, args.examples, config.seed, not args.no_progress,
+                              not args.no_verify)
         if args.subsets != "full":
             from mlesam_core.model.adapters import adapter_config
 
             request.subsets = parse_subsets(args.subsets, adapter_config(resolve_path(request.adapters)).modalities)
+        if args.predict_only:
+            from training.predict import predict_split
+
+            out_dir = Path(args.out) if args.out else default_out_dir(request, "predict")
+            summary = predict_split(config, request, out_dir)
+            log.info("%d predictions in %s (%d written now, %d there already)%s", summary.total, out_dir,
+                     summary.written, summary.skipped,
+                     f"; upload {', '.join(map(str, summary.archives))}" if summary.archives else "")
+            return 0
         result, _ = evaluate_adapters(config, request)
-    except (FileNotFoundError, ValueError) as exc:  # ConfigError, AdapterError, CheckpointError are ValueErrors
-        log.error("%s", exc)
-        return 2
-    out_dir = Path(args.out) if args.out else default_out_dir(request)
-    noise = f", {args.noise} noise on {args.noise_on}" if args.noise else ""
-    title = f"{Path(args.adapters).name} on {config.data.format} {args.split}{noise}"
-    extra = {"adapters": str(args.adapters), "config": str(args.config), "split": args.split,
-             "noise": {"kind": args.noise, "modality": args.noise_on} if args.noise else None}
-    data = write_report(result, get_class_table(config.data.format), out_dir, title, extra)
+        out_dir = Path(args.out) if args.out else default_out_dir(request)
+        data = _write_evaluation(args, config, result, out_dir)
+    except EXPECTED_ERRORS as exc:  # ConfigError, AdapterError, LabelError, ...: messages name the culprit
+        log.error("%s", error_line(exc))
+        return EXIT_BAD_INPUT
     full = data["all_modalities"]["miou"]
     log.info("%s: mIoU %.2f %% (absent classes = 0), %.2f %% (absent left out); report in %s",
              subset_name(result.modalities), 100 * (full["all_classes"] or 0), 100 * (full["present_classes"] or 0),
              out_dir)
     return 0
+
+
+def _write_evaluation(args: argparse.Namespace, config: TrainConfig, result: EvaluationResult,
+                      out_dir: Path) -> dict[str, Any]:
+    noise = f", {args.noise} noise on {args.noise_on}" if args.noise else ""
+    title = f"{Path(args.adapters).name} on {config.data.format} {args.split}{noise}"
+    extra = {"adapters": str(args.adapters), "config": str(args.config), "split": args.split,
+             "noise": {"kind": args.noise, "modality": args.noise_on} if args.noise else None}
+    return write_report(result, get_class_table(config.data.format), out_dir, title, extra)
 
 
 if __name__ == "__main__":

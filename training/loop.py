@@ -115,8 +115,10 @@ def _seed_everything(seed: int) -> None:
 class Trainer:
     """One training run (one process of it under torchrun)."""
 
-    def __init__(self, config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True):
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, progress_bar: bool = True,
+                 verify_checkpoint: bool = True):
         self.config = config
+        self.verify_checkpoint = verify_checkpoint
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
         self.is_main = self.dist.is_main
@@ -124,6 +126,9 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.out_dir = Path(config.out_dir)
+        if self.is_main:
+            for folder in (self.out_dir, self.out_dir / "checkpoints"):
+                ckpt.remove_stale_temporaries(folder)
         _seed_everything(config.seed + self.dist.rank)
 
         # Everything that can be wrong with config or data fails here, before the first step.
@@ -170,7 +175,7 @@ class Trainer:
         if resume is None:
             return None
         path = Path(resume)
-        payload = ckpt.load_checkpoint(path)
+        payload = ckpt.load_checkpoint(path, verify=self.verify_checkpoint)
         saved = payload["config"].get("model")
         if saved is not None and model_config_mapping(saved) != model_config_mapping(self.config.model):
             log.warning("%s: the checkpoint was written with another model section; resuming anyway", path)

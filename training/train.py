@@ -1,9 +1,11 @@
 """Train MLE-SAM adapters: `python -m training.train --config config/train/<name>.yaml [key=value ...]`.
 
 Options: `--out DIR` (sets out_dir), `--resume [PATH]` (default PATH: <out_dir>/checkpoints/last.pt; put a
-bare `--resume` after the overrides). Several processes: `torchrun --nproc_per_node N -m training.train ...`
-(DDP; NCCL on GPUs, gloo on CPU; only rank 0 writes). Exit status: 0 done, 2 bad config or data,
-128 + signal number when SIGINT/SIGTERM stopped the run (after saving `last`).
+bare `--resume` after the overrides; its content hash is checked, `--no-verify` skips that for files made
+elsewhere). Several processes: `torchrun --nproc_per_node N -m training.train ...` (DDP; NCCL on GPUs, gloo on
+CPU; only rank 0 writes). Exit status: 0 done; 2 bad config or data, a corrupt checkpoint, an unwritable output or
+a diverged run (NaN loss), each reported in one line (what was saved before stays); 128 + signal number when
+SIGINT/SIGTERM stopped the run (after saving `last`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder (overrides out_dir)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                         help="resume from a checkpoint (default: <out_dir>/checkpoints/last.pt)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="resume from a checkpoint without checking its content hash (files made elsewhere)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs and metrics.jsonl only)")
     return parser.parse_args(argv)
 
@@ -40,22 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = parse_args(argv)
     configure_logging()
+    from training.cli_errors import EXIT_BAD_INPUT, EXPECTED_ERRORS, error_line
     from training.config import load_train_config
     from training.distributed import cleanup
     from training.loop import Trainer
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     try:
-        try:
-            config = load_train_config(args.config, overrides)
-            resume = None
-            if args.resume is not None:
-                resume = Path(args.resume) if args.resume else Path(config.out_dir) / "checkpoints" / "last.pt"
-            trainer = Trainer(config, resume, progress_bar=not args.no_progress)
-        except (FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError; messages name the culprit
-            log.error("%s", exc)
-            return 2
+        config = load_train_config(args.config, overrides)
+        resume = None
+        if args.resume is not None:
+            resume = Path(args.resume) if args.resume else Path(config.out_dir) / "checkpoints" / "last.pt"
+        trainer = Trainer(config, resume, progress_bar=not args.no_progress, verify_checkpoint=not args.no_verify)
         summary = trainer.run()
+    except EXPECTED_ERRORS as exc:  # messages name the culprit (config key, file, step)
+        log.error("%s", error_line(exc))
+        return EXIT_BAD_INPUT
     finally:
         cleanup()
     if summary.stopped_by_signal is not None:

@@ -93,6 +93,8 @@ class MultiModalDataset(Dataset):
     """
 
     dataset = ""
+    # the archive a benchmark server takes, holding the top folder of `prediction_path` (None: no server)
+    submission_archive: str | None = None
 
     def __init__(self, modalities: Sequence[str], transform: Transform | None, with_labels: bool = True) -> None:
         self.modalities = check_modalities(modalities, self.dataset)

@@ -52,11 +52,18 @@ def read_image_0_255(path: str | Path) -> np.ndarray:
     return image.astype(np.float32) * np.float32(255.0 / 65535.0)
 
 
+def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
+    """The PNG file bytes of an HxW or HxWx3 (RGB) uint8/uint16 array (zlib level `compression`)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image, png_params(compression))
+    if not ok:
+        raise ValueError(f"cannot encode a {image.dtype} array of shape {image.shape} as PNG")
+    return encoded.tobytes()
+
+
 def write_image(path: str | Path, image: np.ndarray, compression: int = 1) -> None:
     """Write an HxW or HxWx3 (RGB) uint8/uint16 array as PNG (zlib level `compression`), creating folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image, png_params(compression)):
-        raise OSError(f"cannot write image file: {path}")
+    path.write_bytes(encode_png(image, compression))

@@ -192,6 +192,7 @@ class MusesDataset(MultiModalDataset):
     """MUSES samples: frame camera, event and LiDAR images (projected files or raw sensors), trainId labels."""
 
     dataset = "muses"
+    submission_archive = "muses_semantic_submission.zip"
 
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str], weather: str | None = None,
                  time_of_day: str | None = None, paper_protocol: bool = False, from_raw: bool = False,

@@ -5,6 +5,12 @@ Loading refuses a file made for another model config (naming the differing keys;
 `image_size` or `lora.dropout` may differ) and, unless `allow_backbone_mismatch=True`, a file trained on other
 frozen SAM2 weights (another checkpoint, or random init vs checkpoint): LoRA experts and heads are only
 meaningful on the backbone they were trained with.
+
+Integrity: the metadata holds `content_sha256`, the hash (`mlesam_core.content_hash`) of the other metadata and
+every tensor; loading recomputes it and refuses a file whose tensors or config changed after it was written (a
+flipped bit loads silently otherwise), and refuses NaN/infinite tensors. `verify=False` skips the hash for files
+made elsewhere. The embedded config is validated like any config (`sam2.overrides` against an allow-list, see
+`model/config.py`) before anything is built from it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mlesam_core.config_io import ConfigError, from_dict, to_dict
+from mlesam_core.content_hash import content_sha256
 from mlesam_core.model.backbone_id import same_backbone
 from mlesam_core.model.base import LoRASam2Model
 from mlesam_core.model.config import MLESAMConfig, config_differences
@@ -25,6 +32,7 @@ from mlesam_core.model.config import MLESAMConfig, config_differences
 log = logging.getLogger(__name__)
 
 FORMAT = "mlesam-adapters/1"
+HASH_KEY = "content_sha256"
 
 
 class AdapterError(ValueError):
@@ -38,8 +46,28 @@ def save_adapters(model: LoRASam2Model, path: str | Path, extra_metadata: dict[s
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.adapter_state_dict().items()}
     metadata = {**(extra_metadata or {}), "format": FORMAT, "backbone": model.backbone_id,
                 "config": json.dumps(to_dict(model.config), sort_keys=True)}
+    metadata.pop(HASH_KEY, None)
+    metadata[HASH_KEY] = adapter_content_sha256(metadata, tensors)
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def adapter_content_sha256(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """The content hash an adapter file stores: its metadata (but the hash) and its tensors."""
+    return content_sha256({"metadata": {k: v for k, v in metadata.items() if k != HASH_KEY}, "tensors": tensors})
+
+
+def verify_adapter_content(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    """AdapterError unless the stored content hash matches `metadata` and `tensors` as read from `path`."""
+    stored = metadata.get(HASH_KEY)
+    if stored is None:
+        raise AdapterError(f"{path}: no content hash in the metadata (not written by this version of save_adapters); "
+                           f"pass --no-verify (verify=False) to load it unchecked")
+    actual = adapter_content_sha256(metadata, tensors)
+    if actual != stored:
+        raise AdapterError(f"{path}: content does not match the sha256 written with it (stored {stored[:16]}..., now "
+                           f"{actual[:16]}...): the file changed after it was saved (disk or copy error?); "
+                           f"pass --no-verify to load it anyway")
 
 
 def read_adapter_metadata(path: str | Path) -> dict[str, str]:
@@ -62,13 +90,15 @@ def adapter_config(path: str | Path) -> MLESAMConfig:
     """The model config embedded in an adapter file."""
     metadata = read_adapter_metadata(path)
     try:
-        return from_dict(MLESAMConfig, json.loads(metadata["config"]), source=str(path))
+        return from_dict(MLESAMConfig, json.loads(metadata["config"]))
     except (json.JSONDecodeError, ConfigError) as exc:
         raise AdapterError(f"{path}: embedded model config is invalid: {exc}") from exc
 
 
-def load_adapters(model: LoRASam2Model, path: str | Path, allow_backbone_mismatch: bool = False) -> dict[str, str]:
-    """Load an adapter file into `model` (strict: same config, same backbone, same tensors); returns its metadata."""
+def load_adapters(model: LoRASam2Model, path: str | Path, allow_backbone_mismatch: bool = False,
+                  verify: bool = True) -> dict[str, str]:
+    """Load an adapter file into `model` (strict: same config, same backbone, same tensors, finite values, content
+    hash checked unless `verify` is False); returns its metadata."""
     path = Path(path)
     metadata = read_adapter_metadata(path)
     try:
@@ -92,13 +122,19 @@ def load_adapters(model: LoRASam2Model, path: str | Path, allow_backbone_mismatc
         if missing or unexpected:
             raise AdapterError(f"{path}: tensors do not match the model: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for key, target in expected.items():
-                tensor = handle.get_tensor(key)
-                if tensor.shape != target.shape:
-                    raise AdapterError(f"{path}: {key} has shape {tuple(tensor.shape)}, "
-                                       f"the model expects {tuple(target.shape)}")
-                target.copy_(tensor)
+        tensors = {key: handle.get_tensor(key) for key in sorted(found)}  # adapter-sized: all read, then checked
+    if verify:
+        verify_adapter_content(path, metadata, tensors)
+    for key, target in expected.items():
+        tensor = tensors[key]
+        if tensor.shape != target.shape:
+            raise AdapterError(f"{path}: {key} has shape {tuple(tensor.shape)}, "
+                               f"the model expects {tuple(target.shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise AdapterError(f"{path}: {key} holds NaN or infinite values (saved after training diverged?)")
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(tensors[key])
     return metadata
 
 

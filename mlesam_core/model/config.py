@@ -5,6 +5,7 @@ Where PAPER.md leaves a choice open, the option is here with the paper-derived d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,79 @@ RUNTIME_KEYS = frozenset({
 })
 
 
+# The Hydra overrides a config may apply to SAM2's model config: key below `model.` -> value kind ("int",
+# "float", "bool", "ints" = a list of integers, or a tuple of the allowed words). Configs travel inside adapter
+# files, and Hydra instantiates whatever `_target_` a config names (builtins.open creates files): so an override
+# may only set these plain shape values of the image encoder, nothing that names code, holds a mapping, a string
+# outside the listed words, or an interpolation. Everything else is refused before anything is built.
+SAM2_OVERRIDE_KEYS: dict[str, str | tuple[str, ...]] = {
+    "image_encoder.scalp": "int",
+    "image_encoder.trunk.embed_dim": "int",
+    "image_encoder.trunk.num_heads": "int",
+    "image_encoder.trunk.drop_path_rate": "float",
+    "image_encoder.trunk.q_pool": "int",
+    "image_encoder.trunk.q_stride": "ints",
+    "image_encoder.trunk.stages": "ints",
+    "image_encoder.trunk.dim_mul": "float",
+    "image_encoder.trunk.head_mul": "float",
+    "image_encoder.trunk.window_pos_embed_bkg_spatial_size": "ints",
+    "image_encoder.trunk.window_spec": "ints",
+    "image_encoder.trunk.global_att_blocks": "ints",
+    "image_encoder.neck.d_model": "int",
+    "image_encoder.neck.backbone_channel_list": "ints",
+    "image_encoder.neck.fpn_top_down_levels": "ints",
+    "image_encoder.neck.fpn_interp_model": ("nearest", "bilinear", "bicubic"),
+    "image_encoder.neck.fuse_type": ("sum", "avg"),
+}
+_OVERRIDE = re.compile(r"(\+\+|\+)?model\.([A-Za-z_][A-Za-z0-9_.]*)=(.*)")
+_VALUE_KINDS = {
+    "int": (re.compile(r"-?\d+"), "an integer"),
+    "float": (re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"), "a number"),
+    "bool": (re.compile(r"true|false|True|False"), "true or false"),
+    "ints": (re.compile(r"\[\s*(-?\d+\s*(,\s*-?\d+\s*)*)?\]"), "a list of integers such as [1,2,7,2]"),
+}
+_SAM2_CONFIG_NAME = re.compile(r"configs/[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*\.yaml")
+
+
+def check_sam2_override(item: str) -> str | None:
+    """Why `item` is not an allowed SAM2 override (None when it is one): `[++|+]model.<key>=<value>` with <key>
+    in SAM2_OVERRIDE_KEYS and <value> of that key's kind."""
+    if not isinstance(item, str):
+        return f"expected a string such as '++model.image_encoder.trunk.embed_dim=32', got {item!r}"
+    match = _OVERRIDE.fullmatch(item)
+    if match is None:
+        return (f"{item!r} is not of the form '++model.<key>=<value>' (deletions, other roots and mappings are "
+                f"refused)")
+    key, value = match.group(2), match.group(3)
+    kind = SAM2_OVERRIDE_KEYS.get(key)
+    if kind is None:
+        return (f"{item!r}: model.{key} may not be overridden (allowed: "
+                f"{', '.join('model.' + k for k in SAM2_OVERRIDE_KEYS)})")
+    if isinstance(kind, tuple):
+        return None if value in kind else f"{item!r}: model.{key} must be one of {', '.join(kind)}, got {value!r}"
+    pattern, description = _VALUE_KINDS[kind]
+    return None if pattern.fullmatch(value) else f"{item!r}: model.{key} must be {description}, got {value!r}"
+
+
 @dataclass
 class Sam2Config:
-    """Which SAM2 to build: a config inside the `sam2` package plus hydra overrides (e.g. a tiny Hiera)."""
+    """Which SAM2 to build: a config inside the `sam2` package plus hydra overrides (e.g. a tiny Hiera).
+
+    Both are validated here, where every config is parsed (YAML, command line, the JSON inside adapter files),
+    so nothing outside the allow-list ever reaches Hydra's instantiate.
+    """
 
     config_name: str = "configs/sam2.1/sam2.1_hiera_b+.yaml"
     overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.config_name, str) and _SAM2_CONFIG_NAME.fullmatch(self.config_name) is not None
+              and ".." not in self.config_name.split("/"), "config_name",
+              f"must name a YAML file inside the sam2 package, e.g. configs/sam2.1/sam2.1_hiera_b+.yaml, "
+              f"got {self.config_name!r}")
+        for index, item in enumerate(self.overrides):
+            problem = check_sam2_override(item)
+            check(problem is None, f"overrides[{index}]", str(problem))
 
 
 @dataclass

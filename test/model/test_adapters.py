@@ -76,3 +76,164 @@ def test_unreadable_adapter_files_are_named(tmp_path):
         load_adapters(model, garbage)
     with pytest.raises(AdapterError, match="nothing.safetensors: adapter file not found"):
         load_adapters(model, tmp_path / "nothing.safetensors")
+
+
+def _tensor_bytes(path):
+    """{tensor name: (start, end)} byte ranges inside a safetensors file (header: u64 size, JSON, then data)."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    return {k: (8 + size + v["data_offsets"][0], 8 + size + v["data_offsets"][1])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def _rewrite(path, metadata, tensors=None):
+    """Write `path` again with other metadata (and tensors), bypassing save_adapters."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(tensors if tensors is not None else load_file(path), str(path), metadata=metadata)
+
+
+def _metadata(path):
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+def test_a_flipped_bit_in_a_tensor_is_refused_and_loads_only_with_verify_off(tmp_path):
+    model = _trained_model()
+    path = save_adapters(model, tmp_path / "a.safetensors")
+    assert len(_metadata(path)["content_sha256"]) == 64
+    key = "aux_head.classifier.weight"
+    start, end = _tensor_bytes(path)[key]
+    raw = bytearray(path.read_bytes())
+    raw[start + ((end - start) // 8) * 4] ^= 0x01  # lowest bit of a float32 in the middle: one ulp, finite
+    path.write_bytes(bytes(raw))
+    fresh = build_model(tiny_config())
+    with pytest.raises(AdapterError, match=r"a.safetensors: content does not match the sha256 written with it.*"
+                                           r"--no-verify"):
+        load_adapters(fresh, path)
+    load_adapters(fresh, path, verify=False)  # the file made elsewhere case: loads, and the flip is in the weights
+    difference = fresh.adapter_state_dict()[key] != model.adapter_state_dict()[key]
+    assert int(difference.sum()) == 1
+
+
+def test_an_edited_embedded_config_fails_the_hash(tmp_path):
+    path = save_adapters(_trained_model(), tmp_path / "a.safetensors")
+    metadata = _metadata(path)
+    config = json.loads(metadata["config"])
+    config["lora"]["dropout"] = 0.3  # a runtime key: the config comparison alone would accept it
+    _rewrite(path, {**metadata, "config": json.dumps(config)})
+    with pytest.raises(AdapterError, match="content does not match"):
+        load_adapters(build_model(tiny_config()), path)
+
+
+def test_files_without_a_content_hash_need_verify_off(tmp_path):
+    path = save_adapters(_trained_model(), tmp_path / "a.safetensors")
+    metadata = _metadata(path)
+    del metadata["content_sha256"]
+    _rewrite(path, metadata)
+    model = build_model(tiny_config())
+    with pytest.raises(AdapterError, match="no content hash.*--no-verify"):
+        load_adapters(model, path)
+    load_adapters(model, path, verify=False)
+
+
+def test_nan_tensors_are_refused_even_with_a_valid_hash(tmp_path):
+    model = _trained_model()
+    with torch.no_grad():
+        model.adapter_state_dict()["aux_head.classifier.weight"][0, 0] = float("nan")
+    path = save_adapters(model, tmp_path / "a.safetensors")
+    with pytest.raises(AdapterError, match=r"aux_head.classifier.weight holds NaN or infinite values"):
+        load_adapters(build_model(tiny_config()), path)
+
+
+# Overrides an adapter file from elsewhere could carry: each would reach Hydra's instantiate without the allow-list
+# (`++model.x={_target_: builtins.open, ...}` creates a file there, see the control test below).
+PLANTED = [
+    "++model.extra={_target_:builtins.open,file:CANARY,mode:w}",
+    "~model.image_encoder.neck.position_encoding",
+    "+model.image_encoder.neck.position_encoding={_target_:builtins.open,file:CANARY,mode:w}",
+    "++model._target_=os.system",
+    "++model.image_encoder.trunk._target_=builtins.open",
+    "++model.image_encoder.trunk.embed_dim=${oc.env:HOME}",
+    "++model.image_encoder.trunk.embed_dim={_target_:builtins.open,file:CANARY,mode:w}",
+    "++model.image_encoder.neck.fpn_interp_model=builtins.open",
+    "+hydra.run.dir=CANARY",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]\n++model.extra=1",
+]
+
+
+def test_the_threat_is_real_hydra_instantiates_a_planted_builtins_open(tmp_path):
+    """Control: the override below, given to sam2 directly (no validation), creates a file."""
+    from sam2.build_sam import build_sam2
+
+    canary = tmp_path / "canary"
+    with pytest.raises(Exception):  # noqa: B017 - SAM2Base then refuses the extra argument; the file exists by then
+        build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu",
+                   hydra_overrides_extra=[PLANTED[0].replace("CANARY", str(canary))], apply_postprocessing=False)
+    assert canary.exists()
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_planted_sam2_overrides_are_refused_when_the_config_is_parsed(planted, tmp_path):
+    from mlesam_core.config_io import ConfigError
+
+    canary = tmp_path / "canary"
+    item = planted.replace("CANARY", str(canary))
+    with pytest.raises(ConfigError, match=r"sam2.overrides\[1\]: "):
+        tiny_config(f"sam2.overrides=['++model.image_encoder.trunk.embed_dim=32', {json.dumps(item)}]")
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("planted", [PLANTED[0], PLANTED[2], PLANTED[3]])
+def test_an_adapter_file_with_planted_overrides_is_refused_before_anything_is_instantiated(planted, tmp_path,
+                                                                                           monkeypatch, caplog):
+    import hydra.utils
+    import sam2.build_sam
+
+    from mlesam_core.model.adapters import adapter_content_sha256
+    from training.evaluate import main as evaluate_main
+
+    canary = tmp_path / "canary"
+    path = save_adapters(_trained_model(), tmp_path / "downloaded.safetensors")
+    metadata = _metadata(path)
+    config = json.loads(metadata["config"])
+    config["sam2"]["overrides"].append(planted.replace("CANARY", str(canary)))
+    metadata["config"] = json.dumps(config)
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    metadata["content_sha256"] = adapter_content_sha256(metadata, tensors)  # an attacker can recompute the hash
+    _rewrite(path, metadata, tensors)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("instantiate reached")
+
+    monkeypatch.setattr(hydra.utils, "instantiate", spy)
+    monkeypatch.setattr(sam2.build_sam, "instantiate", spy)
+    with pytest.raises(AdapterError, match=r"downloaded.safetensors: embedded model config is invalid: "
+                                           r"sam2.overrides\[7\]"):
+        adapter_config(path)
+    status = evaluate_main(["--no-progress", "--config", "config/train/synthetic_cpu.yaml", "--adapters", str(path),
+                            "--allow-random-init", f"data.root={tmp_path}", "--out", str(tmp_path / "eval")])
+    assert status == 2 and "sam2.overrides[7]" in caplog.text
+    assert calls == [] and not canary.exists()
+
+
+def test_allowed_overrides_still_build_the_tiny_model():
+    from mlesam_core.model.config import SAM2_OVERRIDE_KEYS, check_sam2_override
+
+    config = tiny_config("sam2.overrides=['++model.image_encoder.trunk.embed_dim=32', "
+                         "'++model.image_encoder.trunk.num_heads=1', '++model.image_encoder.trunk.stages=[1,1,2,1]', "
+                         "'++model.image_encoder.trunk.window_spec=[8,4,4,2]', "
+                         "'++model.image_encoder.trunk.global_att_blocks=[3]', "
+                         "'++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]', "
+                         "'++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]', "
+                         "'++model.image_encoder.trunk.drop_path_rate=0.0', "
+                         "'model.image_encoder.neck.fpn_interp_model=nearest']")
+    assert build_model(config).config.sam2.overrides == config.sam2.overrides
+    assert check_sam2_override("++model.image_encoder.trunk.embed_dim=x") == (
+        "'++model.image_encoder.trunk.embed_dim=x': model.image_encoder.trunk.embed_dim must be an integer, got 'x'")
+    assert all(not key.endswith("_target_") for key in SAM2_OVERRIDE_KEYS)
