@@ -34,6 +34,8 @@ class Modality:
     topic: str  # default ROS 2 topic of the node and the dataset-to-bag converter
     # the model channel each native channel feeds: (source of channel 0, 1, 2), None = zero
     from_native: tuple[int | None, int | None, int | None] = (0, 1, 2)
+    # the values a sensor image can take on the 0-255 scale (None: a raw measurement x 255, unbounded)
+    value_range: tuple[float, float] | None = (0.0, 255.0)
 
 
 MODALITIES: dict[str, Modality] = {
@@ -50,9 +52,9 @@ MODALITIES: dict[str, Modality] = {
         Modality("frame", "MUSES frame camera (RGB)", "dense", 3, IMAGENET_MEAN, IMAGENET_STD,
                  "/camera/image_raw"),
         Modality("aolp", "angle of linear polarisation: sin, cos, sin (MCubeS)", "dense", 2, IDENTITY_MEAN,
-                 IDENTITY_STD, "/polarization/aolp", from_native=(0, 1, 0)),
+                 IDENTITY_STD, "/polarization/aolp", from_native=(0, 1, 0), value_range=None),
         Modality("dolp", "degree of linear polarisation, repeated x3 (MCubeS)", "dense", 1, IDENTITY_MEAN,
-                 IDENTITY_STD, "/polarization/dolp", from_native=(0, 0, 0)),
+                 IDENTITY_STD, "/polarization/dolp", from_native=(0, 0, 0), value_range=None),
         Modality("nir", "near-infrared camera, grey repeated x3 (MCubeS)", "dense", 1, IDENTITY_MEAN, IDENTITY_STD,
                  "/nir/image_raw", from_native=(0, 0, 0)),
     )

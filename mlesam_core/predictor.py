@@ -126,9 +126,11 @@ class Segmenter:
     @classmethod
     def from_files(cls, config: MLESAMConfig | str | Path, sam2_checkpoint: str | Path | None = None,
                    adapters: str | Path | None = None, options: InferenceOptions | None = None,
-                   allow_random_init: bool = False, **option_overrides: Any) -> Segmenter:
-        """Build the model from a config, load SAM2 weights (or seeded random ones) and adapters; run it as
-        `options` (and options given by name) say."""
+                   allow_random_init: bool = False, verify_adapters: bool = True,
+                   **option_overrides: Any) -> Segmenter:
+        """Build the model from a config, load SAM2 weights (or seeded random ones) and adapters (their content hash
+        checked unless `verify_adapters` is False: files made elsewhere carry none); run it as `options` (and
+        options given by name) say."""
         options = (options or InferenceOptions()).replace(**option_overrides)
         config = load_model_config(config)
         if sam2_checkpoint is None and not allow_random_init:
@@ -143,7 +145,7 @@ class Segmenter:
             _check_single_modality(config.modalities)
         model = build_model(config, sam2_checkpoint=sam2_checkpoint)
         if adapters is not None:
-            load_adapters(model, adapters)
+            load_adapters(model, adapters, verify=verify_adapters)
         else:
             log.warning("no adapters given: the LoRA experts and heads are untrained, predictions are meaningless")
         return cls(model, options)

@@ -39,6 +39,8 @@ class ModelParams(InferenceOptions):
     adapters: str = doc_field("", "trained adapters (.safetensors); empty = none")
     allow_random_init: bool = doc_field(False, "no SAM2 checkpoint: seeded random frozen backbone (only adapters "
                                                "trained on that same random backbone make sense: tests, CPU demo)")
+    verify_adapters: bool = doc_field(True, "check the adapters file's content hash (false only for files made "
+                                            "elsewhere, which carry none)")
 
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"

@@ -59,7 +59,8 @@ def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Segmen
     path = resolve_path(model.config, search)
     logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
     return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,
-                                options=model, allow_random_init=model.allow_random_init)
+                                options=model, allow_random_init=model.allow_random_init,
+                                verify_adapters=model.verify_adapters)
 
 
 def class_table_for(config: SegmentConfig, segmenter: Segmenter) -> ClassTable:

@@ -152,7 +152,8 @@ class GaussianBlur:
 
 class NoiseInjection:
     """The paper's robustness test: add Gaussian N(0, 1) * std or uniform U[low, high] noise to one modality's
-    0-255 values, then clip to [0, 255].
+    0-255 values, then clip to [0, 255] (the modality table's `value_range`; raw measurements such as MCubeS
+    AoLP/DoLP, whose values are not bounded by 0-255, are not clipped). Integer images stay integer (rounded).
 
     With `seed`, each sample's noise is a function of (seed, meta file_id) only, so an evaluation is repeatable
     whatever the loader order or worker count; otherwise it comes from the generator.
@@ -179,9 +180,12 @@ class NoiseInjection:
             noise = torch.randn(shape, generator=generator) * self.std
         else:
             noise = torch.rand(shape, generator=generator) * (self.high - self.low) + self.low
-        noisy = np.clip(image.astype(np.float32) + noise.numpy(), 0, 255)
-        images[self.modality] = noisy.astype(image.dtype) if image.dtype == np.float32 else np.rint(noisy).astype(
-            image.dtype)
+        noisy = image.astype(np.float32) + noise.numpy()
+        value_range = get_modality(self.modality).value_range
+        if value_range is not None:
+            np.clip(noisy, *value_range, out=noisy)
+        floating = np.issubdtype(image.dtype, np.floating)
+        images[self.modality] = noisy.astype(image.dtype) if floating else np.rint(noisy).astype(image.dtype)
         return {**sample, "images": images}
 
 

@@ -163,3 +163,10 @@ def test_eval_pipeline_resizes_and_can_corrupt_one_modality():
         eval_transform((32, 32), MODALITIES, noise="gaussian")
     with pytest.raises(ValueError, match="unknown noise kind"):
         NoiseInjection("rgb", "salt")
+
+
+def test_noise_on_a_raw_polarisation_measurement_keeps_its_sign():
+    sample = {"images": {"aolp": np.full((32, 32, 3), -200.0, np.float32)}, "label": np.zeros((32, 32), np.uint8)}
+    noisy = NoiseInjection("aolp", "uniform", low=-10.0, high=10.0)(sample, torch.Generator().manual_seed(0))
+    values = noisy["images"]["aolp"]
+    assert values.dtype == np.float32 and values.max() <= -190.0 and values.min() >= -210.0 and values.std() > 1.0

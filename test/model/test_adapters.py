@@ -237,3 +237,30 @@ def test_allowed_overrides_still_build_the_tiny_model():
     assert check_sam2_override("++model.image_encoder.trunk.embed_dim=x") == (
         "'++model.image_encoder.trunk.embed_dim=x': model.image_encoder.trunk.embed_dim must be an integer, got 'x'")
     assert all(not key.endswith("_target_") for key in SAM2_OVERRIDE_KEYS)
+
+
+def test_the_segmenter_verifies_adapters_unless_told_not_to(tmp_path):
+    import json
+
+    from fixtures.model import TINY_CONFIG
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mlesam_core import Segmenter
+    from mlesam_core.model import AdapterError, build_model, save_adapters
+
+    path = save_adapters(build_model(TINY_CONFIG), tmp_path / "adapters.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        names = handle.keys()  # a safetensors handle, not a dict
+        tensors = {name: handle.get_tensor(name) for name in names}
+    key = next(k for k in tensors if ".lora_A" in k)
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] += 1.0  # content changed, stored hash not
+    tampered = tmp_path / "tampered.safetensors"
+    save_file(tensors, str(tampered), metadata=metadata)
+    assert json.loads(metadata["config"])  # a real adapters file, config embedded
+    with pytest.raises(AdapterError, match="tampered.safetensors"):
+        Segmenter.from_files(TINY_CONFIG, adapters=tampered, allow_random_init=True)
+    segmenter = Segmenter.from_files(TINY_CONFIG, adapters=tampered, allow_random_init=True, verify_adapters=False)
+    assert segmenter.model.adapter_state_dict()[key].view(-1)[0] == tensors[key].view(-1)[0]
