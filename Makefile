@@ -13,7 +13,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # ROS tests and the demo) spinning threads stall each other by orders of magnitude (README, "Performance").
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test lint demo clean-venv
+.PHONY: setup test lint demo clean-venv ros-tools colcon-build colcon-test lint-ament
 
 setup: $(STAMP)
 
@@ -48,4 +48,36 @@ demo: setup
 	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ROS_TOOLS_VENV)
+
+# --- ROS tooling: colcon in its own venv (it wants setuptools<80), a fresh colcon workspace, the ament linters ---
+# `make colcon-test` copies the package (tracked and untracked, not ignored, files) into a fresh workspace
+# $(COLCON_WS)/src, runs `colcon build` and `colcon test` there and prints `colcon test-result`.
+# LAUNCH_SRC / LAUNCH_ROS_SRC (checkouts of ros2/launch and ros2/launch_ros) add the real launch library to the
+# tools venv (tools/ros_tools_venv.py), for `python -m benchmarks.ros_soak --launcher launch`.
+ROS_TOOLS_VENV := .venv-ros-tools
+ROS_TOOLS_STAMP := $(ROS_TOOLS_VENV)/.setup-complete
+COLCON_WS ?= build/colcon_ws
+COLCON = $(abspath $(ROS_TOOLS_VENV))/bin/colcon
+
+ros-tools: $(ROS_TOOLS_STAMP)
+
+$(ROS_TOOLS_STAMP): $(STAMP) tools/ros_tools_venv.py tools/requirements-ros-tools.txt
+	@$(PY) tools/ros_tools_venv.py --venv $(ROS_TOOLS_VENV) --project-venv $(VENV) \
+		$(if $(LAUNCH_SRC),--launch-src $(LAUNCH_SRC) --launch-ros-src $(LAUNCH_ROS_SRC),)
+	@touch $@
+
+colcon-build: ros-tools
+	@rm -rf $(COLCON_WS) && mkdir -p $(COLCON_WS)/src/mlesam_ros
+	@git ls-files -z --cached --others --exclude-standard | \
+		tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C $(COLCON_WS)/src/mlesam_ros
+	cd $(COLCON_WS) && $(COLCON) build --packages-select mlesam_ros
+	@test -x $(COLCON_WS)/install/mlesam_ros/lib/mlesam_ros/segment_node
+	@test -f $(COLCON_WS)/install/mlesam_ros/share/mlesam_ros/launch/segment.launch.py
+
+colcon-test: colcon-build
+	cd $(COLCON_WS) && $(COLCON) test --packages-select mlesam_ros --return-code-on-test-failure \
+		--event-handlers console_cohesion+; status=$$?; $(COLCON) test-result --all --verbose; exit $$status
+
+lint-ament: setup
+	@$(PY) -m pytest -q -p no:cacheprovider -m linter test/test_flake8.py test/test_pep257.py

@@ -22,6 +22,8 @@ setup(
         (f"share/{PACKAGE}/config/model", glob("config/model/*.yaml")),
     ],
     install_requires=["setuptools"],
+    # colcon runs pytest (not unittest) only for packages that declare it as a test dependency
+    extras_require={"test": ["pytest", "pytest-timeout"]},
     zip_safe=True,
     maintainer="MLE-SAM developers",
     maintainer_email="mlesam@example.org",

@@ -125,6 +125,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: fl
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+
     def run(repeats: int) -> None:
         for _ in range(repeats):
             torch.mm(a, b)

@@ -1,6 +1,13 @@
-"""Launch the MLE-SAM segmentation node with config/segment.yaml and optional weight/device overrides.
+"""Launch the MLE-SAM segmentation node with config/segment.yaml and optional model/weight/device overrides.
 
-    ros2 launch mlesam_ros segment.launch.py checkpoint:=/path/sam2.1_hiera_base_plus.pt \
+A first run without weights (tiny model, seeded random initialisation: the pipeline runs, the labels mean
+nothing)::
+
+    ros2 launch mlesam_ros segment.launch.py model_config:=config/model/mlesam_tiny.yaml allow_random_init:=true
+
+With the trained model (one line)::
+
+    ros2 launch mlesam_ros segment.launch.py checkpoint:=/path/sam2.1_hiera_base_plus.pt
         adapters:=/path/adapters.safetensors device:=cuda use_sim_time:=true
 """
 
@@ -20,18 +27,36 @@ PARAMS_FILE = "segment.yaml"
 
 # launch argument -> node parameter it overrides when given (empty = keep the params file's value)
 OVERRIDES = {
+    "model_config": "model.config",
     "checkpoint": "model.sam2_checkpoint",
     "adapters": "model.adapters",
     "device": "model.device",
 }
+# boolean launch argument -> node parameter it overrides when given ("true"/"false"; empty = the params file's)
+BOOL_OVERRIDES = {
+    "allow_random_init": "model.allow_random_init",
+}
+
+
+def _as_bool(argument: str, text: str) -> bool:
+    """A boolean launch argument's value; anything but true/false is refused naming the argument."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"launch argument {argument}: expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def _node(context, *args, **kwargs):
     """Build the node with the params file plus the non-empty overrides."""
-    overrides = {parameter: LaunchConfiguration(argument).perform(context)
-                 for argument, parameter in OVERRIDES.items()}
-    overrides = {key: value for key, value in overrides.items() if value}
-    overrides["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context).lower() == "true"
+    overrides = {}
+    for argument, parameter in OVERRIDES.items():
+        value = LaunchConfiguration(argument).perform(context)
+        if value:
+            overrides[parameter] = value
+    for argument, parameter in BOOL_OVERRIDES.items():
+        value = LaunchConfiguration(argument).perform(context)
+        if value:
+            overrides[parameter] = _as_bool(argument, value)
+    overrides["use_sim_time"] = _as_bool("use_sim_time", LaunchConfiguration("use_sim_time").perform(context))
     return [Node(
         package=PACKAGE,
         executable=EXECUTABLE,
@@ -48,9 +73,14 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="ROS 2 parameters file of the node"),
+        DeclareLaunchArgument("model_config", default_value="",
+                              description="model config YAML, e.g. config/model/mlesam_tiny.yaml (relative: the "
+                                          "package share directory)"),
         DeclareLaunchArgument("checkpoint", default_value="", description="SAM2 checkpoint (.pt)"),
         DeclareLaunchArgument("adapters", default_value="", description="trained adapters (.safetensors)"),
         DeclareLaunchArgument("device", default_value="", description="torch device (cpu, cuda, ...)"),
+        DeclareLaunchArgument("allow_random_init", default_value="",
+                              description="true: no checkpoint, seeded random weights (a first run, tests)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (true with `ros2 bag play --clock`)"),

@@ -105,10 +105,13 @@ def test_launch_file_names_exist_in_setup_py_and_config():
     assert scripts[constants["EXECUTABLE"]] == "mlesam_ros.node:main"
     assert constants["NODE_NAME"] == NODE_NAME
     assert (REPO_ROOT / "config" / constants["PARAMS_FILE"]).is_file()
-    assert set(arguments) == {"params_file", "checkpoint", "adapters", "device", "namespace", "use_sim_time"}
+    assert set(arguments) == {"params_file", "model_config", "checkpoint", "adapters", "device", "allow_random_init",
+                              "namespace", "use_sim_time"}
     declared = {name for name, *_ in iter_parameters(SegmentConfig())}
-    assert set(constants["OVERRIDES"]) <= set(arguments)
-    assert set(constants["OVERRIDES"].values()) <= declared
+    for overrides in (constants["OVERRIDES"], constants["BOOL_OVERRIDES"]):
+        assert set(overrides) <= set(arguments)
+        assert set(overrides.values()) <= declared
+    assert constants["BOOL_OVERRIDES"] == {"allow_random_init": "model.allow_random_init"}
 
 
 def test_package_xml_declares_every_ros_package_the_code_imports():

@@ -216,4 +216,3 @@ def cast_frames(scene: Scene, origins: np.ndarray, intrinsics: np.ndarray, size:
                     _draw(scene.primitives[i], i + 1, rects[i], float(nearest[i]), split, ray_x, ray_y, depth,
                           index, normal)
     return [GBuffer(depth[f], index[f], normal[f], origins[f], ray_x, ray_y) for f in range(frames)]
-
