@@ -2,14 +2,20 @@
 
 Bags are written as rosbag2 version 8 (Humble's `ros2 bag play` cannot parse version 9; Jazzy reads both),
 sqlite3 by default or MCAP. Reading accepts a bag directory or a bare `.db3`/`.mcap` file; when a
-directory's metadata does not match its storage (rosbag2 sometimes records QoS metadata that makes
-rosbags skip every message), the storage files are read directly.
+directory has no metadata.yaml, or its metadata does not match its storage (rosbag2 sometimes records QoS
+metadata that makes rosbags skip every message), the storage files are read directly.
+
+A bag that cannot be read raises `BagError` naming the file and the problem: at opening (zero-byte or
+truncated storage), or part-way (damaged storage: everything before it has been yielded). Fewer messages than
+the storage's index lists (MCAP chunks skipped over damage) is damage too. A message that does not decode is
+skipped and reported (`damage`), the rest goes on.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +27,10 @@ logger = logging.getLogger(__name__)
 BAG_VERSION = 8
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 Storage = Literal["sqlite3", "mcap"]
+
+
+class BagError(ValueError):
+    """A bag or one of its storage files cannot be read (further); the message names the file and the problem."""
 
 
 def typestore() -> Any:
@@ -73,25 +83,96 @@ def _storage_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.db3")) + sorted(path.glob("*.mcap"))
 
 
-def read_bag(path: str | Path, topics: set[str] | None = None, store: Any = None
-             ) -> Iterator[tuple[str, int, Any]]:
-    """(topic, log time ns, message) in log-time order for `topics` (all when None), with the fallback above."""
-    path = Path(path)
+def _sources(path: Path, topics: set[str] | None) -> list[Path]:
+    """What to open: the bag directory through its metadata, else its storage files; or the bare file."""
     if not path.exists():
         raise FileNotFoundError(f"bag not found: {path}")
+    if not path.is_dir() or _directory_readable(path, topics):
+        return [path]
+    sources = _storage_files(path)
+    if not sources:
+        raise BagError(f"{path}: no .db3 or .mcap storage file in the bag directory")
+    return sources
+
+
+def _open(source: Path) -> Any:
+    try:
+        reader = Reader(source)
+        reader.open()
+    except Exception as exc:  # noqa: BLE001 - rosbags and its storage backends (apsw, mcap) raise their own types
+        raise BagError(f"{source}: cannot be read ({type(exc).__name__}: {exc}); empty, truncated or not a "
+                       f"rosbag2 storage file?") from None
+    return reader
+
+
+def read_bag(path: str | Path, topics: set[str] | None = None, store: Any = None,
+             damage: list[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+    """(topic, log time ns, message) in log-time order for `topics` (all when None), with the fallback above.
+
+    Raises BagError where the storage cannot be read (on), after yielding everything before the damage. With
+    `damage` given, messages that do not decode are described there and skipped; without it they raise too.
+    """
+    path = Path(path)
     store = store if store is not None else typestore()
-    sources = [path]
-    if path.is_dir() and not _directory_readable(path, topics):
-        sources = _storage_files(path)
-        if not sources:
-            raise FileNotFoundError(f"{path}: no .db3 or .mcap storage file in the bag directory")
-    for source in sources:
-        with Reader(source) as reader:
+    for source in _sources(path, topics):
+        reader = _open(source)
+        name = " + ".join(map(str, _storage_files(source) or [source])) if source.is_dir() else str(source)
+        try:
             connections = [c for c in reader.connections if topics is None or c.topic in topics]
             if not connections:
                 continue
-            for connection, stamp, raw in reader.messages(connections):
-                yield connection.topic, stamp, store.deserialize_cdr(raw, connection.msgtype)
+            expected, read = sum(c.msgcount for c in connections), 0
+            messages = reader.messages(connections)
+            while True:
+                try:
+                    item = next(messages, None)
+                except Exception as exc:  # noqa: BLE001 - the storage backends raise their own types
+                    raise BagError(f"{name}: damaged after {read} messages ({type(exc).__name__}: {exc})"
+                                   ) from None
+                if item is None:
+                    break
+                connection, stamp, raw = item
+                read += 1
+                try:
+                    msg = store.deserialize_cdr(raw, connection.msgtype)
+                except Exception as exc:  # noqa: BLE001 - a malformed CDR payload raises whatever it hits
+                    problem = (f"{name}: message {read} ({connection.topic}, log time {stamp}) does not decode "
+                               f"as {connection.msgtype} ({type(exc).__name__}: {exc})")
+                    if damage is None:
+                        raise BagError(problem) from None
+                    logger.error("%s; skipped", problem)
+                    damage.append(problem)
+                    continue
+                yield connection.topic, stamp, msg
+            if read < expected:
+                raise BagError(f"{name}: only {read} of the {expected} messages its index lists could be read "
+                               f"(damaged storage)")
+        finally:
+            reader.close()
+
+
+@dataclass
+class TopicInfo:
+    """One topic of a bag: its message type(s) and message count."""
+
+    types: tuple[str, ...]
+    messages: int
+
+
+def bag_topics(path: str | Path) -> dict[str, TopicInfo]:
+    """The topics of a bag (through the same fallback as `read_bag`); BagError when it cannot be read."""
+    topics: dict[str, TopicInfo] = {}
+    for source in _sources(Path(path), None):
+        reader = _open(source)
+        try:
+            for connection in reader.connections:
+                info = topics.setdefault(connection.topic, TopicInfo((), 0))
+                if connection.msgtype not in info.types:
+                    info.types += (connection.msgtype,)
+                info.messages += connection.msgcount
+        finally:
+            reader.close()
+    return topics
 
 
 def bag_message_count(path: str | Path) -> int | None:
@@ -105,6 +186,9 @@ def bag_message_count(path: str | Path) -> int | None:
 
 def _directory_readable(path: Path, topics: set[str] | None) -> bool:
     """Whether messages come out through the directory's metadata (logs why not)."""
+    if not (path / "metadata.yaml").exists():
+        logger.warning("%s: no metadata.yaml; reading the storage files directly", path)
+        return False
     try:
         with Reader(path) as reader:
             connections = [c for c in reader.connections if topics is None or c.topic in topics]
@@ -113,9 +197,10 @@ def _directory_readable(path: Path, topics: set[str] | None) -> bool:
                 return True
             logger.warning("%s: metadata lists %d messages but none can be read through it; reading the "
                            "storage files directly", path, expected)
-    except ReaderError as exc:
-        logger.warning("%s: unreadable metadata (%s); reading the storage files directly", path, exc)
+    except Exception as exc:  # noqa: BLE001 - rosbags and its storage backends raise their own types
+        logger.warning("%s: unreadable through its metadata (%s); reading the storage files directly", path, exc)
     return False
 
 
-__all__ = ["BAG_VERSION", "STORAGES", "BagWriter", "typestore", "read_bag", "bag_message_count"]
+__all__ = ["BAG_VERSION", "STORAGES", "BagError", "BagWriter", "TopicInfo", "typestore", "read_bag", "bag_topics",
+           "bag_message_count"]

@@ -123,7 +123,8 @@ class SegmentationNode(Node):
         try:
             from ament_index_python.packages import get_package_share_directory
             return [Path(get_package_share_directory("mlesam_ros"))]
-        except Exception:  # noqa: BLE001 - ament_index raises its own lookup errors; not in an ament workspace (source checkout): the repository root is searched
+        except Exception:  # noqa: BLE001 - ament_index raises its own lookup errors
+            # not in an ament workspace (a source checkout): the repository root is searched
             return []
 
     def _declare_config(self) -> SegmentConfig:

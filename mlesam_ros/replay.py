@@ -11,7 +11,13 @@ the synchroniser's waiting is in data time). OUT receives:
 - `frames.jsonl`: one line per frame: stamp, driver, per-sensor status, modalities used, routing weights per
   level, latency, errors and, with ground truth on /ground_truth/labels, the frame's confusion entries
   ([gt, pred, count]) and its mIoU;
-- `summary.json`: frames in/out, per-sensor availability, latency p50/p95, mIoU (both protocols).
+- `summary.json`: frames in/out, per-sensor availability, latency p50/p95, mIoU (both protocols), and the
+  damage found in the bag.
+
+A bag that cannot be opened, has no messages on the sensor topics, or carries another message type on one of
+them is refused before the model loads (exit 2, naming the file and the problem). Damage found part-way keeps
+everything processed so far: the output bag is closed, the summary written with the damage, and the exit
+status is 2.
 """
 
 from __future__ import annotations
@@ -30,11 +36,11 @@ from tqdm import tqdm
 from mlesam_core.config_io import ConfigError
 from mlesam_core.host_memory import retain_freed_memory
 from mlesam_core.metrics import PROTOCOL_DESCRIPTIONS, ConfusionMatrix, confusion_matrix, scores_from_confusion
-from mlesam_ros.bag_io import STORAGES, BagWriter, bag_message_count, read_bag
+from mlesam_ros.bag_io import STORAGES, BagError, BagWriter, TopicInfo, bag_message_count, bag_topics, read_bag
 from mlesam_ros.image_conversion import image_msg_to_array
 from mlesam_ros.messages import MessageKit, stamp_to_ns
 from mlesam_ros.outputs import CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json, output_messages
-from mlesam_ros.params import SegmentConfig, load_segment_config, resolve_path
+from mlesam_ros.params import IMAGE_TYPE, SegmentConfig, accepted_types, load_segment_config, resolve_path
 from mlesam_ros.pipeline import FrameResult, SegmentationPipeline, load_segmenter
 from mlesam_ros.sync import SyncedFrame
 
@@ -42,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 GROUND_TRUTH_TOPIC = "/ground_truth/labels"
 TF_STATIC_TOPIC = "/tf_static"
+GROUND_TRUTH_KEPT = 64  # ground-truth labels waiting for their frame, at most (the oldest is dropped)
 
 
 class Replay:
@@ -56,7 +63,7 @@ class Replay:
         self.kit = MessageKit.rosbags(writer.store)
         self.sensor_of_topic = {pipeline.config.input_topic(m): m for m in pipeline.config.modalities}
         self.ground_truth: dict[int, np.ndarray] = {}
-        self.pending: list[SyncedFrame] = []
+        self.pending: list[tuple[int, SyncedFrame]] = []  # (log time at which it became complete, frame)
         self.confusion = ConfusionMatrix(pipeline.class_table.num_classes, pipeline.class_table.ignore_index)
         self.messages_in: dict[str, int] = {}
         self.latencies: list[float] = []
@@ -75,25 +82,26 @@ class Replay:
     def feed(self, topic: str, log_ns: int, msg: Any) -> None:
         """Take one input message logged at `log_ns`.
 
-        Complete frames are segmented once the bag has moved past their stamp, so that the ground truth
-        logged at that stamp (after the sensors) has been read.
+        A frame that became complete while messages logged at L were read is segmented once the bag has moved
+        past L, so that the ground truth logged with it (after the sensors) has been read. Header stamps play no
+        part in this: frames go out in the order they complete, however far the stamps are from the log times.
         """
-        ready = [f for f in self.pending if stamp_to_ns(f.messages[f.driver].header.stamp) < log_ns]
-        self.pending = self.pending[len(ready):]
-        for frame in ready:
-            self.process(frame)
+        while self.pending and self.pending[0][0] < log_ns:
+            self.process(self.pending.pop(0)[1])
         self.messages_in[topic] = self.messages_in.get(topic, 0) + 1
         if topic == self.config.camera_info_topic:
             self.pipeline.set_camera_info(msg)
         elif topic == GROUND_TRUTH_TOPIC:
             self.ground_truth[stamp_to_ns(msg.header.stamp)] = image_msg_to_array(msg)
+            if len(self.ground_truth) > GROUND_TRUTH_KEPT:
+                del self.ground_truth[next(iter(self.ground_truth))]
         else:
             stamp = stamp_to_ns(msg.header.stamp) / 1e9
-            self.pending += self.pipeline.add(self.sensor_of_topic[topic], msg, received=stamp)
+            self.pending += [(log_ns, f) for f in self.pipeline.add(self.sensor_of_topic[topic], msg, received=stamp)]
 
     def finish(self) -> None:
         """Segment every frame still waiting at the end of the bag."""
-        for frame in self.pending + self.pipeline.drain():
+        for frame in [f for _, f in self.pending] + self.pipeline.drain():
             self.process(frame)
         self.pending = []
 
@@ -126,9 +134,6 @@ class Replay:
                   "used": list(result.used), "routing": result.routing,
                   "latency_ms": None if result.latency is None else round(result.latency * 1000, 3),
                   "errors": result.errors}
-        # ground truth older than this frame can no longer be matched
-        for old in [s for s in self.ground_truth if s < stamp_ns]:
-            del self.ground_truth[old]
         label = self.ground_truth.pop(stamp_ns, None)
         if label is not None and result.labels is not None:
             if label.shape != result.labels.shape:
@@ -164,27 +169,56 @@ class Replay:
         return summary
 
 
+def check_bag_topics(bag: str | Path, config: SegmentConfig, topics: dict[str, TopicInfo]) -> None:
+    """Refuse a bag with no messages on the sensor topics, or another message type on one of them (BagError)."""
+    expected = {config.input_topic(m): (m, accepted_types(m)) for m in config.modalities}
+    expected[config.camera_info_topic] = ("camera_info", ("sensor_msgs/msg/CameraInfo",))
+    expected[GROUND_TRUTH_TOPIC] = ("ground truth", (IMAGE_TYPE,))
+    for topic, (what, types) in expected.items():
+        info = topics.get(topic)
+        wrong = [t for t in (info.types if info else ()) if t not in types]
+        if wrong:
+            raise BagError(f"{bag}: {topic} ({what}) carries {', '.join(wrong)}; {what} takes "
+                           f"{' or '.join(types)} (set sensors.<m>.topic, or leave the modality out)")
+    if not any(topics.get(config.input_topic(m), TopicInfo((), 0)).messages for m in config.modalities):
+        found = ", ".join(f"{t} ({'/'.join(i.types)}, {i.messages})" for t, i in sorted(topics.items()))
+        raise BagError(f"{bag}: no messages on the sensor topics "
+                       f"({', '.join(config.input_topic(m) for m in config.modalities)}); the bag has: "
+                       f"{found or 'no topics at all'}")
+
+
 def replay(bag: str | Path, out: str | Path, config: SegmentConfig, segmenter: Any, storage: str = "sqlite3"
            ) -> dict:
-    """Replay `bag` into the folder `out` (bag/, frames.jsonl, summary.json); returns the summary."""
+    """Replay `bag` into the folder `out` (bag/, frames.jsonl, summary.json); returns the summary.
+
+    Damage found part-way through the bag ends the reading; what was read is segmented and written, and the
+    summary lists the damage (`damage`, empty for an intact bag).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipeline = SegmentationPipeline(config, segmenter, clock=lambda: 0.0)
     start = time.perf_counter()
+    damage: list[str] = []
     with BagWriter(out / "bag", storage) as writer, (out / "frames.jsonl").open("w") as frames_file:
         run = Replay(pipeline, writer, frames_file)
-        # static transforms hold for the whole bag, wherever they were recorded: read them first
-        for _, _, msg in read_bag(bag, {TF_STATIC_TOPIC}):
-            pipeline.add_transforms(msg)
         first_ns = None
-        for topic, log_ns, msg in tqdm(read_bag(bag, run.topics), total=bag_message_count(bag), unit="msg",
-                                       desc=f"replay {Path(bag).name}"):
-            if first_ns is None:
-                first_ns = log_ns
-                writer.write("/" + CLASS_NAMES_TOPIC, log_ns, run.kit.string(class_names_json(pipeline.class_table)))
-            run.feed(topic, log_ns, msg)
+        try:
+            # static transforms hold for the whole bag, wherever they were recorded: read them first
+            for _, _, msg in read_bag(bag, {TF_STATIC_TOPIC}, damage=damage):
+                pipeline.add_transforms(msg)
+            for topic, log_ns, msg in tqdm(read_bag(bag, run.topics, damage=damage), total=bag_message_count(bag),
+                                           unit="msg", desc=f"replay {Path(bag).name}"):
+                if first_ns is None:
+                    first_ns = log_ns
+                    writer.write("/" + CLASS_NAMES_TOPIC, log_ns,
+                                 run.kit.string(class_names_json(pipeline.class_table)))
+                run.feed(topic, log_ns, msg)
+        except BagError as exc:
+            logger.error("%s; keeping the %d frames read before it", exc, run.frames_out + len(run.pending))
+            damage.append(str(exc))
         run.finish()
-    summary = {"bag": str(bag), "output_bag": str(out / "bag"), **run.summary(time.perf_counter() - start)}
+    summary = {"bag": str(bag), "output_bag": str(out / "bag"), **run.summary(time.perf_counter() - start),
+               "damage": damage}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -213,11 +247,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = [*args.set, *(["model.allow_random_init=true"] if args.allow_random_init else [])]
     try:
         config = load_segment_config(args.params, overrides)
+        check_bag_topics(args.bag, config, bag_topics(args.bag))  # before the (slow) model load
         summary = replay(args.bag, args.out, config, load_segmenter(config), storage=args.storage)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:  # BagError is a ValueError
         parser.exit(2, f"error: {exc}\n")
     logger.info("%d frames, %d with outputs; latency p50 %s ms; wrote %s", summary["frames"], summary["frames_out"],
                 summary["latency_ms"]["p50"], args.out)
+    if summary["damage"]:
+        parser.exit(2, "error: the bag is damaged; the frames before the damage were replayed and written to "
+                       f"{args.out} (summary.json lists it):\n" + "\n".join(f"  {d}" for d in summary["damage"]) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,22 @@ message nearest to t:
 Decisions use header stamps only, never arrival order; buffers and the queue of waiting frames are
 bounded. `tick(received_now)` lets a live node flush frames that have waited `max_delay` of its own clock
 even when every sensor has gone silent; `drain()` flushes everything at the end of a bag.
+
+Stamps that jump (a bag played with `--loop`, a clock reset, one wrong stamp):
+
+- the driving sensor going back by more than its `stale_after` restarts the synchroniser: waiting frames are
+  emitted, then everything is forgotten except the other sensors' messages near the new stamp (in a bag loop
+  they are often logged before the camera);
+- another sensor going back that far, away from the driver's timeline, is refused (`StampError`) but held for
+  such a restart; one that goes back onto the driver's timeline wins over its own newer messages (they were
+  outliers, e.g. one stamp far in the future), which are dropped.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -118,9 +128,9 @@ class ApproximateSync:
     def reset(self) -> None:
         """Forget every buffered message and waiting frame (after a clock jump)."""
         self._buffers: dict[str, list[_Entry]] = {s: [] for s in self.sensors}
-        self._latest: dict[str, float | None] = {s: None for s in self.sensors}
+        self._latest: dict[str, float | None] = dict.fromkeys(self.sensors)
+        self._held: dict[str, deque[_Entry]] = {s: deque(maxlen=self.buffer_size) for s in self.sensors}
         self._waiting: list[_Waiting] = []
-        self._data_now: float | None = None
         self._last_emitted: float | None = None
         self._last_driver: str | None = None
 
@@ -128,21 +138,29 @@ class ApproximateSync:
         """Take one message (header stamp in seconds); return the frames that became complete.
 
         `received` is the caller's clock at arrival (for `tick`); it defaults to the stamp. Raises
-        StampError, leaving the state unchanged, for a message whose stamp went back by more than the
-        sensor's `stale_after` (unless it is the driving sensor: then the clock is taken to have jumped and
-        the synchroniser restarts), or for a driving message older than a frame already emitted.
+        StampError for a message that cannot be used: a driving message older than a frame already emitted
+        (skipped), or another sensor's message that went back by more than its `stale_after` away from the
+        driver's timeline (held in case the driver jumps back too; see the module docstring).
         """
         if sensor not in self.timing:
             raise ValueError(f"unknown sensor {sensor!r} (configured: {', '.join(self.sensors)})")
         received = stamp if received is None else received
         frames: list[SyncedFrame] = []
+        timing = self.timing[sensor]
         latest = self._latest[sensor]
-        if latest is not None and latest - stamp > self.timing[sensor].stale_after:
-            if sensor != (self._last_driver or self.primary):
-                raise StampError(f"stamp went backwards by {latest - stamp:.3f} s (newest was {latest:.3f})")
-            logger.warning("%s: stamp jumped back by %.3f s; restarting synchronisation", sensor, latest - stamp)
-            frames = self._emit(force_all=True)
-            self.reset()
+        if latest is not None and latest - stamp > timing.stale_after:
+            driver = self._last_driver or self.primary
+            if sensor == driver:
+                logger.warning("%s: stamp jumped back by %.3f s (bag loop, clock reset, or a wrong earlier stamp); "
+                               "restarting synchronisation", sensor, latest - stamp)
+                frames = self._emit(force_all=True)
+                self._restart(sensor, stamp)
+            elif self._on_driver_timeline(sensor, stamp):
+                self._drop_newer(sensor, stamp + timing.stale_after)
+            else:
+                self._held[sensor].append(_Entry(stamp, message))
+                raise StampError(f"stamp went back by {latest - stamp:.3f} s (newest was {latest:.3f}); held in "
+                                 f"case the driving sensor {driver} jumps back too (bag loop, clock reset)")
         drives = self._drives(sensor, stamp)
         if drives and self._last_emitted is not None and stamp <= self._last_emitted:
             raise StampError(f"stamp {stamp:.3f} is not newer than the last emitted frame "
@@ -150,8 +168,8 @@ class ApproximateSync:
         buffer = self._buffers[sensor]
         bisect.insort(buffer, _Entry(stamp, message), key=lambda e: e.stamp)
         del buffer[: max(0, len(buffer) - self.buffer_size)]
-        self._latest[sensor] = stamp if latest is None else max(latest, stamp)
-        self._data_now = stamp if self._data_now is None else max(self._data_now, stamp)
+        newest = self._latest[sensor]  # re-read: a restart or dropped outliers changed it
+        self._latest[sensor] = stamp if newest is None else max(newest, stamp)
         if drives:
             self._replace_lower_priority(sensor, stamp)
             bisect.insort(self._waiting, _Waiting(stamp, sensor, message, received), key=lambda w: w.stamp)
@@ -164,6 +182,36 @@ class ApproximateSync:
     def drain(self) -> list[SyncedFrame]:
         """Emit every waiting frame with what is present (end of input)."""
         return self._emit(force_all=True)
+
+    def _data_time(self) -> float | None:
+        """The newest header stamp of any sensor (data time)."""
+        stamps = [t for t in self._latest.values() if t is not None]
+        return max(stamps) if stamps else None
+
+    def _on_driver_timeline(self, sensor: str, stamp: float) -> bool:
+        driver_latest = self._latest[self._last_driver or self.primary]
+        return driver_latest is not None and abs(stamp - driver_latest) <= self.timing[sensor].stale_after
+
+    def _drop_newer(self, sensor: str, limit: float) -> None:
+        """Forget `sensor`'s messages stamped after `limit` (outliers ahead of the driver's timeline)."""
+        buffer = [e for e in self._buffers[sensor] if e.stamp <= limit]
+        logger.warning("%s: stamp back on the driving sensor's timeline; dropping %d message(s) stamped up to "
+                       "%.3f s ahead of it", sensor, len(self._buffers[sensor]) - len(buffer),
+                       (self._latest[sensor] or limit) - limit)
+        self._buffers[sensor] = buffer
+        self._latest[sensor] = buffer[-1].stamp if buffer else None
+        # a frame that an outlier opened as fallback driver (the primary looked silent at its stamp) goes too
+        self._waiting = [w for w in self._waiting if not (w.driver == sensor and w.stamp > limit)]
+
+    def _restart(self, driver: str, stamp: float) -> None:
+        """Forget everything except the other sensors' messages (buffered or held) near the driver's new stamp."""
+        kept = {s: sorted((e for e in (*self._buffers[s], *self._held[s])
+                           if abs(e.stamp - stamp) <= self.timing[s].stale_after), key=lambda e: e.stamp)
+                for s in self.sensors if s != driver}
+        self.reset()
+        for sensor, entries in kept.items():
+            self._buffers[sensor] = entries[-self.buffer_size:]
+            self._latest[sensor] = entries[-1].stamp if entries else None
 
     def _drives(self, sensor: str, stamp: float) -> bool:
         """A sensor drives when every sensor ranked above it has been silent for primary_timeout at `stamp`."""
@@ -191,7 +239,8 @@ class ApproximateSync:
             latest = self._latest[sensor]
             if latest is not None and latest >= waiting.stamp:
                 continue  # a message at or after t exists: later ones cannot be nearer
-            if self._data_now is not None and self._data_now >= waiting.stamp + self.timing[sensor].max_delay:
+            data_time = self._data_time()
+            if data_time is not None and data_time >= waiting.stamp + self.timing[sensor].max_delay:
                 continue
             return False
         return True

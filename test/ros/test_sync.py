@@ -30,11 +30,15 @@ def timeline(duration, silent=None, jitter=0.0, seed=0):
     return events
 
 
-def feed(sync, events):
-    """Add messages in the given (arrival) order; the message is its (sensor, stamp) pair."""
+def feed(sync, events, refused=None):
+    """Add messages in the given (arrival) order; the message is its (sensor, stamp) pair. Messages refused with
+    a StampError are appended to `refused` (as the pipeline logs and skips them)."""
     frames = []
     for sensor, stamp in events:
-        frames += sync.add(sensor, stamp, (sensor, stamp))
+        try:
+            frames += sync.add(sensor, stamp, (sensor, stamp))
+        except StampError:
+            (refused if refused is not None else []).append((sensor, stamp))
     return frames + sync.drain()
 
 
@@ -110,7 +114,7 @@ def test_aux_stamp_going_backwards_is_refused_without_changing_state():
     sync = make_sync()
     feed_events = timeline(1.0)
     frames = [f for s, t in feed_events for f in sync.add(s, t, (s, t))]
-    with pytest.raises(StampError, match="went backwards by 0.9"):
+    with pytest.raises(StampError, match="went back by 0.9"):
         sync.add("lidar", 0.0, ("lidar", "old"))
     frames += sync.add("rgb", 1.0, ("rgb", 1.0)) + sync.drain()
     assert frames[-1].stamp == 1.0 and frames[-1].messages["lidar"] == ("lidar", 0.9)
@@ -122,6 +126,68 @@ def test_primary_stamp_jumping_back_restarts_synchronisation_like_a_bag_loop():
     assert len(frames) == 20
     assert [f.stamp for f in frames[10:]] == [f.stamp for f in frames[:10]]
     assert all(set(f.status.values()) == {"ok"} for f in frames)
+
+
+def interleaved(stamps, aux_first=True):
+    """Messages of the four sensors at each stamp, the auxiliaries logged before the camera (or after)."""
+    aux = [s for s in SENSORS if s != "rgb"]
+    return [(s, t) for t in stamps for s in ([*aux, "rgb"] if aux_first else ["rgb", *aux])]
+
+
+def restarts(caplog):
+    return sum("restarting synchronisation" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("aux_first", [True, False])
+def test_a_bag_loop_answers_every_camera_frame_once_in_order_and_uses_every_sensor_right_after(caplog, aux_first):
+    first = [round(100 + i * PERIOD, 6) for i in range(20)]
+    looped = [round(t - 10.0, 6) for t in first]  # `ros2 bag play --loop`: every stamp 10 s back
+    frames = feed(make_sync(), interleaved(first + looped, aux_first))
+    assert [f.stamp for f in frames] == first + looped  # each camera frame exactly once, in arrival order
+    assert all(set(f.status.values()) == {"ok"} for f in frames)  # also the first frame after the jump
+    assert all(f.messages[s] == (s, f.stamp) for f in frames for s in SENSORS)
+    assert restarts(caplog) == 1
+
+
+def test_one_camera_stamp_far_in_the_future_costs_only_that_frame(caplog):
+    stamps = [round(i * PERIOD, 6) for i in range(20)]
+    events = interleaved(stamps)
+    outlier = events.index(("rgb", stamps[5]))
+    events[outlier] = ("rgb", stamps[5] + 100.0)
+    frames = feed(make_sync(), events)
+    expected = [*stamps[:5], stamps[5] + 100.0, *stamps[6:]]
+    assert [f.stamp for f in frames] == expected  # each camera frame exactly once, in arrival order
+    assert frames[5].driver == "rgb" and set(frames[5].messages) == {"rgb"}  # nothing near its stamp
+    assert all(set(f.status.values()) == {"ok"} for i, f in enumerate(frames) if i != 5)
+    assert restarts(caplog) == 1  # once, not on every later frame
+
+
+def test_one_auxiliary_stamp_far_in_the_future_costs_that_sensor_at_most_one_frame():
+    stamps = [round(i * PERIOD, 6) for i in range(20)]
+    events = interleaved(stamps)
+    outlier = events.index(("depth", stamps[5]))
+    events[outlier] = ("depth", stamps[5] + 100.0)
+    frames = feed(make_sync(), events)
+    assert [f.stamp for f in frames] == stamps
+    assert all(f.status["depth"] == "ok" and f.messages["depth"] == ("depth", f.stamp)
+               for f in frames if f.stamp != stamps[5])
+    assert all(set(f.status.values()) == {"ok"} for f in frames if f.stamp != stamps[5])
+
+
+def test_an_auxiliary_clock_behind_the_driver_is_refused_and_not_used():
+    sync = make_sync(sensors=("rgb", "depth"))
+    frames = []
+    for i in range(10):
+        t = round(10 + i * PERIOD, 6)
+        frames += sync.add("rgb", t, ("rgb", t))
+        if i < 5:
+            frames += sync.add("depth", t, ("depth", t))
+        else:  # depth's clock reset to 0 while the camera goes on
+            with pytest.raises(StampError, match="held in case the driving sensor rgb jumps back too"):
+                sync.add("depth", t - 10, ("depth", t - 10))
+    frames += sync.drain()
+    assert [f.stamp for f in frames] == [round(10 + i * PERIOD, 6) for i in range(10)]
+    assert all(f.messages.get("depth", ("depth", f.stamp))[1] >= 10 for f in frames)
 
 
 def test_a_primary_message_older_than_an_emitted_frame_is_refused():

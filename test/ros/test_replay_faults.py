@@ -1,0 +1,219 @@
+"""The replay on bags with real-stream faults, written here with rosbags: stamp jumps, stamps far from the log
+times, wrong message types, zero-byte, truncated and damaged storage, no metadata.yaml, empty bags."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from fixtures.model import TINY_SIZE
+
+from mlesam_ros.bag_io import BagWriter, read_bag
+from mlesam_ros.params import load_segment_config
+from mlesam_ros.replay import Replay, replay
+from mlesam_ros.replay import main as replay_main
+
+H = W = TINY_SIZE
+K = np.array([[32.0, 0, 32.0], [0, 32.0, 32.0], [0, 0, 1]])
+TOPICS = {"rgb": "/camera/image_raw", "depth": "/depth/image_raw", "event": "/event/image_raw",
+          "lidar": "/lidar/image_raw"}
+START_NS = 1_700_000_000_000_000_000
+PERIOD_NS = 100_000_000
+CONFIG_OVERRIDES = ["model.config=config/model/mlesam_tiny.yaml", "classes=deliver"]
+
+
+def sensor_messages(kit, rng, stamp_ns):
+    """One message per sensor at header stamp `stamp_ns` (the camera's last)."""
+    header = kit.header(stamp_ns, "camera")
+    images = {"depth": (rng.uniform(2, 40, (H, W)).astype(np.float32), "32FC1"),
+              "event": (rng.integers(0, 3, (H, W, 2), dtype=np.uint8), "8UC2"),
+              "lidar": (rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8"),
+              "rgb": (rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8")}
+    return {sensor: kit.image(*images[sensor], header) for sensor in images}
+
+
+def write_bag(path, kit, stamps_ns, storage="sqlite3", aux_first=True, log_ns=None, ground_truth=False):
+    """A four-sensor bag: at each log time (default: the stamp) the auxiliaries, then the camera (or the camera
+    first), camera_info and, with `ground_truth`, a label image at the camera's stamp. Returns the path."""
+    rng = np.random.default_rng(0)
+    log_ns = log_ns or [START_NS + i * PERIOD_NS for i in range(len(stamps_ns))]
+    with BagWriter(path, storage) as writer:
+        for stamp, log in zip(stamps_ns, log_ns, strict=True):
+            messages = sensor_messages(kit, rng, stamp)
+            order = ["depth", "event", "lidar", "rgb"] if aux_first else ["rgb", "depth", "event", "lidar"]
+            for sensor in order:
+                writer.write(TOPICS[sensor], log, messages[sensor])
+            header = kit.header(stamp, "camera")
+            writer.write("/camera/camera_info", log, kit.camera_info(K, (H, W), header))
+            if ground_truth:
+                label = rng.integers(0, 25, (H, W), dtype=np.uint8)
+                writer.write("/ground_truth/labels", log, kit.image(label, "mono8", header))
+    return path
+
+
+def replayed_frames(out):
+    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+
+
+def run_replay(bag, out, segmenter, storage="sqlite3"):
+    summary = replay(bag, out, load_segment_config(None, CONFIG_OVERRIDES), segmenter, storage=storage)
+    return summary, replayed_frames(out)
+
+
+def restarts(caplog):
+    return sum("restarting synchronisation" in r.getMessage() for r in caplog.records)
+
+
+def test_a_looped_bag_answers_every_camera_frame_once_in_order_and_uses_every_sensor_after_the_jump(
+        rosbags_kit, tiny_segmenter, tmp_path, caplog):
+    first = [START_NS + i * PERIOD_NS for i in range(15)]
+    looped = [s - 10_000_000_000 for s in first]  # `ros2 bag play --loop` recorded: stamps 10 s back
+    bag = write_bag(tmp_path / "loop", rosbags_kit, first + looped, aux_first=True)
+    with caplog.at_level(logging.WARNING):
+        summary, frames = run_replay(bag, tmp_path / "out", tiny_segmenter)
+    assert [f["stamp_ns"] for f in frames] == first + looped  # once each, in the bag's order
+    assert all(sorted(f["used"]) == sorted(TOPICS) for f in frames)  # also the first frame after the jump
+    assert summary["frames_out"] == 30 and summary["damage"] == []
+    assert restarts(caplog) == 1
+
+
+def test_one_camera_stamp_100_s_in_the_future_costs_only_that_frame(rosbags_kit, tiny_segmenter, tmp_path,
+                                                                    caplog):
+    stamps = [START_NS + i * PERIOD_NS for i in range(15)]
+    stamps[5] += 100_000_000_000
+    log = [START_NS + i * PERIOD_NS for i in range(15)]
+    rng = np.random.default_rng(0)
+    with BagWriter(tmp_path / "future", "sqlite3") as writer:
+        for i, log_ns in enumerate(log):
+            messages = sensor_messages(rosbags_kit, rng, log_ns)
+            messages["rgb"] = sensor_messages(rosbags_kit, rng, stamps[i])["rgb"]  # only the camera's is off
+            for sensor in ("depth", "event", "lidar", "rgb"):
+                writer.write(TOPICS[sensor], log_ns, messages[sensor])
+            writer.write("/camera/camera_info", log_ns, rosbags_kit.camera_info(K, (H, W), messages["depth"].header))
+    with caplog.at_level(logging.WARNING):
+        summary, frames = run_replay(tmp_path / "future", tmp_path / "out", tiny_segmenter)
+    assert [f["stamp_ns"] for f in frames] == stamps  # every camera frame exactly once, in the bag's order
+    assert summary["frames_out"] == 15
+    assert frames[5]["used"] == ["rgb"]  # nothing else near its stamp
+    assert all(sorted(f["used"]) == sorted(TOPICS) for i, f in enumerate(frames) if i != 5)
+    assert restarts(caplog) == 1  # once, not on every later frame
+    labels = [m for t, _, m in read_bag(tmp_path / "out" / "bag") if t == "/mlesam/labels"]
+    assert len(labels) == 15
+
+
+def test_frames_are_segmented_as_the_bag_is_read_when_stamps_run_an_hour_ahead_of_log_times(
+        rosbags_kit, tiny_segmenter, tmp_path, monkeypatch):
+    log = [START_NS + i * PERIOD_NS for i in range(40)]
+    stamps = [t + 3_600_000_000_000 for t in log]
+    bag = write_bag(tmp_path / "ahead", rosbags_kit, stamps, log_ns=log, ground_truth=True)
+    read = {"messages": 0}
+    lag = []  # messages read between a camera message and its frame being segmented
+    camera_read_at = {}
+    feed, process = Replay.feed, Replay.process
+
+    def counting_feed(self, topic, log_ns, msg):
+        read["messages"] += 1
+        if topic == TOPICS["rgb"]:
+            camera_read_at[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = read["messages"]
+        return feed(self, topic, log_ns, msg)
+
+    def recording_process(self, frame):
+        stamp_ns = round(frame.stamp * 1e9)
+        lag.append(read["messages"] - camera_read_at[min(camera_read_at, key=lambda s: abs(s - stamp_ns))])
+        return process(self, frame)
+
+    monkeypatch.setattr(Replay, "feed", counting_feed)
+    monkeypatch.setattr(Replay, "process", recording_process)
+    summary, frames = run_replay(bag, tmp_path / "out", tiny_segmenter)
+    assert [f["stamp_ns"] for f in frames] == stamps
+    # held at most until the next log time (6 messages a frame here), not to the end of the bag: bounded memory
+    assert len(lag) == 40 and max(lag) <= 6
+    assert all("confusion" in f for f in frames)  # the ground truth at the same stamps still matched
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("mlesam_segmenter:\n  ros__parameters:\n    model: {config: config/model/mlesam_tiny.yaml}\n"
+                    "    classes: deliver\n")
+    return path
+
+
+def run_main(bag, out, params, capsys):
+    """The replay's command line; returns (exit status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        replay_main(["--bag", str(bag), "--out", str(out), "--params", str(params), "--allow-random-init"])
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_a_string_on_the_camera_topic_is_refused_naming_the_bag_topic_and_types(rosbags_kit, tmp_path,
+                                                                                params_file, capsys):
+    bag = tmp_path / "wrong_type"
+    with BagWriter(bag, "sqlite3") as writer:
+        for i in range(3):
+            writer.write(TOPICS["rgb"], START_NS + i * PERIOD_NS, rosbags_kit.string("not an image"))
+    code, err = run_main(bag, tmp_path / "out", params_file, capsys)
+    assert code == 2
+    assert f"{bag}: /camera/image_raw (rgb) carries std_msgs/msg/String; rgb takes sensor_msgs/msg/Image" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated"])
+@pytest.mark.parametrize("open_as", ["directory", "file"])
+def test_a_zero_byte_or_truncated_storage_file_is_refused_naming_it(rosbags_kit, tmp_path, params_file, capsys,
+                                                                    storage, damage, open_as):
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(10)], storage)
+    storage_file = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+    data = storage_file.read_bytes()
+    storage_file.write_bytes(b"" if damage == "zero-byte" else data[: len(data) // 2])
+    code, err = run_main(bag if open_as == "directory" else storage_file, tmp_path / "out", params_file, capsys)
+    assert code == 2
+    assert f"error: {storage_file}: cannot be read" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_garbage_in_the_middle_of_a_bag_keeps_every_frame_before_it_and_exits_2(rosbags_kit, tmp_path,
+                                                                                params_file, capsys, storage):
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(40)], storage)
+    storage_file = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+    data = storage_file.read_bytes()
+    middle = len(data) // 2
+    storage_file.write_bytes(data[:middle] + bytes(range(256)) * 64 + data[middle + 16384:])
+    out = tmp_path / "out"
+    code, err = run_main(bag, out, params_file, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "the bag is damaged" in err and str(storage_file) in err
+    frames = replayed_frames(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < len(frames) < 40 and summary["frames_out"] == len(frames)
+    assert len(summary["damage"]) == 1 and str(storage_file) in summary["damage"][0]
+    labels = [m for t, _, m in read_bag(out / "bag") if t == "/mlesam/labels"]  # closed properly: readable
+    assert [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in labels] == \
+        [f["stamp_ns"] for f in frames]
+
+
+def test_a_bag_directory_without_metadata_opens_its_storage_file(rosbags_kit, tiny_segmenter, tmp_path, caplog):
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(5)])
+    (bag / "metadata.yaml").unlink()
+    with caplog.at_level(logging.WARNING):
+        summary, frames = run_replay(bag, tmp_path / "out", tiny_segmenter)
+    assert summary["frames_out"] == 5 and len(frames) == 5
+    assert any("no metadata.yaml; reading the storage files directly" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("content", ["nothing", "other topics"])
+def test_an_empty_bag_says_so(rosbags_kit, tmp_path, params_file, capsys, content):
+    bag = tmp_path / "empty"
+    with BagWriter(bag, "sqlite3") as writer:
+        if content == "other topics":
+            writer.write("/rosout_like", START_NS, rosbags_kit.string("hello"))
+    code, err = run_main(bag, tmp_path / "out", params_file, capsys)
+    assert code == 2
+    assert f"{bag}: no messages on the sensor topics (/camera/image_raw, /depth/image_raw" in err
+    assert ("no topics at all" in err) == (content == "nothing")
+    assert content == "nothing" or "/rosout_like (std_msgs/msg/String, 1)" in err
