@@ -11,8 +11,19 @@ sensor is silent.
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
+
+# libgomp (torch's CPU thread pool) reads OMP_WAIT_POLICY once, when the imports below load torch. Its default
+# lets idle pool threads spin between operators, and on a small CPU shared with the executor, DDS and other nodes
+# the spinning threads take the cores those need (the launched node then lost most camera frames:
+# benchmarks/ros_soak.py). So the node's default, passive, is in place before torch loads; another value of the
+# `omp_wait_policy` parameter restarts the process once with it (`main`). None: torch was imported before this
+# module (in-process use), the policy it loaded with is unknown.
+_OMP_POLICY_AT_LOAD = None if "torch" in sys.modules else os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE").upper()
+
+import logging
+import signal
 import threading
 import time
 from pathlib import Path
@@ -21,11 +32,13 @@ from typing import Any, get_args
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import String
@@ -44,7 +57,7 @@ from mlesam_ros.outputs import (
     enabled_outputs,
     output_messages,
 )
-from mlesam_ros.params import NODE_NAME, POINTCLOUD_TYPE, SegmentConfig, iter_parameters, nest
+from mlesam_ros.params import NODE_NAME, POINTCLOUD_TYPE, SegmentConfig, iter_parameters, nest, unknown_parameters_error
 from mlesam_ros.pipeline import SegmentationPipeline, load_segmenter
 from mlesam_ros.sync import SyncedFrame
 from mlesam_ros.transforms import transform_matrix
@@ -104,8 +117,12 @@ class SegmentationNode(Node):
         logging.getLogger("mlesam_ros").addHandler(self._log_handler)
         logging.getLogger("mlesam_ros").setLevel(logging.INFO)
         config = self._declare_config()
+        self._check_overrides()
+        self._apply_wait_policy(config.omp_wait_policy)
         self.kit = MessageKit.rclpy()
         self._mailbox: Mailbox[SyncedFrame] = Mailbox()
+        self._publishing = threading.Lock()  # held while the worker publishes; `stop` takes it to end publishing
+        self._stopping = False
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._worker = threading.Thread(target=self._work, args=(config,), name="mlesam_inference", daemon=True)
@@ -114,8 +131,11 @@ class SegmentationNode(Node):
         if self._load_error is not None:
             raise self._load_error
         self._wire(config)
-        self.create_timer(FLUSH_PERIOD, self._flush)
-        self.create_timer(config.diagnostics_period, self._publish_diagnostics)
+        # on the steady clock, as the synchroniser's flush: with use_sim_time, ROS-time timers stop while /clock is
+        # silent or after it jumps back (a bag loop)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(FLUSH_PERIOD, self._flush, clock=steady)
+        self.create_timer(config.diagnostics_period, self._publish_diagnostics, clock=steady)
         self.get_logger().info(f"segmenting {', '.join(config.modalities)} (primary {config.primary}); outputs: "
                                f"{', '.join(enabled_outputs(config.outputs))}")
 
@@ -143,6 +163,25 @@ class SegmentationNode(Node):
             if value is not None:
                 flat[name] = value
         return from_dict(SegmentConfig, nest(flat), source="parameters")
+
+    def _check_overrides(self) -> None:
+        """Refuse parameters given to the node (params file, -p) that it does not declare, as the replay refuses
+        unknown keys: a typo would otherwise leave the default in place silently."""
+        overrides = getattr(self, "_parameter_overrides", {})  # what rclpy parsed for this node (Humble, Jazzy)
+        unknown = [name for name in overrides if not self.has_parameter(name)]
+        if unknown:
+            raise unknown_parameters_error(unknown, self.list_parameters([], 0).names)
+
+    def _apply_wait_policy(self, policy: str) -> None:
+        """Restart with `policy` when torch's thread pool was loaded with another (see the top of this module)."""
+        wanted = policy.upper()
+        if _OMP_POLICY_AT_LOAD is None:
+            self.get_logger().warning(f"omp_wait_policy: torch was loaded before the node module; its OpenMP wait "
+                                      f"policy stays as it was (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
+        elif wanted != _OMP_POLICY_AT_LOAD:
+            raise RestartWithWaitPolicy(wanted)
+        else:
+            self.get_logger().info(f"OpenMP wait policy {wanted} (omp_wait_policy)")
 
     def _declare(self, name: str, default: Any, doc: str, hint: Any) -> Any:
         """Declare one parameter; returns its value, or None when an empty-list default stays unset."""
@@ -248,8 +287,12 @@ class SegmentationNode(Node):
         while (frame := self._mailbox.take()) is not None:
             try:
                 result = self.pipeline.process(frame, now=time.monotonic())
-                for name, msg in output_messages(self.kit, self.pipeline, result).items():
-                    self.publishers_by_output[name].publish(msg)
+                messages = output_messages(self.kit, self.pipeline, result)
+                with self._publishing:
+                    if self._stopping:  # shutting down: the context may already be gone
+                        return
+                    for name, msg in messages.items():
+                        self.publishers_by_output[name].publish(msg)
             except Exception:  # noqa: BLE001 -- the thread must outlive any one frame; logged with its traceback
                 logging.getLogger("mlesam_ros.node").exception("frame %.3f could not be processed", frame.stamp)
 
@@ -259,27 +302,53 @@ class SegmentationNode(Node):
         self.diagnostics_pub.publish(self.kit.diagnostic_array(entries, header))
 
     def stop(self) -> None:
-        """Stop the worker thread and detach the log handler."""
+        """Stop the worker thread (no publishing once this returns) and detach the log handler."""
+        with self._publishing:
+            self._stopping = True
         self._mailbox.close()
         self._worker.join(timeout=10.0)
         logging.getLogger("mlesam_ros").removeHandler(self._log_handler)
 
 
+class RestartWithWaitPolicy(Exception):  # noqa: N818 - a request, not an error
+    """The node must restart its process with OMP_WAIT_POLICY set to `args[0]` (before torch loads)."""
+
+
+class _Shutdown(Exception):  # noqa: N818 - raised by the signal handler
+    """SIGINT or SIGTERM arrived."""
+
+
+def _shutdown_on_signal(signum: int, frame: Any) -> None:
+    for ignored in (signal.SIGINT, signal.SIGTERM):  # a second signal while stopping is not an error
+        signal.signal(ignored, signal.SIG_IGN)
+    raise _Shutdown(signal.Signals(signum).name)
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point `segment_node`: spin the node until shutdown."""
+    """Entry point `segment_node`: spin the node until SIGINT/SIGTERM, then stop in order.
+
+    rclpy's own signal handlers would shut the context down at once, while the inference worker may still be
+    publishing a frame ("publisher's context is invalid"); here a signal ends spinning, the worker is stopped,
+    then the node and the context go.
+    """
     try:
         retain_freed_memory()  # before rclpy's and the worker's threads start (mlesam_core.host_memory)
     except ValueError as exc:  # a bad MLESAM_HOST_MEMORY
         print(f"[{NODE_NAME}] cannot start: {exc}", file=sys.stderr)
         return 2
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _shutdown_on_signal)
+    signal.signal(signal.SIGTERM, _shutdown_on_signal)
     node = None
     code = 0
+    restart = None
     try:
         node = SegmentationNode()
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (KeyboardInterrupt, ExternalShutdownException, _Shutdown):
         pass
+    except RestartWithWaitPolicy as request:
+        restart = request.args[0]
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         code = 2
@@ -289,6 +358,10 @@ def main(args: list[str] | None = None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    if restart is not None:  # the same command line, torch loading with the wanted policy
+        print(f"[{NODE_NAME}] restarting with OMP_WAIT_POLICY={restart} (parameter omp_wait_policy)", file=sys.stderr,
+              flush=True)
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "OMP_WAIT_POLICY": restart})
     return code
 
 

@@ -9,7 +9,8 @@ so both validate it the same way (`ConfigError` naming the dotted key).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -21,6 +22,8 @@ from mlesam_core.modalities import check_modalities, get_modality
 from mlesam_ros.sync import SensorTiming
 
 NODE_NAME = "mlesam_segmenter"
+# parameters rclpy declares on every node (Humble, Jazzy): valid in a params file, no part of SegmentConfig
+ROS_NODE_PARAMETERS = ("use_sim_time", "start_type_description_service")
 # LiDAR frame (x forward, y left, z up) -> camera optical frame (x right, y down, z forward), same origin.
 LIDAR_TO_OPTICAL = (0.0, -1.0, 0.0, 0.0,
                     0.0, 0.0, -1.0, 0.0,
@@ -180,6 +183,12 @@ class SegmentConfig:
     log_period: float = doc_field(5.0, "the same input problem is logged at most once per this many seconds")
     outputs: OutputParams = field(default_factory=OutputParams)
     qos: QosParams = field(default_factory=QosParams)
+    omp_wait_policy: Literal["passive", "active"] = doc_field(
+        "passive", "OpenMP wait policy of the node's torch thread pool, whatever OMP_WAIT_POLICY the caller's "
+                   "environment has: passive (idle pool threads sleep, leaving the cores to the executor, DDS and "
+                   "other nodes) or active (they spin: lower latency on cores nothing else needs); the node restarts "
+                   "itself once to apply it (torch reads it when it loads); the offline replay keeps its "
+                   "environment's")
 
     def __post_init__(self) -> None:
         try:
@@ -242,9 +251,24 @@ def parameters_section(data: dict, source: str = "") -> dict:
 
 
 def load_segment_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SegmentConfig:
-    """SegmentConfig from a ROS 2 parameters file (or defaults) plus `dotted.key=value` overrides."""
+    """SegmentConfig from a ROS 2 parameters file (or defaults) plus `dotted.key=value` overrides. Unknown keys
+    are refused naming them (the node refuses the same file the same way: `unknown_parameters_error`); rclpy's own
+    node parameters (use_sim_time) are accepted and left out."""
     data = parameters_section(load_yaml(path), str(path)) if path is not None else {}
+    data = {key: value for key, value in data.items() if key not in ROS_NODE_PARAMETERS}
     return from_dict(SegmentConfig, apply_overrides(data, overrides), source=str(path) if path else None)
+
+
+def unknown_parameters_error(unknown: Iterable[str], known: Iterable[str]) -> ConfigError:
+    """The error for parameter names the node does not declare (typos such as `primay`, `sensor.rgb.topic`), each
+    with the nearest declared name."""
+    known = sorted(known)
+    described = []
+    for name in sorted(unknown):
+        near = difflib.get_close_matches(name, known, n=1)
+        described.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return ConfigError(f"{described[0].split(' ')[0]}: unknown parameter{'s' if len(described) > 1 else ''} of "
+                       f"{NODE_NAME}: {', '.join(described)}")
 
 
 def iter_parameters(config: Any, prefix: str = "") -> Iterator[tuple[str, Any, str, Any]]:
@@ -274,7 +298,8 @@ def nest(flat: dict[str, Any]) -> dict:
     return nested
 
 
-__all__ = ["NODE_NAME", "LIDAR_TO_OPTICAL", "IMAGE_TYPE", "COMPRESSED_TYPE", "POINTCLOUD_TYPE", "EVENT_PACKET_TYPE",
-           "accepted_types", "image_transport_base", "ModelParams", "SensorConfig", "SyncParams", "DepthParams",
-           "LidarParams", "EventParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig", "resolve_path",
-           "parameters_section", "load_segment_config", "iter_parameters", "nest"]
+__all__ = ["NODE_NAME", "ROS_NODE_PARAMETERS", "LIDAR_TO_OPTICAL", "IMAGE_TYPE", "COMPRESSED_TYPE", "POINTCLOUD_TYPE",
+           "EVENT_PACKET_TYPE", "accepted_types", "image_transport_base", "ModelParams", "SensorConfig", "SyncParams",
+           "DepthParams", "LidarParams", "EventParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig",
+           "resolve_path", "parameters_section", "load_segment_config", "unknown_parameters_error", "iter_parameters",
+           "nest"]

@@ -159,7 +159,7 @@ class ApproximateSync:
                 self._drop_newer(sensor, stamp + timing.stale_after)
             else:
                 self._held[sensor].append(_Entry(stamp, message))
-                raise StampError(f"stamp went back by {latest - stamp:.3f} s (newest was {latest:.3f}); held in "
+                raise StampError(f"stamp went backwards by {latest - stamp:.3f} s (newest was {latest:.3f}); held in "
                                  f"case the driving sensor {driver} jumps back too (bag loop, clock reset)")
         drives = self._drives(sensor, stamp)
         if drives and self._last_emitted is not None and stamp <= self._last_emitted:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -51,9 +53,9 @@ def stop(process: subprocess.Popen) -> None:
 
 
 class Harness:
-    """Test-side node: publishes the four sensors at 10 Hz and records the node's outputs."""
+    """Test-side node: publishes the four sensors every `period` seconds and records the node's outputs."""
 
-    def __init__(self, rclpy):
+    def __init__(self, rclpy, period=0.1):
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, Image
@@ -77,7 +79,7 @@ class Harness:
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(String, "/mlesam/class_names", self.class_names.append, latched)
-        self.node.create_timer(0.1, self.publish_all)
+        self.node.create_timer(period, self.publish_all)
 
     def publish_all(self):
         if not self.publishers:
@@ -339,3 +341,127 @@ def test_the_node_takes_evt3_event_packets_and_projects_clouds_with_tf_static(rc
     assert "camera <- LiDAR from /tf_static (tf2_msgs" in text
     assert "LiDAR extrinsic from transforms (camera <- os_lidar)" in text
     assert "/event_camera/events (event): evt3 packet of" in text
+
+
+def stock_environment(env):
+    """`env` as a shell without OpenMP settings would have it (test/conftest.py sets them for this process)."""
+    return {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+
+
+def wait_for_log(process, log, pattern, timeout):
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, log.read_text()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {pattern!r} in the node log (exit {process.poll()}):\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("environment, parameter, spin_count", [
+    (None, None, "0"),  # a stock shell: passive, set by the node itself before torch loads
+    ("PASSIVE", "active", "30000000000"),  # the parameter wins over the environment (one restart)
+])
+def test_node_chooses_its_openmp_wait_policy_before_torch_loads(loopback_dds_env, tmp_path, environment, parameter,
+                                                                spin_count):
+    env = {**stock_environment(loopback_dds_env), "OMP_DISPLAY_ENV": "VERBOSE"}  # libgomp prints what it took
+    if environment:
+        env["OMP_WAIT_POLICY"] = environment
+    changes = {"omp_wait_policy": parameter} if parameter else {}
+    log = tmp_path / "node.log"
+    process = start_node(write_params(tmp_path / "params.yaml", **changes), env, log)
+    try:
+        wait_for_log(process, log, r"segmenting rgb", 120)
+    finally:
+        stop(process)
+    spin_counts = re.findall(r"GOMP_SPINCOUNT = '(\d+)'", log.read_text())
+    assert spin_counts and spin_counts[-1] == spin_count  # libgomp's spin count: 0 = passive, 3e10 = active
+    assert f"OpenMP wait policy {(parameter or 'passive').upper()}" in log.read_text()
+
+
+def test_node_refuses_parameters_it_does_not_declare_naming_them(loopback_dds_env, tmp_path):
+    log = tmp_path / "node.log"
+    params = write_params(tmp_path / "typos.yaml", primay="depth", sensor={"rgb": {"topic": "/front/image"}})
+    process = start_node(params, loopback_dds_env, log)
+    try:
+        process.wait(timeout=60)
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert process.returncode == 2
+    assert "[mlesam_segmenter]: cannot start: primay: unknown parameters of mlesam_segmenter" in text
+    assert "primay (did you mean primary?)" in text and "sensor.rgb.topic (did you mean sensors.rgb.topic?)" in text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_frames_are_inferred_stops_the_node_cleanly(rclpy_session, loopback_dds_env, tmp_path,
+                                                                   signum):
+    log = tmp_path / "node.log"
+    process = start_node(write_params(tmp_path / "params.yaml"), stock_environment(loopback_dds_env), log)
+    try:
+        harness = Harness(rclpy_session, period=0.03)  # faster than inference: the worker is always busy
+        harness.spin_until(lambda: len(harness.labels) >= 10, 120, "labels", process, log)
+        process.send_signal(signum)
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            rclpy_session.spin_once(harness.node, timeout_sec=0.05)
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert process.returncode == 0, text
+    for problem in ("Traceback", "RCLError", "context is invalid", "ERROR"):
+        assert problem not in text
+
+
+def test_sim_time_bag_loop_answers_every_camera_frame_once_and_uses_every_sensor_after_the_jump(
+        rclpy_session, loopback_dds_env, tmp_path):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    params = write_params(tmp_path / "params.yaml", use_sim_time=True,
+                          qos={"input_reliability": "reliable", "input_depth": 10, "output_depth": 50})
+    log = tmp_path / "node.log"
+    process = start_node(params, loopback_dds_env, log)
+    try:
+        harness = Harness(rclpy_session, period=3600.0)  # frames are sent below, not by the timer
+        node = harness.node
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        clock_pub = node.create_publisher(Clock, "/clock", 10)
+        publishers = {s: node.create_publisher(Image, topic, reliable) for s, topic in SENSOR_TOPICS.items()}
+        labels = []
+        node.create_subscription(Image, "/mlesam/labels", labels.append, reliable)
+        harness.spin_until(lambda: process.poll() is None and "segmenting" in log.read_text(), 120, "start-up",
+                           process, log)
+        harness.spin_until(lambda: all(p.get_subscription_count() for p in publishers.values()), 30,
+                           "the node's subscriptions", process, log)
+        first = [1_000_000_000_000 + i * 100_000_000 for i in range(12)]
+        stamps = first + [s - 10_000_000_000 for s in first]  # `ros2 bag play --loop --clock`: 10 s back
+        for stamp in stamps:
+            clock_pub.publish(Clock(clock=harness.kit.header(stamp, "").stamp))
+            header = harness.kit.header(stamp, "camera")
+            harness.info_pub.publish(harness.kit.camera_info(K, (H, W), header))
+            images = {"depth": (harness.rng.uniform(2, 40, (H, W)).astype(np.float32), "32FC1"),
+                      "event": (harness.rng.integers(0, 3, (H, W, 2), dtype=np.uint8), "8UC2"),
+                      "lidar": (harness.rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8"),
+                      "rgb": (harness.rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8")}
+            for sensor in ("depth", "event", "lidar", "rgb"):  # the auxiliaries logged before the camera
+                publishers[sensor].publish(harness.kit.image(*images[sensor], header))
+            end = time.monotonic() + 0.25
+            while time.monotonic() < end:
+                rclpy_session.spin_once(node, timeout_sec=0.02)
+
+        def replaced():
+            return int(harness.status("inference")[2].get("frames_replaced_while_busy", 0))
+
+        harness.spin_until(lambda: len(labels) + replaced() >= len(stamps), 60, "every frame answered", process, log)
+        harness.spin_until(lambda: int(harness.status("rgb")[2].get("frames_ok", -1)) == len(labels), 30,
+                           "diagnostics of the last frame", process, log)
+    finally:
+        stop(process)
+    answered = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in labels]
+    assert len(answered) == len(set(answered)) and answered == [s for s in stamps if s in set(answered)]
+    assert len(answered) + replaced() == len(stamps)
+    assert any(s < answered[0] for s in answered)  # frames after the jump were answered
+    for sensor in SENSOR_TOPICS:  # every sensor matched in every segmented frame, also right after the jump
+        values = harness.status(sensor)[2]
+        assert int(values["frames_ok"]) == len(answered), (sensor, values)
+    assert log.read_text().count("restarting synchronisation") == 1

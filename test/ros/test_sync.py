@@ -114,7 +114,7 @@ def test_aux_stamp_going_backwards_is_refused_without_changing_state():
     sync = make_sync()
     feed_events = timeline(1.0)
     frames = [f for s, t in feed_events for f in sync.add(s, t, (s, t))]
-    with pytest.raises(StampError, match="went back by 0.9"):
+    with pytest.raises(StampError, match="went backwards by 0.9"):
         sync.add("lidar", 0.0, ("lidar", "old"))
     frames += sync.add("rgb", 1.0, ("rgb", 1.0)) + sync.drain()
     assert frames[-1].stamp == 1.0 and frames[-1].messages["lidar"] == ("lidar", 0.9)
