@@ -33,6 +33,7 @@ class SensorHealth:
     topic: str
     stale_after: float
     arrivals: deque = field(default_factory=lambda: deque(maxlen=50))
+    received: int = 0  # messages since start (against what a publisher sent: DDS drops)
     frames: dict[str, int] = field(default_factory=lambda: {"ok": 0, "stale": 0, "missing": 0, "invalid": 0})
     consecutive_absent: int = 0
     last_status: str = ""
@@ -73,6 +74,7 @@ class HealthMonitor:
         """A message of `sensor` arrived at `now`."""
         with self._lock:
             self.sensors[sensor].arrivals.append(now)
+            self.sensors[sensor].received += 1
 
     def error(self, sensor: str, problem: str, now: float) -> None:
         """A message of `sensor` was unusable (conversion or stamp problem)."""
@@ -132,7 +134,7 @@ class HealthMonitor:
         health = self.sensors[sensor]
         level, message = self.sensor_level(sensor, now)
         age = health.age(now)
-        values = {"topic": health.topic, "rate_hz": f"{health.rate():.2f}",
+        values = {"topic": health.topic, "rate_hz": f"{health.rate():.2f}", "messages_received": str(health.received),
                   "age_s": "none" if age is None else f"{age:.3f}",
                   **{f"frames_{state}": str(count) for state, count in health.frames.items()},
                   "consecutive_absent": str(health.consecutive_absent), "errors": str(health.errors),

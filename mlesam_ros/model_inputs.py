@@ -86,7 +86,7 @@ class InputDecoder:
         # HHA where the model runs: on its GPU (handed over there), else numpy or, with model.compile, compiled
         self.hha = hha_encoder(config.model.device, config.model.compile)
         self._decoders: dict[str, Callable[[np.ndarray, str], ModelImage]] = {
-            "depth": self._depth, "event": self._event, "lidar": self._lidar}
+            "rgb": self._rgb, "depth": self._depth, "event": self._event, "lidar": self._lidar}
 
     def set_camera_info(self, msg: Any) -> None:
         """Take the newest CameraInfo (intrinsics for HHA and LiDAR projection; expected size)."""
@@ -163,6 +163,15 @@ class InputDecoder:
             raise InputError(f"size {image.shape[1]}x{image.shape[0]} does not match the expected "
                              f"{size[1]}x{size[0]}")
         return image
+
+    def _rgb(self, array: np.ndarray, encoding: str) -> np.ndarray:
+        info = encoding_info(encoding)
+        if info.order is None and info.channels in (1, 2) and (info.dtype.kind == "f" or info.channels == 2):
+            # a depth image (32FC1) or two-channel data on the camera topic: not a picture the rgb expert takes
+            raise InputError(f"the rgb camera takes colour or grey images (rgb8, bgr8, rgba8, bgra8, mono8, their "
+                             f"16-bit forms, 8UC1/3/4, 3/4-channel float on the 0-255 scale), got {encoding} "
+                             f"(another sensor's image on its topic?)")
+        return self._color(array, encoding)
 
     def _color(self, array: np.ndarray, encoding: str) -> np.ndarray:
         info = encoding_info(encoding)

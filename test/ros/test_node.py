@@ -105,6 +105,7 @@ class Harness:
             if process.poll() is not None:
                 pytest.fail(f"node exited with {process.returncode} while waiting for {what}:\n{log.read_text()}")
             if time.monotonic() > deadline:
+                what = what() if callable(what) else what
                 pytest.fail(f"timed out after {timeout} s waiting for {what}; node log:\n{log.read_text()}")
             self.rclpy.spin_once(self.node, timeout_sec=0.05)
 
@@ -452,7 +453,9 @@ def test_sim_time_bag_loop_answers_every_camera_frame_once_and_uses_every_sensor
         def replaced():
             return int(harness.status("inference")[2].get("frames_replaced_while_busy", 0))
 
-        harness.spin_until(lambda: len(labels) + replaced() >= len(stamps), 60, "every frame answered", process, log)
+        harness.spin_until(lambda: len(labels) + replaced() >= len(stamps), 120,
+                           lambda: f"every frame answered ({len(labels)} labels, {replaced()} replaced of "
+                                   f"{len(stamps)}: {[m.header.stamp.sec for m in labels]})", process, log)
         harness.spin_until(lambda: int(harness.status("rgb")[2].get("frames_ok", -1)) == len(labels), 30,
                            "diagnostics of the last frame", process, log)
     finally:

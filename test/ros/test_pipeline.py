@@ -304,6 +304,7 @@ def test_health_reports_ok_sensors_and_the_inference_latency(tiny_segmenter, rig
     assert [entries[s].level for s in ("rgb", "depth", "event", "lidar")] == [OK] * 4
     assert float(entries["rgb"].values["rate_hz"]) == pytest.approx(10.0)
     assert entries["depth"].values["frames_ok"] == "10"
+    assert entries["lidar"].values["messages_received"] == "10"  # against what was sent: drops on the way
     assert entries["inference"].level == OK and float(entries["inference"].values["latency_p50_ms"]) > 0
     assert pipeline.health.entries(103.0)[0].level == ERROR  # 2 s later every sensor is silent
 
@@ -321,3 +322,30 @@ def test_the_models_class_table_is_used_when_no_classes_parameter_is_set(tiny_se
 def test_a_class_table_that_does_not_fit_the_model_is_refused(tiny_segmenter):
     with pytest.raises(ValueError, match="classes: 'muses' has 19 classes, the model predicts 25"):
         make_pipeline(tiny_segmenter, "classes=muses")
+
+
+def test_an_empty_camera_frame_without_camera_info_costs_only_the_camera(tiny_segmenter, rig):
+    pipeline = make_pipeline(tiny_segmenter, "depth.encoding=depth")  # no camera_info: nothing sets the size
+    results = []
+    for i in range(3):
+        t = 100.0 + i / 10
+        empty = rig.kit.image_from_fields(rig.header(t), height=0, width=0, encoding="rgb8", is_bigendian=0,
+                                          step=0, data=b"")
+        for sensor in ("depth", "event", "lidar"):
+            results += [pipeline.process(f, now=t) for f in pipeline.add(sensor, rig.message(sensor, t), received=t)]
+        results += [pipeline.process(f, now=t) for f in pipeline.add("rgb", empty, received=t)]
+    results += [pipeline.process(f) for f in pipeline.drain()]
+    assert len(results) == 3
+    for result in results:
+        assert result.status["rgb"] == "invalid" and "empty image (0x0" in result.errors["rgb"]
+        assert result.used == ("depth", "event", "lidar") and result.labels.shape == (H, W)
+
+
+def test_a_depth_image_on_the_camera_topic_is_refused_naming_its_encoding(tiny_segmenter, rig):
+    pipeline = make_pipeline(tiny_segmenter)
+    metres = lambda sensor, t, msg: rig.depth(t) if sensor == "rgb" else msg  # noqa: E731
+    results = run(pipeline, rig, duration=0.3, corrupt=metres)
+    assert len(results) == 3
+    for result in results:
+        assert result.status["rgb"] == "invalid" and "32FC1" in result.errors["rgb"]
+        assert result.used == ("depth", "event", "lidar")
