@@ -53,8 +53,8 @@ clean-venv:
 # --- ROS tooling: colcon in its own venv (it wants setuptools<80), a fresh colcon workspace, the ament linters ---
 # `make colcon-test` copies the package (tracked and untracked, not ignored, files) into a fresh workspace
 # $(COLCON_WS)/src, runs `colcon build` and `colcon test` there and prints `colcon test-result`.
-# LAUNCH_SRC / LAUNCH_ROS_SRC (checkouts of ros2/launch and ros2/launch_ros) add the real launch library to the
-# tools venv (tools/ros_tools_venv.py), for `python -m benchmarks.ros_soak --launcher launch`.
+# LAUNCH_SRC / LAUNCH_ROS_SRC (checkouts of ros2/launch and ros2/launch_ros) add the real launch library when the
+# tools venv is (re)built (tools/ros_tools_venv.py), for `python -m benchmarks.ros_soak --launcher launch`.
 ROS_TOOLS_VENV := .venv-ros-tools
 ROS_TOOLS_STAMP := $(ROS_TOOLS_VENV)/.setup-complete
 COLCON_WS ?= build/colcon_ws

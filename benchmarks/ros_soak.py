@@ -10,8 +10,9 @@ OMP_WAIT_POLICY, OMP_NUM_THREADS or GOMP_SPINCOUNT: what a stock shell has; the 
   __node:=mlesam_segmenter --params-file FILE`), here as `python -m mlesam_ros.node`;
 - `--launcher launch`: the real `launch` library runs the installed `segment.launch.py` (`params_file:=FILE`), as
   `ros2 launch mlesam_ros segment.launch.py` does. It needs launch/launch_ros in the interpreter running this
-  benchmark and a colcon install of the package: `make colcon-build LAUNCH_SRC=... LAUNCH_ROS_SRC=...` (checkouts
-  of ros2/launch and ros2/launch_ros), then `.venv-ros-tools/bin/python -m benchmarks.ros_soak --launcher launch`.
+  benchmark and a colcon install of the package: `.venv/bin/python tools/ros_tools_venv.py --launch-src ...
+  --launch-ros-src ...` (checkouts of ros2/launch and ros2/launch_ros, not on the package registry), `make
+  colcon-build`, then `.venv-ros-tools/bin/python -m benchmarks.ros_soak --launcher launch`.
 
 This process publishes rgb8 camera, 32FC1 depth, 2-channel event and 3-channel LiDAR images of `--size` plus
 camera_info at `--rate` with sensor-data QoS (best effort, as drivers and `ros2 bag play` do), and records: labels

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import ClassTable, get_class_table
 from mlesam_core.sensors import event_count_scale
 from mlesam_ros.events import EVENT_PACKET_TYPE, EventDecodeError, EventStream
@@ -56,6 +57,10 @@ def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Segmen
     from mlesam_core.predictor import Segmenter  # torch loads here, after the parameters were validated
 
     model = config.model
+    try:  # a device this machine lacks, named as the parameter the node and the replay read it from
+        model.torch_device()
+    except ConfigError as exc:
+        raise ConfigError(f"model.{exc}") from None
     path = resolve_path(model.config, search)
     logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
     return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,

@@ -468,3 +468,18 @@ def test_sim_time_bag_loop_answers_every_camera_frame_once_and_uses_every_sensor
         values = harness.status(sensor)[2]
         assert int(values["frames_ok"]) == len(answered), (sensor, values)
     assert log.read_text().count("restarting synchronisation") == 1
+
+
+def test_node_with_a_device_this_machine_lacks_stops_with_a_fatal_naming_the_parameter(loopback_dds_env, tmp_path):
+    log = tmp_path / "node.log"
+    tiny = str(REPO_ROOT / "config" / "model" / "mlesam_tiny.yaml")
+    params = write_params(tmp_path / "gpu.yaml", model={"config": tiny, "allow_random_init": True, "device": "cuda:99"})
+    process = start_node(params, loopback_dds_env, log)
+    try:
+        process.wait(timeout=120)
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert process.returncode == 2, text
+    assert "[mlesam_segmenter]: cannot start: model.device: 'cuda:99' but " in text and "available: cpu" in text
+    assert "Traceback" not in text

@@ -11,6 +11,7 @@ import pytest
 from fixtures.model import TINY_SIZE
 
 from mlesam_ros.bag_io import BagWriter, read_bag
+from mlesam_ros.image_conversion import image_msg_to_array
 from mlesam_ros.params import load_segment_config
 from mlesam_ros.replay import Replay, replay
 from mlesam_ros.replay import main as replay_main
@@ -217,3 +218,30 @@ def test_an_empty_bag_says_so(rosbags_kit, tmp_path, params_file, capsys, conten
     assert f"{bag}: no messages on the sensor topics (/camera/image_raw, /depth/image_raw" in err
     assert ("no topics at all" in err) == (content == "nothing")
     assert content == "nothing" or "/rosout_like (std_msgs/msg/String, 1)" in err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:99", "model.device: 'cuda:99' but "),  # CPU-only torch: no CUDA device; on a GPU machine: too few
+    ("tpu", "model.device: expected cpu, cuda, cuda:N"),
+])
+def test_a_device_this_machine_lacks_is_refused_naming_the_parameter_and_what_is_available(
+        rosbags_kit, tmp_path, capsys, device, message):
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(2)])
+    params = tmp_path / "params.yaml"
+    params.write_text("mlesam_segmenter:\n  ros__parameters:\n    model: {config: config/model/mlesam_tiny.yaml, "
+                      f"device: '{device}'}}\n    classes: deliver\n")
+    code, err = run_main(bag, tmp_path / "out", params, capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert device == "tpu" or "available: cpu" in err
+
+
+def test_two_replays_with_random_initialisation_give_the_same_labels(rosbags_kit, tmp_path, params_file, capsys):
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(3)])
+    labels = []
+    for run in ("first", "second"):  # each loads the model afresh: every random part comes from the seed
+        code, err = run_main(bag, tmp_path / run, params_file, capsys)
+        assert code == 0, err
+        labels.append([image_msg_to_array(m) for t, _, m in read_bag(tmp_path / run / "bag") if t == "/mlesam/labels"])
+    assert len(labels[0]) == len(labels[1]) == 3
+    for first, second in zip(*labels, strict=True):
+        np.testing.assert_array_equal(first, second)
