@@ -37,12 +37,14 @@ test: setup
 	@echo "[test] running the test suite (CPU only, loopback-only DDS)"
 	@$(PY) -m pytest
 
-# The quality gate CI runs before the tests: ruff over the tree, mypy on the packages (torch's types visible).
+# The quality gate CI runs before the tests: ruff over the tree, mypy on the packages (torch's types visible),
+# and the ament linters the package declares (what `colcon test` runs: lint-ament below).
 lint: setup
 	@echo "[lint] ruff check ."
 	@$(VENV)/bin/ruff check .
 	@echo "[lint] mypy (pyproject.toml [tool.mypy])"
 	@$(VENV)/bin/mypy
+	@$(MAKE) --no-print-directory lint-ament
 
 demo: setup
 	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),)
@@ -80,4 +82,5 @@ colcon-test: colcon-build
 		--event-handlers console_cohesion+; status=$$?; $(COLCON) test-result --all --verbose; exit $$status
 
 lint-ament: setup
+	@echo "[lint] ament_flake8 and ament_pep257 (as colcon test runs them)"
 	@$(PY) -m pytest -q -p no:cacheprovider -m linter test/test_flake8.py test/test_pep257.py
