@@ -268,6 +268,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "after_warm_up_last": warm[-1] if warm else None,
                    "slope_mb_per_min_after_warm_up": None if slope is None else round(slope, 2)},
         "load_average_1min_during": load,
+        "exit_code_after_sigint": process.returncode,  # the node's, or the launch service's with --launcher launch
+        "log_errors": [line for line in log.read_text().splitlines()
+                       if any(word in line for word in ("Traceback", "RCLError", "ERROR", "FATAL"))],
         "node_log_tail": log.read_text().splitlines()[-15:],
     }
     return report
