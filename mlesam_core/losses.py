@@ -1,9 +1,22 @@
-"""OHEM cross-entropy and the weighted MLE-SAM training loss (PAPER.md Eq. 14).
+"""OHEM cross-entropy and the weighted MLE-SAM training loss (PAPER.md Eq. 14), plus the terms beyond the paper
+that make one model work on every modality subset (each off by default, weights in `model.loss`).
 
 OHEM: per-pixel cross-entropy (ignore index excluded); keep the pixels whose loss exceeds -log(keep_prob)
 (true-class probability below keep_prob); if fewer than min_kept = floor(N_valid * min_kept_fraction) qualify,
 keep the min_kept largest losses instead; average over the kept pixels. Written without host syncs (the
 min_kept-th largest loss is read from a sorted copy on the device), so it is cheap inside a GPU training step.
+
+Load balancing (Switch Transformer, Fedus et al. 2022, Eq. 4-6): per fusion level, M * sum_i f_i * P_i with
+f_i the fraction of the batch's samples routed to expert i (a sample's routing split evenly over its kept
+top-k experts) and P_i the mean router probability of expert i; summed over the levels. It is 1 per level
+when routing is uniform and grows as one expert takes the load; only P carries gradient. The router here
+decides once per sample and level (the paper's router reads spatially averaged features), so a "token" of the
+Switch formula is a sample.
+
+Subset self-distillation: the prediction from a modality subset (the training step's second branch) is trained
+towards the full-set prediction of the same step, detached: T^2 * KL(softmax(Y_full / T) || softmax(Y_subset / T))
+per labelled pixel (Hinton et al. 2015, "Distilling the knowledge in a neural network"; T^2 keeps the gradient
+scale independent of T), on the final logits Y.
 """
 
 from __future__ import annotations
@@ -41,16 +54,36 @@ def _valid(member: SegmentationOutput) -> torch.Tensor:
     return member.valid
 
 
-def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
-    """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}.
+def load_balancing_loss(probs: dict[str, torch.Tensor], routing: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Switch-Transformer load balancing summed over levels: probs and routing {level: [B, M]} (router softmax
+    and kept top-k weights, as `SegmentationOutput.router_probs` / `.routing`) -> a 0-dim float32."""
+    total = torch.zeros((), device=next(iter(probs.values())).device)
+    for level, p in probs.items():
+        kept = (routing[level] > 0).float()
+        dispatch = kept / kept.sum(dim=1, keepdim=True).clamp_min(1)  # each sample's unit of load
+        total = total + p.shape[1] * (dispatch.mean(dim=0) * p.float().mean(dim=0)).sum()
+    return total
 
-    An output with `members` (SAM-LoRA in training) is scored per member on the samples where that member's
-    modality is present, and the terms are averaged over the members.
-    """
-    if output.members:
-        parts = [total_loss(member, torch.where(_valid(member)[:, None, None], labels, config.ignore_index), config)
-                 for member in output.members]
-        return {key: torch.stack([part[key] for part in parts]).mean() for key in parts[0]}
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      ignore_index: int = 255, temperature: float = 1.0) -> torch.Tensor:
+    """T^2 * mean over labelled pixels of KL(softmax(teacher / T) || softmax(student / T)); logits [B, C, H, W],
+    labels [B, H, W] (only to select pixels); the teacher is detached. A 0-dim float32."""
+    teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=1)  # [B, H, W]
+    valid = labels != ignore_index
+    return temperature ** 2 * (kl * valid).sum() / valid.sum().clamp(min=1)
+
+
+def router_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the entropy (nats) of router probabilities [B, M] (0 * log 0 = 0); 0-dim."""
+    return -torch.special.xlogy(probs.float(), probs.float()).sum(dim=1).mean()
+
+
+def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig
+                  ) -> dict[str, torch.Tensor]:
+    """{'sam', 'aux' (with an aux head), 'loss'}: Eq. 14 of one prediction."""
     terms = config.loss
 
     def ohem(logits: torch.Tensor) -> torch.Tensor:
@@ -66,4 +99,34 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     return result
 
 
-__all__ = ["ohem_cross_entropy", "total_loss"]
+def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
+    """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}, plus
+    'balance' (load-balancing loss, when `loss.router_balance_weight` > 0 and the output has routers), and for an
+    output with a `subset` prediction 'subset' (its Eq. 14 loss, weight `loss.subset_weight`) and 'distill' (its
+    KL to this output, when `loss.distill_weight` > 0).
+
+    An output with `members` (SAM-LoRA in training) is scored per member on the samples where that member's
+    modality is present, and the terms are averaged over the members.
+    """
+    if output.members:
+        parts = [total_loss(member, torch.where(_valid(member)[:, None, None], labels, config.ignore_index), config)
+                 for member in output.members]
+        return {key: torch.stack([part[key] for part in parts]).mean() for key in parts[0]}
+    terms = config.loss
+    result = _pathway_loss(output, labels, config)
+    total = result["loss"]
+    if terms.router_balance_weight > 0 and output.router_probs:
+        result["balance"] = load_balancing_loss(output.router_probs, output.routing)
+        total = total + terms.router_balance_weight * result["balance"]
+    if output.subset is not None:
+        result["subset"] = _pathway_loss(output.subset, labels, config)["loss"]
+        total = total + terms.subset_weight * result["subset"]
+        if terms.distill_weight > 0:
+            result["distill"] = distillation_loss(output.subset.logits, output.logits, labels, config.ignore_index,
+                                                  terms.distill_temperature)
+            total = total + terms.distill_weight * result["distill"]
+    result["loss"] = total
+    return result
+
+
+__all__ = ["ohem_cross_entropy", "load_balancing_loss", "distillation_loss", "router_entropy", "total_loss"]

@@ -61,13 +61,26 @@ class OptimConfig:
 
 @dataclass
 class ModalityDropoutConfig:
-    """Randomly mark modalities absent during training (never all; optionally never the protected one)."""
+    """Randomly mark modalities absent during training, per sample (never all; never the protected one).
+    `mlesam_core.data.modality_dropout` describes the samplers and the schedule. `mode`: `replace` (the paper's
+    suggestion for Table VI, and the default) trains on the dropped subset instead of the full set; `branch`
+    keeps the full set and adds the dropped subset as a second prediction of the same step, sharing the encoder
+    pass, trained with `model.loss.subset_weight` and distilled from the full set with `model.loss.distill_*`
+    (MLE-SAM only)."""
 
     p: float = 0.0
     protect: str | None = None
+    sampler: Literal["independent", "subset"] = "independent"
+    start_step: int = 0  # p is 0 before this optimiser step ...
+    ramp_steps: int = 0  # ... then rises linearly to p over this many steps (0: at once)
+    mode: Literal["replace", "branch"] = "replace"
 
     def __post_init__(self) -> None:
-        check(0 <= self.p < 1, "p", f"must lie in [0, 1), got {self.p}")
+        check(0 <= self.p <= 1, "p", f"must lie in [0, 1], got {self.p}")
+        check(self.start_step >= 0, "start_step", f"must be >= 0, got {self.start_step}")
+        check(self.ramp_steps >= 0, "ramp_steps", f"must be >= 0, got {self.ramp_steps}")
+        check(self.mode == "replace" or self.p > 0, "p", "must be positive with mode: branch (p = 0 leaves the "
+              "subset branch equal to the full set)")
 
 
 @dataclass

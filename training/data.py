@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import get_class_table
 from mlesam_core.data.collate import ModalityCollate
+from mlesam_core.data.modality_dropout import ModalityDropout
 from mlesam_core.modalities import check_modalities
 from training.config import DataConfig, TrainConfig, resolve_path
 from training.distributed import DistInfo
@@ -53,6 +54,13 @@ def check_data_against_model(data: DataConfig, model_config: Any) -> None:
                           f"{table.num_classes} classes")
     if data.case is not None and data.format != "deliver":
         raise ConfigError(f"data.case: only DELIVER has condition/case folders (data.format is {data.format!r})")
+    dropout = data.modality_dropout
+    if dropout.protect is not None and dropout.protect not in model_config.modalities:
+        raise ConfigError(f"data.modality_dropout.protect: {dropout.protect!r} is not a modality of the model "
+                          f"({', '.join(model_config.modalities)})")
+    if dropout.mode == "branch" and (model_config.architecture != "mlesam" or model_config.num_modalities < 2):
+        raise ConfigError("data.modality_dropout.mode: branch needs a multi-modal MLE-SAM (architecture mlesam); "
+                          f"this model is {model_config.architecture} on {list(model_config.modalities)}")
 
 
 def build_dataset(data: DataConfig, split: str, modalities: Sequence[str], transform: Any,
@@ -92,6 +100,15 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def build_modality_dropout(data: DataConfig, model_config: Any) -> ModalityDropout | None:
+    """The training step's modality dropout of `data.modality_dropout` (None when it never drops)."""
+    config = data.modality_dropout
+    if config.p == 0:
+        return None
+    protect = None if config.protect is None else list(model_config.modalities).index(config.protect)
+    return ModalityDropout(config.p, config.sampler, protect, config.start_step, config.ramp_steps)
+
+
 @dataclass
 class DataBundle:
     """Training and validation data of one process."""
@@ -112,8 +129,7 @@ def build_data(config: TrainConfig, model_config: Any, dist: DistInfo) -> DataBu
     data, optim = config.data, config.optim
     modalities = model_config.modalities
     size = (model_config.image_size, model_config.image_size)
-    train_pipeline = train_transform(size, modalities, augment=data.augment,
-                                     dropout_p=data.modality_dropout.p, protect=data.modality_dropout.protect)
+    train_pipeline = train_transform(size, modalities, augment=data.augment)
     train = build_dataset(data, data.train_split, modalities, train_pipeline, data.max_train_samples)
     val = build_dataset(data, data.val_split, modalities, eval_transform(size, modalities), data.max_val_samples)
     sampler = EpochSampler(len(train), config.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)

@@ -30,10 +30,12 @@ from mlesam_core.losses import total_loss
 from mlesam_core.precision import autocast
 from training import checkpoint as ckpt
 from training.config import TrainConfig, build_model_config, model_config_mapping
-from training.data import DataBundle, build_data, check_data_against_model
+from training.data import DataBundle, build_data, build_modality_dropout, check_data_against_model
 from training.distributed import all_reduce_sum, any_process, barrier, cleanup, gather_objects, init_distributed
 from training.model_setup import build_training_model, sam2_checkpoint_path, save_adapters_atomic
+from training.router_stats import router_statistics
 from training.run_log import RunLog
+from training.sampling import dropout_seed
 from training.schedule import warmup_poly_scheduler
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,9 @@ class StopRequest:
                     signal.Signals(signum).name)
 
 
-class LossWindow:
-    """Loss terms (device tensors, no host sync per step) and time since the last report."""
+class MetricWindow:
+    """Per-step training scalars (device tensors, no host sync per step), each averaged over the steps that
+    produced it, and the time since the last report."""
 
     def __init__(self) -> None:
         self.reset()
@@ -89,21 +92,23 @@ class LossWindow:
     def reset(self) -> None:
         """Start a new window now."""
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.steps = 0
         self.started = time.perf_counter()
 
-    def add(self, terms: dict[str, torch.Tensor]) -> None:
-        """Add one optimiser step's mean loss terms."""
-        for name, value in terms.items():
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        """Add one optimiser step's values."""
+        for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
         self.steps += 1
 
     def flush(self, images_per_step: int) -> tuple[dict[str, float], float]:
-        """(mean terms as 'loss', 'loss_sam', 'loss_aux'; images per second), then start a new window."""
-        terms = {(k if k == "loss" else f"loss_{k}"): float(v) / self.steps for k, v in self.sums.items()}
+        """(mean of each value; images per second), then start a new window."""
+        means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
         rate = self.steps * images_per_step / (time.perf_counter() - self.started)
         self.reset()
-        return terms, rate
+        return means, rate
 
 
 def _seed_everything(seed: int) -> None:
@@ -144,6 +149,7 @@ class Trainer:
                               f"{self.data.batches_per_epoch} batches of {optim.batch_size} per process, fewer than "
                               f"optim.grad_accum_steps={optim.grad_accum_steps}; lower it or add samples")
         self.model = build_training_model(config, self.model_config, self.device)
+        self.modality_dropout = build_modality_dropout(config.data, self.model_config)
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.distributed:
             # Every trainable tensor is in every step's graph (the model runs all expert chunks in training, even
@@ -209,28 +215,46 @@ class Trainer:
 
     # ---- one optimiser step --------------------------------------------------------------------------------
     def _optimizer_step(self, batches: Any) -> dict[str, torch.Tensor]:
-        """Forward/backward `grad_accum_steps` batches, then step; returns the mean loss terms (tensors)."""
+        """Forward/backward `grad_accum_steps` batches, then step; returns the mean loss terms ('loss',
+        'loss_<term>') and router statistics (`training.router_stats`), as detached tensors."""
         accum = self.config.optim.grad_accum_steps
         totals: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = next(batches)
             images = batch["images"].to(self.device, non_blocking=True)
-            present = batch["present"].to(self.device, non_blocking=True)
+            present, subset = self._drop_modalities(batch["present"], micro)
             labels = batch["labels"].to(self.device, non_blocking=True)
             sync = micro == accum - 1 or not self.dist.distributed
             with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
                 with autocast(self.device, self.config.optim.precision):
-                    output = self.ddp_model(images, present)
+                    output = (self.ddp_model(images, present) if subset is None
+                              else self.ddp_model(images, present, subset_present=subset))
                     terms = total_loss(output, labels, self.model_config)
                 (terms["loss"] / accum).backward()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.detach().float() / accum
+            values = {(name if name == "loss" else f"loss_{name}"): value.detach().float()
+                      for name, value in terms.items()}
+            if output.router_probs:
+                values.update(router_statistics(output.router_probs, output.routing, self.model_config.modalities))
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value / accum
         if self.config.optim.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return totals
+
+    def _drop_modalities(self, present: torch.Tensor, micro: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(present, subset_present) on the device for this micro-batch: modality dropout replaces the batch's
+        modalities, or with mode 'branch' keeps them and returns the dropped subset as a second prediction's."""
+        dropout, step = self.modality_dropout, self.progress.step
+        if dropout is None or dropout.probability(step) == 0:
+            return present.to(self.device, non_blocking=True), None
+        generator = torch.Generator().manual_seed(dropout_seed(self.config.seed, self.dist.rank, step, micro))
+        kept = dropout(present, step, generator).to(self.device, non_blocking=True)
+        if self.config.data.modality_dropout.mode == "replace":
+            return kept, None
+        return present.to(self.device, non_blocking=True), kept
 
     # ---- validation ----------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
@@ -274,19 +298,20 @@ class Trainer:
         return epoch_done and val.every_epochs is not None and self.progress.epoch % val.every_epochs == 0
 
     # ---- the run -------------------------------------------------------------------------------------------
-    def _log(self, window: LossWindow, lr: float, bar: tqdm) -> None:
-        """Report the mean loss terms and throughput since the last report (bar, metrics.jsonl, TensorBoard)."""
+    def _log(self, window: MetricWindow, lr: float, bar: tqdm) -> None:
+        """Report the mean loss terms, router statistics and throughput since the last report (bar, metrics.jsonl,
+        TensorBoard)."""
         images_per_step = self.config.optim.batch_size * self.config.optim.grad_accum_steps * self.dist.world_size
-        terms, rate = window.flush(images_per_step)
-        if not math.isfinite(terms["loss"]):
-            raise FloatingPointError(f"step {self.progress.step}: training loss is {terms['loss']}; lower optim.lr "
+        values, rate = window.flush(images_per_step)
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"step {self.progress.step}: training loss is {values['loss']}; lower optim.lr "
                                      f"or check the data")
-        bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
         if self.run_log is not None:
             self.run_log.write("train", self.progress.step,
-                               {"epoch": self.progress.epoch, **terms, "lr": lr, "images_per_s": rate})
+                               {"epoch": self.progress.epoch, **values, "lr": lr, "images_per_s": rate})
 
-    def _run_epoch(self, bar: tqdm, stop: StopRequest, stop_at: int | None, window: LossWindow) -> str | None:
+    def _run_epoch(self, bar: tqdm, stop: StopRequest, stop_at: int | None, window: MetricWindow) -> str | None:
         """Train the rest of the current epoch; 'finished' (budget reached), 'stopped' (signal or `stop_at`,
         `last` saved) or None (epoch done)."""
         accum = self.config.optim.grad_accum_steps
@@ -335,7 +360,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
                    disable=not self.progress_bar, dynamic_ncols=True)
-        window = LossWindow()
+        window = MetricWindow()
         outcome = None
         try:
             while self.progress.step < self.total_steps and outcome is None:

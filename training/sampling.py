@@ -1,6 +1,6 @@
 """Reproducible, resumable data order: the sample order and every sample's augmentation randomness are
-functions of (seed, epoch, index) only, so a resumed run sees exactly the batches the uninterrupted run saw,
-whatever the number of loader workers.
+functions of (seed, epoch, index) only, and a batch's modality dropout of (seed, rank, step, micro-batch), so a
+resumed run sees exactly the batches the uninterrupted run saw, whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-_SAMPLE, _ORDER = 1, 2  # stream tags: a sample's augmentation vs an epoch's permutation
+_SAMPLE, _ORDER, _DROPOUT = 1, 2, 3  # stream tags: a sample's augmentation, an epoch's permutation, a batch's dropout
 
 
 def _derive(*parts: int) -> int:
@@ -22,6 +22,11 @@ def _derive(*parts: int) -> int:
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed for one sample of one epoch."""
     return _derive(seed, _SAMPLE, epoch, index)
+
+
+def dropout_seed(seed: int, rank: int, step: int, micro_batch: int) -> int:
+    """A 32-bit seed for the modality dropout of one micro-batch of one optimiser step of one process."""
+    return _derive(seed, _DROPOUT, rank, step, micro_batch)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

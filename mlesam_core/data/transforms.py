@@ -189,35 +189,6 @@ class NoiseInjection:
         return {**sample, "images": images}
 
 
-class ModalityDropout:
-    """Mark each modality absent with probability p (`present` mask); never all of them, never `protect`.
-
-    The images stay in the sample: collation zeroes absent modalities after normalisation, which is what the
-    model sees when a sensor is missing at run time.
-    """
-
-    def __init__(self, p: float, protect: str | None = None) -> None:
-        if not 0 <= p < 1:
-            raise ValueError(f"modality dropout probability must lie in [0, 1), got {p}")
-        if protect is not None:
-            get_modality(protect)
-        self.p, self.protect = p, protect
-
-    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        names = list(sample["images"])
-        if self.protect is not None and self.protect not in names:
-            raise KeyError(f"modality dropout: protected modality {self.protect!r} is not in the sample "
-                           f"(it has: {', '.join(names)})")
-        draws = torch.rand(len(names), generator=generator)
-        present = {n: bool(d >= self.p) or n == self.protect for n, d in zip(names, draws, strict=True)}
-        if not any(present.values()):
-            keep = int(torch.randint(len(names), (1,), generator=generator))
-            present[names[keep]] = True
-        previous = sample.get("present", {})
-        present = {n: present[n] and previous.get(n, True) for n in names}
-        return {**sample, "present": present}
-
-
 class ToModelInput:
     """Images (any channel count the modality takes) -> float32 tensors [3, H, W] mapped and normalised as the
     Segmenter does (`preprocess.normalize_into`); label -> int64 tensor [H, W]."""
@@ -242,13 +213,11 @@ class ToModelInput:
 
 
 def train_transform(size: tuple[int, int], modalities: Sequence[str], augment: bool = True,
-                    dropout_p: float = 0.0, protect: str | None = None,
                     scale: tuple[float, float] = (0.5, 2.0)) -> Compose:
-    """DELIVER's training pipeline (or a plain resize when `augment` is off), optional modality dropout."""
+    """DELIVER's training pipeline (or a plain resize when `augment` is off). Modality dropout acts on the
+    batch, in the training step (`mlesam_core.data.modality_dropout`)."""
     steps: list = [ColorJitter(p=0.2), RandomHorizontalFlip(0.5), GaussianBlur(p=0.2, kernel=3),
                    RandomResizedCrop(size, scale)] if augment else [Resize(size)]
-    if dropout_p > 0:
-        steps.append(ModalityDropout(dropout_p, protect))
     return Compose(steps + [ToModelInput(modalities)])
 
 

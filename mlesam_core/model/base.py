@@ -37,6 +37,10 @@ class SegmentationOutput:
     # the loss trains every member on its own prediction, as the paper's separately trained models
     members: list[SegmentationOutput] | None = None
     valid: torch.Tensor | None = None
+    # MLE-SAM: each level's router softmax before the top-k [B, M] (absent modalities 0; empty for avg fusion)
+    router_probs: dict[str, torch.Tensor] | None = None
+    # MLE-SAM given `subset_present`: the prediction from that modality subset, sharing this pass's encoder run
+    subset: SegmentationOutput | None = None
 
 
 @dataclass

@@ -20,6 +20,8 @@ from mlesam_core.modalities import check_modalities
 RUNTIME_KEYS = frozenset({
     "image_size", "activation_checkpointing", "random_init_seed", "lora.grouped", "lora.dropout",
     "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
+    "router.noise_std", "loss.router_balance_weight", "loss.subset_weight", "loss.distill_weight",
+    "loss.distill_temperature",
 })
 
 
@@ -120,13 +122,20 @@ class LoRAConfig:
 
 @dataclass
 class RouterConfig:
-    """The per-level mixture-of-experts router (Eq. 8-10)."""
+    """The per-level mixture-of-experts router (Eq. 8-10). `temperature` and `noise_std` go beyond the paper (which
+    specifies neither; defaults leave its router unchanged): softmax(logits / temperature), and in training
+    N(0, noise_std^2) added to the logits before the softmax and top-k, as the noisy top-k gating of Shazeer et
+    al. 2017 ("Outrageously large neural networks", there with a learned noise scale; here a fixed one)."""
 
     top_k: int = 2
     renormalize: bool = False  # rescale the kept top-k weights to sum to 1
+    temperature: float = 1.0
+    noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.top_k > 0, "top_k", f"must be positive, got {self.top_k}")
+        check(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        check(self.noise_std >= 0, "noise_std", f"must be >= 0, got {self.noise_std}")
 
 
 @dataclass
@@ -163,17 +172,28 @@ class OutputConfig:
 
 @dataclass
 class LossConfig:
-    """L = sam_weight * OHEM(Y_sam) + aux_weight * OHEM(Y_aux) (Eq. 14; the paper gives no weights)."""
+    """L = sam_weight * OHEM(Y_sam) + aux_weight * OHEM(Y_aux) (Eq. 14; the paper gives no weights), plus terms
+    beyond the paper, all off by default (`mlesam_core.losses`): router_balance_weight x the Switch-Transformer
+    load-balancing loss; and, when training adds a modality-subset branch (`data.modality_dropout.mode: branch`),
+    subset_weight x the subset prediction's own Eq. 14 loss + distill_weight x the temperature-scaled KL from
+    the full-set prediction (detached) to the subset's."""
 
     sam_weight: float = 1.0
     aux_weight: float = 0.4
     ohem_keep_prob: float = 0.7  # keep pixels whose true-class probability is below this (loss > -log p)
     ohem_min_kept_fraction: float = 1.0 / 16.0  # ... but at least this fraction of the valid pixels
+    router_balance_weight: float = 0.0
+    subset_weight: float = 1.0
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         check(0.0 < self.ohem_keep_prob <= 1.0, "ohem_keep_prob", f"must lie in (0, 1], got {self.ohem_keep_prob}")
         check(0.0 <= self.ohem_min_kept_fraction <= 1.0, "ohem_min_kept_fraction",
               f"must lie in [0, 1], got {self.ohem_min_kept_fraction}")
+        for name in ("router_balance_weight", "subset_weight", "distill_weight"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(self.distill_temperature > 0, "distill_temperature", f"must be positive, got {self.distill_temperature}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mlesam_core.model.aux_head import AuxHead
-from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
+from mlesam_core.model.base import LoRASam2Model, ModalityFeatures, SegmentationOutput
 
 if TYPE_CHECKING:
     from sam2.modeling.sam.mask_decoder import MaskDecoder
@@ -31,8 +31,9 @@ class MLESAM(LoRASam2Model):
     def build_heads(self, mask_decoder: MaskDecoder) -> None:
         config = self.config
         dim = mask_decoder.transformer_dim
-        self.fusion = FeatureFusion(len(self.modalities), dim, config.fusion, config.router.top_k,
-                                    config.router.renormalize)
+        router = config.router
+        self.fusion = FeatureFusion(len(self.modalities), dim, config.fusion, router.top_k, router.renormalize,
+                                    router.temperature, router.noise_std)
         self.mask_head = self.new_mask_head(mask_decoder)
         self.aux_head = (AuxHead(dim, config.aux_head.dim, config.num_classes, config.aux_head.dropout)
                          if config.aux_head.enabled else None)
@@ -40,17 +41,35 @@ class MLESAM(LoRASam2Model):
     def mask_head_prefixes(self) -> list[str]:
         return ["mask_head"]
 
-    def forward(self, images: torch.Tensor, present: torch.Tensor,
-                active: Sequence[int] | None = None) -> SegmentationOutput:
+    def forward(self, images: torch.Tensor, present: torch.Tensor, active: Sequence[int] | None = None,
+                subset_present: torch.Tensor | None = None) -> SegmentationOutput:
         """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput.
-        `active`: optional host-side ids of the modalities present in some sample (saves a host sync)."""
+        `active`: optional host-side ids of the modalities present in some sample (saves a host sync).
+        `subset_present` bool [B, M], within `present`: also predict from that modality subset (`output.subset`),
+        reusing this pass's per-modality encoder features: each expert's features do not depend on which other
+        modalities are present, so this equals a second forward with `subset_present` at the cost of one more
+        fusion and decoding."""
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
-        fused, routing = self.fusion(features.levels, present, features.index)
+        size = (images.shape[-2], images.shape[-1])
+        output = self._decode(features, present, size)
+        if subset_present is not None:
+            if subset_present.shape != present.shape or subset_present.dtype != torch.bool:
+                raise ValueError(f"subset_present: expected a bool tensor {tuple(present.shape)}, got "
+                                 f"{subset_present.dtype} {tuple(subset_present.shape)}")
+            output.subset = self._decode(features, subset_present & present, size)
+        return output
+
+    def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]
+                ) -> SegmentationOutput:
+        """Fusion (absent modalities masked) and both pathways."""
+        fused, routing, probs = self.fusion(features.levels, present, features.index)
         ffp, ifp, sfm = fused
         sam = self.mask_head(self.sam_decoder, sfm, ifp, ffp)
         aux = self.aux_head(fused) if self.aux_head is not None else None
-        return self.combine(sam, aux, (images.shape[-2], images.shape[-1]), routing)
+        output = self.combine(sam, aux, size, routing)
+        output.router_probs = probs
+        return output
 
 
 __all__ = ["MLESAM"]

@@ -6,6 +6,10 @@ Per level l, with P the present modalities of a sample:
         absent logits are pushed to the float32 minimum, so their weight is exactly 0)
   F_moe = sum_{m in TopK(w)} w_m F_m                                      (Eq. 10; top-k among present only)
   fusion avg | moe | avg+moe gives F_avg, F_moe or F_avg + F_moe.
+Beyond the paper (config `router`, defaults = the paper's router): the logits are divided by a temperature, and
+in training Gaussian noise can be added to them before the softmax and top-k (noisy top-k gating, Shazeer et al.
+2017); the full softmax probabilities are returned with the kept weights, for the load-balancing loss and the
+router statistics a run logs (`mlesam_core.losses`).
 Choices the paper leaves open (docs/model.md): the router reads the concatenated 256-channel FPN embeddings
 (one linear layer per level); fusion happens on the 256-channel FPN maps, and the decoder's conv_s1/conv_s0
 are applied after fusion (once per sample instead of once per modality). All fusions are one einsum with
@@ -25,17 +29,26 @@ LEVELS = ("ffp", "ifp", "sfm")  # finest (stride 4) to coarsest (stride 16), the
 class ModalityRouter(nn.Module):
     """One level's router: a linear layer over the concatenated per-modality embeddings, masked softmax, top-k."""
 
-    def __init__(self, num_modalities: int, channels: int, top_k: int, renormalize: bool) -> None:
+    def __init__(self, num_modalities: int, channels: int, top_k: int, renormalize: bool, temperature: float = 1.0,
+                 noise_std: float = 0.0) -> None:
         super().__init__()
         self.num_modalities = num_modalities
         self.top_k = min(top_k, num_modalities)
         self.renormalize = renormalize
+        self.temperature = temperature
+        self.noise_std = noise_std
         self.linear = nn.Linear(num_modalities * channels, num_modalities)
 
     def forward(self, features: torch.Tensor, present: torch.Tensor, index: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """features [M', B, C, h, w] of modalities `index` (None: all M), present bool [B, M] -> weights [B, M]
         (float32; exactly 0 for absent modalities and outside the top-k)."""
+        return self.route(features, present, index)[0]
+
+    def route(self, features: torch.Tensor, present: torch.Tensor, index: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `forward`, returning (kept weights [B, M], softmax probabilities [B, M] before the top-k), both
+        float32 and exactly 0 for absent modalities."""
         embeddings = features.mean(dim=(-2, -1), dtype=torch.float32).transpose(0, 1)  # [B, M', C]
         if index is not None:
             embeddings = embeddings.new_zeros(present.shape[0], self.num_modalities,
@@ -43,44 +56,50 @@ class ModalityRouter(nn.Module):
         embeddings = torch.where(present[:, :, None], embeddings, 0).flatten(1)  # [B, M*C]
         with torch.autocast(features.device.type, enabled=False):
             logits = nn.functional.linear(embeddings, self.linear.weight.float(), self.linear.bias.float())
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.training and self.noise_std > 0:
+            logits = logits + self.noise_std * torch.randn_like(logits)
         logits = torch.where(present, logits, torch.finfo(torch.float32).min)
         probs = torch.softmax(logits, dim=1)
         kept = torch.zeros_like(probs).scatter_(1, probs.topk(self.top_k, dim=1).indices, 1.0)
         weights = probs * kept * present
         if self.renormalize:
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        return weights
+        return weights, probs * present
 
 
 class FeatureFusion(nn.Module):
     """Fuses per-modality maps per level into [B, C, h, w]; reports per-level modality weights [B, M]."""
 
-    def __init__(self, num_modalities: int, channels: int, mode: str, top_k: int, renormalize: bool) -> None:
+    def __init__(self, num_modalities: int, channels: int, mode: str, top_k: int, renormalize: bool,
+                 temperature: float = 1.0, noise_std: float = 0.0) -> None:
         super().__init__()
         if mode not in ("avg", "moe", "avg+moe"):
             raise ValueError(f"fusion must be avg, moe or avg+moe, got {mode!r}")
         self.mode = mode
         self.routers = nn.ModuleDict(
-            {level: ModalityRouter(num_modalities, channels, top_k, renormalize) for level in LEVELS}
+            {level: ModalityRouter(num_modalities, channels, top_k, renormalize, temperature, noise_std)
+             for level in LEVELS}
         ) if mode != "avg" else None
 
     def forward(self, levels: list[torch.Tensor], present: torch.Tensor, index: torch.Tensor | None = None
-                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """levels [M', B, C, h, w] (modalities `index`, None: all), finest first -> (fused [B, C, h, w] finest
-        first, routing {level: [B, M]}). Routing is the router's kept top-k weights for moe and avg+moe, and the
-        averaging weights for avg."""
+        first, routing {level: [B, M]}, router probabilities {level: [B, M]}). Routing is the router's kept top-k
+        weights for moe and avg+moe, and the averaging weights for avg (which has no router: no probabilities)."""
         average = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
-        fused, routing = [], {}
+        fused, routing, probs = [], {}, {}
         for level, features in zip(LEVELS, levels, strict=True):
             if self.routers is None:
                 weights = routing[level] = average
             else:
-                routing[level] = self.routers[level](features, present, index)
+                routing[level], probs[level] = self.routers[level].route(features, present, index)
                 weights = routing[level] if self.mode == "moe" else average + routing[level]
             if index is not None:
                 weights = weights.index_select(1, index)
             fused.append(torch.einsum("bm,mbchw->bchw", weights.to(features.dtype), features))
-        return fused, routing
+        return fused, routing, probs
 
 
 __all__ = ["LEVELS", "ModalityRouter", "FeatureFusion"]

@@ -188,3 +188,46 @@ def test_sam_lora_members_are_trained_on_their_own_predictions():
     model.eval()
     with torch.no_grad():
         assert model(images, present).members is None  # inference averages, no per-member upsampling
+
+
+def test_router_temperature_divides_the_logits_and_noise_acts_only_in_training():
+    torch.manual_seed(0)
+    features = torch.randn(4, 3, 8, 2, 2)
+    present = torch.ones(3, 4, dtype=torch.bool)
+    plain = ModalityRouter(4, 8, top_k=4, renormalize=False)
+    hot = ModalityRouter(4, 8, top_k=4, renormalize=False, temperature=2.0)
+    hot.load_state_dict(plain.state_dict())
+    _, probs = plain.route(features, present)
+    _, hot_probs = hot.route(features, present)
+    torch.testing.assert_close(hot_probs, torch.softmax(probs.log() / 2, dim=1))  # softmax(logits / T)
+    noisy = ModalityRouter(4, 8, top_k=4, renormalize=False, noise_std=1.0)
+    noisy.load_state_dict(plain.state_dict())
+    noisy.eval()
+    torch.testing.assert_close(noisy(features, present), plain(features, present), rtol=0, atol=0)
+    noisy.train()
+    first, second = noisy(features, present), noisy(features, present)
+    assert not torch.equal(first, second)
+    present[0, 1] = False  # noise never routes to an absent modality
+    assert all((noisy(features, present)[0, 1] == 0).item() for _ in range(20))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_subset_prediction_equals_a_forward_with_the_subset_alone(train):
+    model = build_model(tiny_config("aux_head.dropout=0.0", "router.top_k=2"))
+    randomize_lora(model)
+    model.train(train)
+    images, present = random_batch(model.config, batch=3, seed=5)
+    subset = present.clone()
+    subset[0, 1:] = False  # rgb alone
+    subset[1, 0] = False  # no rgb
+    subset[2, 3] = False
+    with torch.no_grad():
+        both = model(images, present, subset_present=subset)
+        alone = model(images, subset)
+        full = model(images, present)
+    torch.testing.assert_close(both.logits, full.logits)
+    torch.testing.assert_close(both.subset.logits, alone.logits, rtol=1e-4, atol=1e-4)
+    for level in alone.routing:
+        torch.testing.assert_close(both.subset.routing[level], alone.routing[level])
+        torch.testing.assert_close(both.subset.router_probs[level], alone.router_probs[level])
+    assert both.subset.subset is None and full.subset is None

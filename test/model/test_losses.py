@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mlesam_core.losses import ohem_cross_entropy, total_loss
+from mlesam_core.losses import distillation_loss, load_balancing_loss, ohem_cross_entropy, router_entropy, total_loss
 from mlesam_core.model.base import SegmentationOutput
-from mlesam_core.model.config import MLESAMConfig
+from mlesam_core.model.config import LossConfig, MLESAMConfig
 
 
 def _two_class_logits(true_probs: list[float], labels: list[int]) -> torch.Tensor:
@@ -63,3 +63,79 @@ def test_total_loss_weights_the_two_pathways():
     assert terms["loss"].item() == pytest.approx(terms["sam"].item() + 0.4 * terms["aux"].item(), rel=1e-6)
     no_aux = total_loss(SegmentationOutput(sam, sam, None, {}), labels, config)
     assert set(no_aux) == {"sam", "loss"} and no_aux["loss"] == no_aux["sam"]
+
+
+# ---- beyond the paper: load balancing, subset distillation, router entropy -------------------------------------
+
+def test_load_balancing_is_m_times_fraction_routed_times_mean_gate_summed_over_levels():
+    # level a, top-1 of 2: both samples go to expert 0 -> f = (1, 0); P = (0.7, 0.3); 2 * (1 * 0.7) = 1.4
+    probs_a = torch.tensor([[0.8, 0.2], [0.6, 0.4]], requires_grad=True)
+    routing_a = torch.tensor([[0.8, 0.0], [0.6, 0.0]])
+    # level b, top-2 of 3, sample 1 has no third modality: dispatch (1/2, 1/2, 0), (1/2, 0, 1/2)
+    # -> f = (1/2, 1/4, 1/4); P = (0.45, 0.3, 0.25); 3 * (0.225 + 0.075 + 0.0625) = 1.0875
+    probs_b = torch.tensor([[0.5, 0.4, 0.1], [0.4, 0.2, 0.4]])
+    routing_b = torch.tensor([[0.5, 0.4, 0.0], [0.4, 0.0, 0.4]])
+    loss = load_balancing_loss({"a": probs_a}, {"a": routing_a})
+    assert loss.item() == pytest.approx(1.4, rel=1e-6)
+    both = load_balancing_loss({"a": probs_a, "b": probs_b}, {"a": routing_a, "b": routing_b})
+    assert both.item() == pytest.approx(1.4 + 1.0875, rel=1e-6)
+    loss.backward()  # only P carries gradient: d/dp[b, i] = M * f_i / B
+    torch.testing.assert_close(probs_a.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+
+
+def test_load_balancing_of_uniform_routing_is_one_per_level():
+    probs = torch.full((4, 4), 0.25)
+    routing = torch.tensor([[0.25, 0.25, 0, 0], [0, 0, 0.25, 0.25], [0.25, 0, 0.25, 0], [0, 0.25, 0, 0.25]])
+    assert load_balancing_loss({"ffp": probs, "sfm": probs}, {"ffp": routing, "sfm": routing}).item() == \
+        pytest.approx(2.0, rel=1e-6)
+
+
+def test_distillation_is_t_squared_kl_from_the_detached_teacher_over_labelled_pixels():
+    # pixel 0: teacher (0.5, 0.5), student (0.8, 0.2); pixel 1 is ignored (its huge KL must not count)
+    teacher = torch.tensor([[0.0, 10.0], [0.0, -10.0]])[None, :, None, :].requires_grad_(True)  # [1, 2, 1, 2]
+    student = torch.tensor([[math.log(0.8), 0.0], [math.log(0.2), 0.0]])[None, :, None, :].requires_grad_(True)
+    labels = torch.tensor([[[0, 255]]])
+    kl_t1 = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)  # 0.2231
+    assert distillation_loss(student, teacher, labels).item() == pytest.approx(kl_t1, rel=1e-5)
+    # T = 2: student softmax(log p / 2) = (sqrt .8, sqrt .2) normalised = (2/3, 1/3); teacher stays (0.5, 0.5)
+    kl_t2 = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
+    loss = distillation_loss(student, teacher, labels, temperature=2.0)
+    assert loss.item() == pytest.approx(4 * kl_t2, rel=1e-5)
+    loss.backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+def test_distillation_of_equal_predictions_is_zero():
+    logits = torch.randn(2, 5, 3, 3)
+    assert distillation_loss(logits, logits.clone(), torch.zeros(2, 3, 3, dtype=torch.long)).item() == \
+        pytest.approx(0.0, abs=1e-6)
+
+
+def test_router_entropy_is_the_mean_entropy_in_nats_with_zero_log_zero_as_zero():
+    probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    assert router_entropy(probs).item() == pytest.approx(math.log(2) / 2, rel=1e-6)
+
+
+def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weights():
+    config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2, loss=LossConfig(
+        router_balance_weight=0.5, subset_weight=0.3, distill_weight=2.0, distill_temperature=1.0))
+    labels = torch.tensor([[LABELS]])
+    sam = _two_class_logits(PROBS, LABELS)
+    aux = _two_class_logits([0.1] * 5, LABELS)
+    routing = {"sfm": torch.tensor([[0.9, 0.0]])}
+    probs = {"sfm": torch.tensor([[0.9, 0.1]])}
+    subset = SegmentationOutput(logits=aux, sam_logits=aux, aux_logits=aux, routing={})
+    output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux, routing=routing,
+                                router_probs=probs, subset=subset)
+    terms = total_loss(output, labels, config)
+    assert terms["balance"].item() == pytest.approx(2 * 0.9, rel=1e-6)
+    assert terms["subset"].item() == pytest.approx((1 + 0.4) * -math.log(0.1), rel=1e-6)
+    assert terms["distill"].item() == pytest.approx(
+        distillation_loss(aux, sam + aux, labels).item(), rel=1e-6)
+    expected = (terms["sam"] + 0.4 * terms["aux"] + 0.5 * terms["balance"] + 0.3 * terms["subset"]
+                + 2.0 * terms["distill"])
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # the paper's defaults add nothing
+    plain = total_loss(output, labels, MLESAMConfig(modalities=("rgb", "depth"), num_classes=2))
+    assert "balance" not in plain and "distill" not in plain
+    assert plain["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + terms["subset"]).item())

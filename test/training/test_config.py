@@ -44,7 +44,10 @@ def test_paper_recipe_config_holds_table_ix():
     (["optim.batch_size=0"], "optim.batch_size: must be positive"),
     (["optim.schedule.warmup_ratio=2"], "optim.schedule.warmup_ratio: must lie in [0, 1]"),
     (["data.format=kitti"], "data.format: must be one of"),
-    (["data.modality_dropout.p=1.5"], "data.modality_dropout.p: must lie in [0, 1)"),
+    (["data.modality_dropout.p=1.5"], "data.modality_dropout.p: must lie in [0, 1]"),
+    (["data.modality_dropout.sampler=all"], "data.modality_dropout.sampler: must be one of"),
+    (["data.modality_dropout.mode=branch"], "data.modality_dropout.p: must be positive with mode: branch"),
+    (["data.modality_dropout.ramp_steps=-1"], "data.modality_dropout.ramp_steps: must be >= 0"),
     (["validation.metric=dice"], "validation.metric: must be one of"),
 ])
 def test_bad_train_values_name_the_key(tmp_path, overrides, message):
@@ -72,6 +75,10 @@ def test_bad_model_values_are_named_under_model(tmp_path):
     (["data.format=muses", "model.modalities=[frame]"], "model.classes: 'deliver', but data.format is 'muses'"),
     (["data.format=muses", "model.modalities=[frame]", "model.classes=muses", "data.case=fog"],
      "data.case: only DELIVER"),
+    (["data.modality_dropout.p=0.5", "data.modality_dropout.protect=frame"],
+     "data.modality_dropout.protect: 'frame' is not a modality of the model"),
+    (["data.modality_dropout.p=0.5", "data.modality_dropout.mode=branch", "model.architecture=sam_lora"],
+     "data.modality_dropout.mode: branch needs a multi-modal MLE-SAM"),
 ])
 def test_data_that_cannot_fit_the_model_is_refused_by_key(tmp_path, overrides, message):
     config = _config(tmp_path, *overrides)

@@ -44,9 +44,14 @@ def test_run_writes_metrics_checkpoints_and_adapters_the_segmenter_loads(tiny_ru
     assert prediction.labels.shape == (64, 80)
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config, tmp_path):
+@pytest.mark.parametrize("dropout", [
+    ("data.modality_dropout.p=0.5", "data.modality_dropout.ramp_steps=4"),
+    ("data.modality_dropout.p=1.0", "data.modality_dropout.sampler=subset", "data.modality_dropout.mode=branch",
+     "model.loss.distill_weight=1.0", "model.loss.router_balance_weight=0.1", "model.router.noise_std=0.5"),
+], ids=["replace", "branch"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config, tmp_path, dropout):
     # augmentation and modality dropout on, and 4 steps per epoch: the resume point (3) lies mid-epoch
-    extra = ("data.augment=true", "data.modality_dropout.p=0.5", "optim.grad_accum_steps=1")
+    extra = ("data.augment=true", *dropout, "optim.grad_accum_steps=1")
     straight = tiny_config(tmp_path / "straight", *extra, "data.max_train_samples=8")
     interrupted = tiny_config(tmp_path / "resumed", *extra, "data.max_train_samples=8")
     train(straight, progress_bar=False)
@@ -83,8 +88,11 @@ def test_two_process_gloo_torchrun_trains_and_rank0_writes_one_checkpoint(tiny_o
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000)]
-    # modality dropout on: a modality absent from a process's whole batch must not stall the gradient all-reduce
-    overrides = tiny_overrides(out, steps=3) + ["num_threads=1", "data.modality_dropout.p=0.7"]
+    # modality dropout on: a modality absent from a process's whole batch must not stall the gradient all-reduce;
+    # in branch mode (a second, subset prediction from the same encoder pass) with the load-balancing loss
+    overrides = tiny_overrides(out, steps=3) + ["num_threads=1", "data.modality_dropout.p=0.7",
+                                                "data.modality_dropout.mode=branch", "model.loss.distill_weight=1.0",
+                                                "model.loss.router_balance_weight=0.01"]
     done = subprocess.run(torchrun + ["-m", "training.train", "--no-progress", "--config",
                                       "config/train/synthetic_cpu.yaml", *overrides],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
