@@ -81,7 +81,14 @@ def majority_baseline(root: Path) -> dict[str, float]:
 def run_variant(name: str, common: list[str], runs: Path, resume: bool) -> dict[str, Any]:
     """Train one variant (or reuse its finished run), evaluate it on val, return its figures."""
     description, overrides = VARIANTS[name]
-    out_dir = runs / name
+    return train_and_evaluate(name, description, overrides, common, runs / name, resume)
+
+
+def train_and_evaluate(name: str, description: str, overrides: list[str], common: list[str], out_dir: Path,
+                       resume: bool) -> dict[str, Any]:
+    """Train BASE_CONFIG + `common` + `overrides` into `out_dir` (or reuse a finished run there when `resume`),
+    evaluate it on val (every modality subset for a multi-modal model, per condition and failure case, router
+    statistics with all modalities), return its figures."""
     config = load_train_config(BASE_CONFIG, common + overrides + [f"out_dir={out_dir}"])
     adapters = out_dir / "adapters.safetensors"
     if not (resume and adapters.exists()):
@@ -110,7 +117,33 @@ def run_variant(name: str, common: list[str], runs: Path, resume: bool) -> dict[
         "train_wall_s": round(train_seconds, 1) if train_seconds else None,
         "eval_wall_s": round(time.perf_counter() - started, 1),
         "val": report,
+        "router": val_router_statistics(config, adapters),
     }
+
+
+def val_router_statistics(config: Any, adapters: Path) -> dict[str, float]:
+    """`training.router_stats` over the val split with every modality (entropy, mean weight and load per level
+    and expert); {} for a model without routers."""
+    from torch.utils.data import DataLoader
+
+    from mlesam_core.data.collate import ModalityCollate
+    from mlesam_core.data.transforms import eval_transform
+    from mlesam_core.model import load_adapters
+    from mlesam_core.model.adapters import adapter_config
+    from training.data import build_dataset
+    from training.model_setup import build_training_model
+    from training.router_stats import dataset_router_statistics
+
+    model_config = adapter_config(adapters)
+    if model_config.architecture != "mlesam" or model_config.fusion == "avg" or model_config.num_modalities < 2:
+        return {}
+    model = build_training_model(config, model_config, torch.device("cpu"))
+    load_adapters(model, adapters)
+    size = (model_config.image_size, model_config.image_size)
+    dataset = build_dataset(config.data, "val", model_config.modalities,
+                            eval_transform(size, model_config.modalities))
+    loader = DataLoader(dataset, batch_size=16, collate_fn=ModalityCollate(model_config.modalities))
+    return dataset_router_statistics(model, loader)
 
 
 def _miou(variant: dict[str, Any], condition: str | None = None, protocol: str = "all_classes") -> float:

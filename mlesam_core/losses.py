@@ -102,8 +102,8 @@ def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLES
 def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
     """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}, plus
     'balance' (load-balancing loss, when `loss.router_balance_weight` > 0 and the output has routers), and for an
-    output with a `subset` prediction 'subset' (its Eq. 14 loss, weight `loss.subset_weight`) and 'distill' (its
-    KL to this output, when `loss.distill_weight` > 0).
+    output with `subsets` predictions 'subset' (their mean Eq. 14 loss, weight `loss.subset_weight`) and 'distill'
+    (their mean KL to this output, when `loss.distill_weight` > 0).
 
     An output with `members` (SAM-LoRA in training) is scored per member on the samples where that member's
     modality is present, and the terms are averaged over the members.
@@ -118,12 +118,14 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     if terms.router_balance_weight > 0 and output.router_probs:
         result["balance"] = load_balancing_loss(output.router_probs, output.routing)
         total = total + terms.router_balance_weight * result["balance"]
-    if output.subset is not None:
-        result["subset"] = _pathway_loss(output.subset, labels, config)["loss"]
+    if output.subsets:
+        result["subset"] = torch.stack([_pathway_loss(subset, labels, config)["loss"]
+                                        for subset in output.subsets]).mean()
         total = total + terms.subset_weight * result["subset"]
         if terms.distill_weight > 0:
-            result["distill"] = distillation_loss(output.subset.logits, output.logits, labels, config.ignore_index,
-                                                  terms.distill_temperature)
+            result["distill"] = torch.stack([
+                distillation_loss(subset.logits, output.logits, labels, config.ignore_index, terms.distill_temperature)
+                for subset in output.subsets]).mean()
             total = total + terms.distill_weight * result["distill"]
     result["loss"] = total
     return result

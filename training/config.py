@@ -64,9 +64,9 @@ class ModalityDropoutConfig:
     """Randomly mark modalities absent during training, per sample (never all; never the protected one).
     `mlesam_core.data.modality_dropout` describes the samplers and the schedule. `mode`: `replace` (the paper's
     suggestion for Table VI, and the default) trains on the dropped subset instead of the full set; `branch`
-    keeps the full set and adds the dropped subset as a second prediction of the same step, sharing the encoder
-    pass, trained with `model.loss.subset_weight` and distilled from the full set with `model.loss.distill_*`
-    (MLE-SAM only)."""
+    keeps the full set and adds `branches` dropped subsets as further predictions of the same step, sharing the
+    encoder pass, trained with `model.loss.subset_weight` and distilled from the full set with
+    `model.loss.distill_*` (MLE-SAM only)."""
 
     p: float = 0.0
     protect: str | None = None
@@ -74,8 +74,11 @@ class ModalityDropoutConfig:
     start_step: int = 0  # p is 0 before this optimiser step ...
     ramp_steps: int = 0  # ... then rises linearly to p over this many steps (0: at once)
     mode: Literal["replace", "branch"] = "replace"
+    branches: int = 1  # mode branch: subset predictions per step, each drawn independently
 
     def __post_init__(self) -> None:
+        check(self.branches >= 1, "branches", f"must be >= 1, got {self.branches}")
+        check(self.mode == "branch" or self.branches == 1, "branches", "more than one needs mode: branch")
         check(0 <= self.p <= 1, "p", f"must lie in [0, 1], got {self.p}")
         check(self.start_step >= 0, "start_step", f"must be >= 0, got {self.start_step}")
         check(self.ramp_steps >= 0, "ramp_steps", f"must be >= 0, got {self.ramp_steps}")

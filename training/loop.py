@@ -222,13 +222,13 @@ class Trainer:
         for micro in range(accum):
             batch = next(batches)
             images = batch["images"].to(self.device, non_blocking=True)
-            present, subset = self._drop_modalities(batch["present"], micro)
+            present, subsets = self._drop_modalities(batch["present"], micro)
             labels = batch["labels"].to(self.device, non_blocking=True)
             sync = micro == accum - 1 or not self.dist.distributed
             with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
                 with autocast(self.device, self.config.optim.precision):
-                    output = (self.ddp_model(images, present) if subset is None
-                              else self.ddp_model(images, present, subset_present=subset))
+                    output = (self.ddp_model(images, present) if subsets is None
+                              else self.ddp_model(images, present, subset_present=subsets))
                     terms = total_loss(output, labels, self.model_config)
                 (terms["loss"] / accum).backward()
             values = {(name if name == "loss" else f"loss_{name}"): value.detach().float()
@@ -244,17 +244,18 @@ class Trainer:
         self.scheduler.step()
         return totals
 
-    def _drop_modalities(self, present: torch.Tensor, micro: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(present, subset_present) on the device for this micro-batch: modality dropout replaces the batch's
-        modalities, or with mode 'branch' keeps them and returns the dropped subset as a second prediction's."""
-        dropout, step = self.modality_dropout, self.progress.step
+    def _drop_modalities(self, present: torch.Tensor, micro: int) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """(present, subset masks) on the device for this micro-batch: modality dropout replaces the batch's
+        modalities, or with mode 'branch' keeps them and draws `branches` subsets for further predictions."""
+        dropout, step, settings = self.modality_dropout, self.progress.step, self.config.data.modality_dropout
         if dropout is None or dropout.probability(step) == 0:
             return present.to(self.device, non_blocking=True), None
         generator = torch.Generator().manual_seed(dropout_seed(self.config.seed, self.dist.rank, step, micro))
-        kept = dropout(present, step, generator).to(self.device, non_blocking=True)
-        if self.config.data.modality_dropout.mode == "replace":
-            return kept, None
-        return present.to(self.device, non_blocking=True), kept
+        if settings.mode == "replace":
+            return dropout(present, step, generator).to(self.device, non_blocking=True), None
+        subsets = [dropout(present, step, generator).to(self.device, non_blocking=True)
+                   for _ in range(settings.branches)]
+        return present.to(self.device, non_blocking=True), subsets
 
     # ---- validation ----------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:

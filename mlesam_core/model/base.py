@@ -39,8 +39,8 @@ class SegmentationOutput:
     valid: torch.Tensor | None = None
     # MLE-SAM: each level's router softmax before the top-k [B, M] (absent modalities 0; empty for avg fusion)
     router_probs: dict[str, torch.Tensor] | None = None
-    # MLE-SAM given `subset_present`: the prediction from that modality subset, sharing this pass's encoder run
-    subset: SegmentationOutput | None = None
+    # MLE-SAM given `subset_present`: the predictions from those modality subsets, sharing this pass's encoder run
+    subsets: list[SegmentationOutput] | None = None
 
 
 @dataclass

@@ -42,22 +42,23 @@ class MLESAM(LoRASam2Model):
         return ["mask_head"]
 
     def forward(self, images: torch.Tensor, present: torch.Tensor, active: Sequence[int] | None = None,
-                subset_present: torch.Tensor | None = None) -> SegmentationOutput:
+                subset_present: Sequence[torch.Tensor] | None = None) -> SegmentationOutput:
         """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput.
         `active`: optional host-side ids of the modalities present in some sample (saves a host sync).
-        `subset_present` bool [B, M], within `present`: also predict from that modality subset (`output.subset`),
-        reusing this pass's per-modality encoder features: each expert's features do not depend on which other
-        modalities are present, so this equals a second forward with `subset_present` at the cost of one more
-        fusion and decoding."""
+        `subset_present`: bool masks [B, M], each within `present`: also predict from each of those modality
+        subsets (`output.subsets`), reusing this pass's per-modality encoder features: each expert's features do
+        not depend on which other modalities are present, so each equals a forward with that mask, at the cost of
+        one more fusion and decoding."""
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
         size = (images.shape[-2], images.shape[-1])
         output = self._decode(features, present, size)
         if subset_present is not None:
-            if subset_present.shape != present.shape or subset_present.dtype != torch.bool:
-                raise ValueError(f"subset_present: expected a bool tensor {tuple(present.shape)}, got "
-                                 f"{subset_present.dtype} {tuple(subset_present.shape)}")
-            output.subset = self._decode(features, subset_present & present, size)
+            for mask in subset_present:
+                if mask.shape != present.shape or mask.dtype != torch.bool:
+                    raise ValueError(f"subset_present: expected bool tensors {tuple(present.shape)}, got "
+                                     f"{mask.dtype} {tuple(mask.shape)}")
+            output.subsets = [self._decode(features, mask & present, size) for mask in subset_present]
         return output
 
     def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]

@@ -212,7 +212,7 @@ def test_router_temperature_divides_the_logits_and_noise_acts_only_in_training()
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_subset_prediction_equals_a_forward_with_the_subset_alone(train):
+def test_subset_predictions_equal_forwards_with_each_subset_alone(train):
     model = build_model(tiny_config("aux_head.dropout=0.0", "router.top_k=2"))
     randomize_lora(model)
     model.train(train)
@@ -221,13 +221,17 @@ def test_subset_prediction_equals_a_forward_with_the_subset_alone(train):
     subset[0, 1:] = False  # rgb alone
     subset[1, 0] = False  # no rgb
     subset[2, 3] = False
+    other = present.clone()
+    other[:, 1] = False  # no depth anywhere
     with torch.no_grad():
-        both = model(images, present, subset_present=subset)
-        alone = model(images, subset)
+        both = model(images, present, subset_present=[subset, other])
         full = model(images, present)
+        alone = [model(images, mask) for mask in (subset, other)]
     torch.testing.assert_close(both.logits, full.logits)
-    torch.testing.assert_close(both.subset.logits, alone.logits, rtol=1e-4, atol=1e-4)
-    for level in alone.routing:
-        torch.testing.assert_close(both.subset.routing[level], alone.routing[level])
-        torch.testing.assert_close(both.subset.router_probs[level], alone.router_probs[level])
-    assert both.subset.subset is None and full.subset is None
+    assert len(both.subsets) == 2 and full.subsets is None
+    for branch, single in zip(both.subsets, alone, strict=True):
+        torch.testing.assert_close(branch.logits, single.logits, rtol=1e-4, atol=1e-4)
+        for level in single.routing:
+            torch.testing.assert_close(branch.routing[level], single.routing[level])
+            torch.testing.assert_close(branch.router_probs[level], single.router_probs[level])
+        assert branch.subsets is None

@@ -124,14 +124,19 @@ def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weight
     aux = _two_class_logits([0.1] * 5, LABELS)
     routing = {"sfm": torch.tensor([[0.9, 0.0]])}
     probs = {"sfm": torch.tensor([[0.9, 0.1]])}
+    # two subset predictions: the terms are their means
     subset = SegmentationOutput(logits=aux, sam_logits=aux, aux_logits=aux, routing={})
+    easy = _two_class_logits([0.9] * 5, LABELS)
+    other = SegmentationOutput(logits=easy, sam_logits=easy, aux_logits=easy, routing={})
     output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux, routing=routing,
-                                router_probs=probs, subset=subset)
+                                router_probs=probs, subsets=[subset, other])
     terms = total_loss(output, labels, config)
     assert terms["balance"].item() == pytest.approx(2 * 0.9, rel=1e-6)
-    assert terms["subset"].item() == pytest.approx((1 + 0.4) * -math.log(0.1), rel=1e-6)
+    subset_losses = [(1 + 0.4) * -math.log(0.1), total_loss(other, labels, config)["loss"].item()]
+    assert terms["subset"].item() == pytest.approx(sum(subset_losses) / 2, rel=1e-6)
     assert terms["distill"].item() == pytest.approx(
-        distillation_loss(aux, sam + aux, labels).item(), rel=1e-6)
+        (distillation_loss(aux, sam + aux, labels) + distillation_loss(easy, sam + aux, labels)).item() / 2,
+        rel=1e-6)
     expected = (terms["sam"] + 0.4 * terms["aux"] + 0.5 * terms["balance"] + 0.3 * terms["subset"]
                 + 2.0 * terms["distill"])
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
