@@ -50,7 +50,9 @@ from mlesam_core.data.classes import DELIVER, IGNORE_INDEX
 from mlesam_core.data.collate import ModalityCollate
 from mlesam_core.metrics import ConfusionMatrix
 from mlesam_core.model.aux_head import AuxHead
-from mlesam_core.model.config import MLESAMConfig, load_model_config
+from mlesam_core.model.config import load_model_config
+from mlesam_core.model.sam2_checkpoint import read_sam2_state_dict
+from mlesam_core.model.sam2_parts import UnusedPositionEncoding, build_sam2_model
 from training.checkpoint import atomic_path
 from training.config import resolve_path
 from training.schedule import warmup_poly_scheduler
@@ -92,28 +94,6 @@ class PretrainSettings:
         for name in ("scenes", "steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
-
-
-class ZeroPositionEncoding(nn.Module):
-    """Stands in for the FPN neck's sine position encoding, which nothing here reads (it has no state)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(()).expand(x.shape)
-
-
-def build_sam2_model(config: MLESAMConfig) -> nn.Module:
-    """The whole SAM2 model of `config` (sam2's own builder), randomly initialised under `random_init_seed` as
-    the MLE-SAM builder does, including its non-zero draw of Hiera's absolute position embeddings."""
-    from sam2.build_sam import build_sam2
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.random_init_seed)
-        sam = build_sam2(config.sam2.config_name, ckpt_path=None, device="cpu", mode="eval",
-                         hydra_overrides_extra=[*config.sam2.overrides, f"++model.image_size={config.image_size}"],
-                         apply_postprocessing=False)
-        nn.init.trunc_normal_(sam.image_encoder.trunk.pos_embed, std=0.02)
-        nn.init.trunc_normal_(sam.image_encoder.trunk.pos_embed_window, std=0.02)
-    return sam
 
 
 def encoder_features(image_encoder: nn.Module, images: torch.Tensor, masked: torch.Tensor | None = None,
@@ -207,7 +187,7 @@ def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
     ensure_pretrain_data(data, size, settings.scenes, settings.data_seed, max(1, settings.workers))
     sam = build_sam2_model(config)
     encoder = sam.image_encoder
-    encoder.neck.position_encoding = ZeroPositionEncoding()
+    encoder.neck.position_encoding = UnusedPositionEncoding()
     encoder.train().requires_grad_(True)
     head = PretrainHead(settings.objective, encoder.neck.d_model, settings.head_dim, DELIVER.num_classes)
     mask_token = nn.Parameter(torch.zeros(encoder.trunk.patch_embed.proj.out_channels))
@@ -260,15 +240,13 @@ def probe_frozen_features(model: str, checkpoint: Path | None, data: Path, modal
                           ) -> dict[str, float]:
     """Linear-probe mIoU (both protocols) of the frozen encoder (`checkpoint`, or the seeded random one) on
     `modality` of a DELIVER-layout data set: trained on train, scored on val."""
-    from mlesam_core.model.build import read_sam2_state_dict
-
     torch.manual_seed(seed)
     config = load_model_config(resolve_path(model))
     sam = build_sam2_model(config)
     if checkpoint is not None:
         sam.load_state_dict(read_sam2_state_dict(checkpoint))
     encoder = sam.image_encoder.eval().requires_grad_(False)
-    encoder.neck.position_encoding = ZeroPositionEncoding()
+    encoder.neck.position_encoding = UnusedPositionEncoding()
     channels, size = encoder.neck.d_model, config.image_size
     classifier = nn.Conv2d(3 * channels, DELIVER.num_classes, kernel_size=1)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)

@@ -20,6 +20,8 @@ weight 0 and a zero router embedding.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -94,7 +96,8 @@ class FeatureFusion(nn.Module):
             if self.routers is None:
                 weights = routing[level] = average
             else:
-                routing[level], probs[level] = self.routers[level].route(features, present, index)
+                router = cast(ModalityRouter, self.routers[level])
+                routing[level], probs[level] = router.route(features, present, index)
                 weights = routing[level] if self.mode == "moe" else average + routing[level]
             if index is not None:
                 weights = weights.index_select(1, index)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # sam2 initialises hydra on import: loaded only where a model
     from sam2.modeling.backbones.image_encoder import ImageEncoder
     from sam2.modeling.sam.mask_decoder import MaskDecoder
     from sam2.modeling.sam.prompt_encoder import PromptEncoder
+    from sam2.modeling.sam2_base import SAM2Base
 
 
 @dataclass
@@ -44,8 +45,9 @@ class UnusedPositionEncoding(nn.Module):
         return x.new_zeros(()).expand(x.shape)
 
 
-def build_sam2_parts(config: MLESAMConfig) -> Sam2Parts:
-    """Build SAM2 with `sam2.build_sam.build_sam2` (random weights drawn under `config.random_init_seed`)."""
+def build_sam2_model(config: MLESAMConfig) -> SAM2Base:
+    """The whole SAM2 model of `config` from `sam2.build_sam.build_sam2`, random weights drawn under
+    `config.random_init_seed` (MLE-SAM keeps three of its parts; `training.pretrain_backbone` writes all of it)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
     from sam2.build_sam import build_sam2
@@ -64,6 +66,13 @@ def build_sam2_parts(config: MLESAMConfig) -> Sam2Parts:
         # placeholders in sam2, so a random backbone would carry no position signal at all.
         nn.init.trunc_normal_(trunk.pos_embed, std=0.02)
         nn.init.trunc_normal_(trunk.pos_embed_window, std=0.02)
+    return sam
+
+
+def build_sam2_parts(config: MLESAMConfig) -> Sam2Parts:
+    """The SAM2 parts MLE-SAM keeps, from `build_sam2_model` (random weights drawn under `random_init_seed`)."""
+    sam = build_sam2_model(config)
+    trunk = sam.image_encoder.trunk
     if not trunk.return_interm_layers or len(trunk.stage_ends) != 4 or sam.image_encoder.scalp != 1:
         raise ConfigError("sam2: MLE-SAM needs a 4-stage Hiera returning every stage and an FPN with scalp 1")
     if not sam.sam_mask_decoder.use_high_res_features:
@@ -73,4 +82,4 @@ def build_sam2_parts(config: MLESAMConfig) -> Sam2Parts:
                      random_backbone_id(config.random_init_seed))
 
 
-__all__ = ["Sam2Parts", "UnusedPositionEncoding", "build_sam2_parts"]
+__all__ = ["Sam2Parts", "UnusedPositionEncoding", "build_sam2_model", "build_sam2_parts"]

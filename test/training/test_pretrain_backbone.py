@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from training.pretrain_backbone import build_sam2_model, main, mim_loss, probe_frozen_features, random_unit_mask
+from mlesam_core.model.sam2_parts import build_sam2_model
+from training.pretrain_backbone import main, mim_loss, probe_frozen_features, random_unit_mask
 
 
 @pytest.fixture(scope="module")
