@@ -1,7 +1,8 @@
 """Per-frame host cost of each input path of the node and the replay (the same decoding code), on this CPU:
 JPEG/PNG camera decode, compressedDepth decode, evt3 decode + render of a frame's window, PointCloud2 ->
 projected LiDAR image (64- and 128-beam Ouster layouts), one sensor at a time and all four per frame, at each
-size. evt3 decode rate on one core against the next decoder candidate (faery's, on the same stream).
+size. evt3 decode rate on one core: the node's path (EventStream over driver-sized packets), the evt3 package alone
+on the same packets, and the next decoder candidate (faery's, reading the same stream from a file) in the same run.
 
     python -m benchmarks.input_paths [--sizes 1080x1920 1024x1024] [--events 2000000] [--runs 5] [--out PATH]
 """
@@ -96,6 +97,14 @@ def main() -> None:
             events.add(msg)
         return events
 
+    chunks = [bytes(msg.events) for msg in packets]
+
+    def decode_library() -> int:  # the evt3 package alone on the same packets: what the library costs
+        import evt3
+
+        decoder = evt3.Decoder(sensor_width=EVENT_SENSOR[1], sensor_height=EVENT_SENSOR[0])
+        return sum(len(decoder.feed(chunk)) for chunk in chunks)
+
     def decode_faery() -> int:
         import faery
 
@@ -107,6 +116,7 @@ def main() -> None:
         raw.write_bytes(b"%% evt 3.0\n%% format EVT3;width=%d;height=%d\n%% geometry %dx%d\n" % (
             EVENT_SENSOR[1], EVENT_SENSOR[0], EVENT_SENSOR[1], EVENT_SENSOR[0]) + stream)
         ours = best_of(decode_ours, args.runs)
+        library = best_of(decode_library, args.runs)
         theirs = best_of(decode_faery, args.runs)
     decoded = decode_ours()
     window = decoded.window(decoded.newest_ns)
@@ -114,9 +124,12 @@ def main() -> None:
                      args.runs)
     report["evt3"] = {"events": args.events, "bytes": len(stream), "packets": len(packets),
                       "decode_ms": round(ours * 1e3, 2), "decode_m_events_per_s": round(args.events / ours / 1e6, 1),
+                      "evt3_library_ms": round(library * 1e3, 2),
+                      "evt3_library_m_events_per_s": round(args.events / library / 1e6, 1),
                       "faery_decode_ms": round(theirs * 1e3, 2),
                       "faery_m_events_per_s": round(args.events / theirs / 1e6, 1),
-                      "ratio_vs_faery": round(theirs / ours, 2),
+                      "library_ratio_vs_faery": round(theirs / library, 2),
+                      "path_ratio_vs_faery": round(theirs / ours, 2),
                       "render_ms": round(render * 1e3, 2),
                       "render_m_events_per_s": round(window.x.size / render / 1e6, 1)}
     extrinsic = np.asarray(LIDAR_TO_OPTICAL).reshape(4, 4)

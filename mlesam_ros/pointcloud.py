@@ -132,10 +132,10 @@ def pointcloud_xyz_intensity(msg: Any) -> tuple[np.ndarray, np.ndarray | None]:
     missing = [axis for axis in "xyz" if axis not in names]
     if missing:
         raise PointCloudError(f"point cloud has no field {missing[0]!r} (fields: {', '.join(names) or 'none'})")
-    xyz = np.stack([points[axis].astype(np.float32) for axis in "xyz"], axis=1)
-    intensity = points["intensity"].astype(np.float32) if "intensity" in names else None
-    keep = np.isfinite(xyz).all(axis=1) & xyz.any(axis=1)
-    return xyz[keep], None if intensity is None else intensity[keep]
+    x, y, z = (points[axis].astype(np.float32) for axis in "xyz")
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
+    intensity = points["intensity"].astype(np.float32)[keep] if "intensity" in names else None
+    return np.stack([x[keep], y[keep], z[keep]], axis=1), intensity
 
 
 def pointcloud_to_lidar_image(msg: Any, cam_from_lidar: np.ndarray, projection: np.ndarray,

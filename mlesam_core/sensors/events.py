@@ -34,10 +34,15 @@ def render_event_frame(x: np.ndarray, y: np.ndarray, polarity: np.ndarray, size:
     else:
         xi, yi = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-    xi, yi, positive = xi[inside], yi[inside], polarity[inside] > 0
+    positive = polarity > 0
+    if not inside.all():  # decoded events usually all lie on the sensor: no copies then
+        xi, yi, positive = xi[inside], yi[inside], positive[inside]
     # one histogram over (pixel, polarity) bins: several times faster than np.add.at for the same counts
     bins = (yi * width + xi) * 2 + (~positive)
     counts = np.bincount(bins, minlength=2 * height * width).reshape(height, width, 2)
     frame = np.zeros((height, width, 3), dtype=np.uint8)
-    frame[:, :, :2] = np.clip(np.rint(counts * float(count_scale)), 0, 255).astype(np.uint8)
+    if float(count_scale).is_integer() and count_scale >= 0:  # the usual case: integer arithmetic, same values
+        frame[:, :, :2] = np.minimum(counts * int(count_scale), 255)
+    else:
+        frame[:, :, :2] = np.clip(np.rint(counts * float(count_scale)), 0, 255).astype(np.uint8)
     return frame

@@ -1,5 +1,6 @@
-"""The speed benchmarks (benchmarks/encoder.py, node_pipeline.py, train_step.py, speed_summary.py) run on a CPU at
-their smallest settings and write complete JSON; the summary leaves GPU targets open without a GPU run."""
+"""The speed benchmarks (benchmarks/encoder.py, node_pipeline.py, train_step.py, input_paths.py, speed_summary.py)
+run on a CPU at their smallest settings and write complete JSON; the summary leaves GPU targets open without a GPU
+run."""
 
 from __future__ import annotations
 
@@ -159,3 +160,14 @@ def test_summary_reports_a_missed_gpu_target_with_its_profile(results_dir, encod
     row = next(line for line in text.splitlines() if line.startswith("| Encoder at"))
     assert "**MISSED**" in row and "the profile:" in row and encoder_report["profiles"][0]["top_ops"][0]["op"] in row
     assert "The GPU targets are OPEN" not in text
+
+
+def test_input_paths_times_every_decoding_path_and_the_evt3_decoders(results_dir):
+    report = run_benchmark("input_paths", results_dir / "input_paths.json", "--sizes", "48x64", "--events", "20000",
+                           "--runs", "1")
+    paths = report["sizes"]["48x64"]["ms_per_frame"]
+    assert {"camera_jpeg", "camera_png", "depth_compressedDepth_16UC1", "event_window_render",
+            "lidar_ouster_128x2048", "projection_only_ouster_64x1024"} <= set(paths)
+    assert all(ms > 0 for ms in paths.values())
+    assert report["evt3"]["events"] == 20000 and report["evt3"]["library_ratio_vs_faery"] > 0
+    assert set(report["targets"]) == {"evt3_decode_20M_events_per_s", "cloud_projection_20M_points_per_s"}
