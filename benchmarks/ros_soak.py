@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,8 +91,9 @@ def start_node(launcher: str, params: Path, env: dict[str, str], prefix: Path | 
         env = {**env, "AMENT_PREFIX_PATH": str(package), "PYTHONPATH": os.pathsep.join(
             [str(site), *filter(None, [env.get("PYTHONPATH")])])}
         command = [sys.executable, "-c", LAUNCH_SCRIPT, str(params)]
-    with log.open("w") as out:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with log.open("w") as out:  # its own process group: Ctrl-C signals the whole group (see `run`)
+        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def descendants(pid: int) -> list[int]:
@@ -236,7 +238,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rclpy.spin_once(harness.node, timeout_sec=0.05)
         drops = udp_receive_buffer_errors() - drops_before
     finally:
-        process.send_signal(2)  # SIGINT, as Ctrl-C under ros2 launch
+        # Ctrl-C in a terminal: SIGINT to the foreground process group (launch then leaves the node to the SIGINT it
+        # got itself, and escalates to SIGTERM only when the node has not exited `sigterm_timeout` later)
+        os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
