@@ -202,10 +202,12 @@ def replay(bag: str | Path, out: str | Path, config: SegmentConfig, segmenter: A
     with BagWriter(out / "bag", storage) as writer, (out / "frames.jsonl").open("w") as frames_file:
         run = Replay(pipeline, writer, frames_file)
         first_ns = None
-        try:
-            # static transforms hold for the whole bag, wherever they were recorded: read them first
+        try:  # static transforms hold for the whole bag, wherever they were recorded: read them first
             for _, _, msg in read_bag(bag, {TF_STATIC_TOPIC}, damage=damage):
                 pipeline.add_transforms(msg)
+        except BagError as exc:  # the same damage stops the pass below, after the frames before it
+            logger.error("%s (reading %s)", exc, TF_STATIC_TOPIC)
+        try:
             for topic, log_ns, msg in tqdm(read_bag(bag, run.topics, damage=damage), total=bag_message_count(bag),
                                            unit="msg", desc=f"replay {Path(bag).name}"):
                 if first_ns is None:
