@@ -24,9 +24,8 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 logger = logging.getLogger(__name__)
 
-BAG_VERSION = 8
+BAG_VERSION: Literal[8, 9] = 8
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-Storage = Literal["sqlite3", "mcap"]
 
 
 class BagError(ValueError):
@@ -46,7 +45,7 @@ def typestore() -> Any:
 class BagWriter:
     """Writes messages to a new rosbag2 directory; connections are added on first use of a topic."""
 
-    def __init__(self, path: str | Path, storage: Storage = "sqlite3", store: Any = None) -> None:
+    def __init__(self, path: str | Path, storage: str = "sqlite3", store: Any = None) -> None:
         """Create the bag at `path` (must not exist)."""
         if storage not in STORAGES:
             raise ValueError(f"storage: must be one of {', '.join(STORAGES)}, got {storage!r}")

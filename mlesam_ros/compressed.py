@@ -59,10 +59,10 @@ def parse_format(text: str) -> CompressedFormat:
     if "compressedDepth" in tail:
         codec = tail.split("compressedDepth", 1)[1].strip() or "png"  # older publishers: png only, no codec name
         return CompressedFormat(head, codec, depth=True, file_is_bgr=False)
-    codec = next((c for c in _CODECS if c in tail), None)
-    if codec is None:
+    named = next((c for c in _CODECS if c in tail), None)
+    if named is None:
         raise ImageConversionError(f"compressed image format {text!r}: no jpeg, png or tiff codec named")
-    return CompressedFormat(head, codec, depth=False, file_is_bgr="compressed bgr" in tail)
+    return CompressedFormat(head, named, depth=False, file_is_bgr="compressed bgr" in tail)
 
 
 def compressed_to_array(msg: Any) -> tuple[np.ndarray, str]:
@@ -86,7 +86,7 @@ def compressed_to_array(msg: Any) -> tuple[np.ndarray, str]:
     if channels == 1:
         generic = fmt.encoding is not None and encoding_info_or_none(fmt.encoding) is not None \
             and encoding_info(fmt.encoding).order is None
-        return image, (fmt.encoding if generic else f"mono{bits}")
+        return image, (fmt.encoding if generic and fmt.encoding is not None else f"mono{bits}")
     if channels not in (3, 4):
         raise ImageConversionError(f"{fmt.codec} data decodes to {channels} channels, expected 1, 3 or 4")
     if fmt.file_is_bgr:  # RGB(A) order, whatever the file held: paths that take 3 channels as they are agree

@@ -150,14 +150,15 @@ class GeneratorScans:
         index = int(rgb_path.name.split("_", 1)[0])
         sample = render_sample(self.size, self.seed, self.split, index)
         k = deliver_camera_matrix(self.size, self.size)
-        if sample.lidar_points is None or not np.array_equal(
-                lidar_image(sample.lidar_points, sample.lidar_intensity, k, stored_lidar.shape[:2]), stored_lidar):
+        points, intensity = sample.lidar_points, sample.lidar_intensity
+        if points is None or intensity is None or not np.array_equal(
+                lidar_image(points, intensity, k, stored_lidar.shape[:2]), stored_lidar):
             if not self._warned:
                 logger.warning("%s: the generator's scan no longer reproduces the stored LiDAR image; clouds are "
                                "back-projected from the images", rgb_path)
                 self._warned = True
             return None
-        return sample.lidar_points, sample.lidar_intensity
+        return points, intensity
 
 
 def muses_raw_reader(root: str | Path, split: str) -> Any:
@@ -317,9 +318,9 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
             start: float = DEFAULT_START, as_recorded: bool = False, codec: str = "png") -> dict:
     """Write the bag; returns the record stored in its custom_data (frames, topics, drops, corruptions)."""
     modalities = dataset_modalities(fmt)
-    for item in [*drops, *corruptions]:
-        if item.sensor not in modalities:
-            raise ValueError(f"{item.sensor!r} is not a {fmt} modality (it has: {', '.join(modalities)})")
+    for sensor in [*(d.sensor for d in drops), *(c.sensor for c in corruptions)]:
+        if sensor not in modalities:
+            raise ValueError(f"{sensor!r} is not a {fmt} modality (it has: {', '.join(modalities)})")
     if rate <= 0:
         raise ValueError(f"--rate must be > 0, got {rate}")
     raw_muses = muses_raw_reader(root, split) if as_recorded and fmt == "muses" else None
@@ -367,7 +368,8 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
                         "event", "lidar") else None
                     if sensor == "event":
                         packets = (recorded.raw_events(raw, raw_muses.calibration, label.shape, stamp_ns, FRAME_ID)
-                                   if raw is not None and raw.is_file() else recorded.events(image, stamp_ns, FRAME_ID))
+                                   if raw is not None and raw_muses is not None and raw.is_file()
+                                   else recorded.events(image, stamp_ns, FRAME_ID))
                         for packet in packets:
                             writer.write(RECORDED_TOPICS[sensor], stamp_to_ns(packet.header.stamp), packet)
                         continue
@@ -381,12 +383,15 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
                             scan := scans.points(dataset.path(index, "rgb"), image)) is not None:
                         writer.write(RECORDED_TOPICS[sensor], stamp_ns, recorded.scan(*scan, header))
                         continue
-                    if sensor == "lidar" and k is None:
-                        raise ValueError("--as-recorded: a LiDAR cloud needs the camera matrix (DELIVER layout, or "
-                                         "MUSES with calib.json and raw scans)")
-                    msg = (recorded.lidar(image, k, header) if sensor == "lidar"
-                           else recorded.depth(metres, depth_encoding, header) if metres is not None
-                           else recorded.camera(image, header))  # rgb, or depth already encoded (HHA)
+                    if sensor == "lidar":
+                        if k is None:
+                            raise ValueError("--as-recorded: a LiDAR cloud needs the camera matrix (DELIVER layout, "
+                                             "or MUSES with calib.json and raw scans)")
+                        msg = recorded.lidar(image, k, header)
+                    elif metres is not None:
+                        msg = recorded.depth(metres, depth_encoding, header)
+                    else:
+                        msg = recorded.camera(image, header)  # rgb, or depth already encoded (HHA)
                     writer.write(RECORDED_TOPICS[sensor], stamp_ns, msg)
                     continue
                 if sensor in fractions and rng.random() < fractions[sensor]:

@@ -96,7 +96,8 @@ class InputDecoder:
         """Expected (H, W) of every input: the image_size parameter, else camera_info; None: the pipeline takes
         the driving sensor's decoded size."""
         if self.config.camera.image_size:
-            return tuple(self.config.camera.image_size)
+            height, width = self.config.camera.image_size
+            return height, width
         if self.camera_info is not None:
             return self.camera_info.size
         return None
@@ -143,6 +144,7 @@ class InputDecoder:
         """The model image of `modality` from its message, as `Segmenter.predict` takes it: HxW or HxWxC
         (C 1-3), uint8, or float32 on the 0-255 scale for generic float input; a numpy array, or for HHA with
         the model on a GPU a tensor there; `size` is the expected (H, W) (None: not checked)."""
+        image: ModelImage
         try:
             if isinstance(msg, EventWindow):
                 image = self._event_window(msg, size)
@@ -210,7 +212,7 @@ class InputDecoder:
         camera's size differs."""
         frame = render_event_frame(window.x, window.y, window.polarity, window.sensor_size, self.event_count_scale)
         if size is not None and tuple(size) != window.sensor_size:
-            frame = resize_to(frame, tuple(size), "event")
+            frame = resize_to(frame, (size[0], size[1]), "event")
         return frame[:, :, :2]
 
     def _lidar(self, array: np.ndarray, encoding: str) -> np.ndarray:

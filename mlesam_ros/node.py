@@ -26,6 +26,7 @@ import logging
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, get_args
 
@@ -215,7 +216,7 @@ class SegmentationNode(Node):
                                         f"or set sensors.{sensor}.type)")
                 continue
             self.get_logger().info(f"{sensor}: {topic} ({type_name})")
-            self.create_subscription(msg_type, topic, lambda msg, s=sensor: self._on_message(s, msg), sensor_qos)
+            self.create_subscription(msg_type, topic, partial(self._on_message, sensor), sensor_qos)
         self.create_subscription(CameraInfo, config.camera_info_topic, self.pipeline.set_camera_info, sensor_qos)
         if "lidar" in config.modalities and config.input_type("lidar") == POINTCLOUD_TYPE:
             self._wire_transforms()

@@ -41,7 +41,7 @@ def output_messages(kit: MessageKit, pipeline: SegmentationPipeline, result: Fra
         messages["labels"] = kit.image(result.labels, "mono8", result.header)
     if "labels_color" in names:
         messages["labels_color"] = kit.image(pipeline.class_table.colorize(result.labels), "rgb8", result.header)
-    if "confidence" in names:
+    if "confidence" in names and result.confidence is not None:
         messages["confidence"] = kit.image(result.confidence, "32FC1", result.header)
     if "routing" in names:
         matrix, levels = pipeline.routing_matrix(result)

@@ -27,6 +27,7 @@ from mlesam_ros.messages import header_seconds, message_type, stamp_to_ns
 from mlesam_ros.model_inputs import InputDecoder, InputError
 from mlesam_ros.params import NODE_NAME, SegmentConfig, resolve_path
 from mlesam_ros.sync import ApproximateSync, StampError, SyncedFrame
+from mlesam_ros.transforms import TransformTree
 
 if TYPE_CHECKING:  # the predictor (torch, sam2) loads in load_segmenter, after the parameters were validated
     from mlesam_core.predictor import Segmenter
@@ -157,8 +158,11 @@ class SegmentationPipeline:
     def add_transforms(self, msg: Any) -> None:
         """Take a tf2_msgs/TFMessage of static transforms (camera <- LiDAR for point clouds); an unusable
         transform is logged and skipped."""
+        tree = self.decoder.transforms
+        if not isinstance(tree, TransformTree):  # tf2_ros's buffer (the node) takes the transforms itself
+            return
         try:
-            self.decoder.transforms.add_message(msg)
+            tree.add_message(msg)
         except ValueError as exc:
             self.problems.warn(("tf_static", "transform"), f"/tf_static: {exc}", self.clock())
 
@@ -174,7 +178,7 @@ class SegmentationPipeline:
         """Decode the frame's messages, run the model on the present modalities, record health."""
         now = self.clock() if now is None else now
         size = self.decoder.reference_size()
-        status = dict(frame.status)
+        status: dict[str, str] = dict(frame.status)
         images, errors = {}, {}
         # the driver first: without camera_info or camera.image_size its decoded size is what the others must match
         for sensor in (frame.driver, *(m for m in self.config.modalities if m != frame.driver)):

@@ -85,24 +85,33 @@ def pointcloud_to_array(msg: Any, skip_nans: bool = False) -> np.ndarray:
     by row).
     """
     points = pointcloud_points(msg)
-    native = np.dtype([(name, points.dtype.fields[name][0].newbyteorder("=")) for name in points.dtype.names])
+    fields = _fields(points.dtype)
+    native = np.dtype([(name, field.newbyteorder("=")) for name, field in fields.items()])
     out = np.empty(points.shape, dtype=native)
-    for name in native.names:
+    for name in fields:
         out[name] = points[name]
     if skip_nans and not msg.is_dense:
         keep = np.ones(out.shape, dtype=bool)
-        for name in native.names:
-            if native.fields[name][0].kind == "f":
+        for name, field in fields.items():
+            if field.kind == "f":
                 keep &= ~np.isnan(out[name])
         out = out[keep]
     return out
+
+
+def _fields(dtype: np.dtype) -> dict[str, np.dtype]:
+    """name -> dtype of each field of a structured dtype, in order ({} for a plain dtype)."""
+    fields = dtype.fields
+    if fields is None:
+        return {}
+    return {name: fields[name][0] for name in dtype.names or ()}
 
 
 def array_to_pointcloud_fields(points: np.ndarray) -> dict[str, Any]:
     """PointCloud2 fields for a flat structured array (unorganised: height 1); fields as (name, offset,
     datatype, count) tuples for the caller to turn into PointField messages."""
     points = np.ascontiguousarray(np.asarray(points).reshape(-1))
-    if points.dtype.names is None:
+    if points.dtype.names is None or points.dtype.fields is None:
         raise PointCloudError(f"expected a structured array with named fields, got dtype {points.dtype}")
     fields = []
     for name in points.dtype.names:
@@ -120,7 +129,7 @@ def array_to_pointcloud_fields(points: np.ndarray) -> dict[str, Any]:
 
 
 def _all_finite(points: np.ndarray) -> bool:
-    return all(np.isfinite(points[axis]).all() for axis in "xyz" if axis in points.dtype.names)
+    return all(np.isfinite(points[axis]).all() for axis in "xyz" if axis in (points.dtype.names or ()))
 
 
 def pointcloud_xyz_intensity(msg: Any) -> tuple[np.ndarray, np.ndarray | None]:

@@ -55,8 +55,10 @@ def rotation_quaternion(rotation: np.ndarray) -> tuple[float, float, float, floa
         v = [0.0, 0.0, 0.0]
         v[i], v[j], v[k] = 0.25 * s, (r[j, i] + r[i, j]) / s, (r[k, i] + r[i, k]) / s
         q = (*v, (r[k, j] - r[j, k]) / s)
-    q = np.asarray(q) / np.linalg.norm(q)
-    return tuple(float(v) for v in (q if q[3] >= 0 else -q))
+    unit = np.asarray(q) / np.linalg.norm(q)
+    if unit[3] < 0:
+        unit = -unit
+    return float(unit[0]), float(unit[1]), float(unit[2]), float(unit[3])
 
 
 def _frame(name: str) -> str:
