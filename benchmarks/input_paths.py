@@ -21,7 +21,7 @@ import torch
 
 from benchmarks import RESULTS_DIR
 from benchmarks.speed_common import report_header, write_report
-from mlesam_core.sensors import project_points, render_event_frame
+from mlesam_core.sensors import lidar_image_to_uint8, project_points, project_points_uint8, render_event_frame
 from mlesam_ros.bag_io import typestore
 from mlesam_ros.compressed import compressed_to_array, encode_compressed, encode_compressed_depth
 from mlesam_ros.events import EventStream, encode_evt3
@@ -155,13 +155,16 @@ def main() -> None:
             **{f"lidar_{name}": (lambda m=msg, s=size, kk=k: pointcloud_to_lidar_image(m, extrinsic, kk, s))
                for name, msg in clouds.items()},
         }
-        for name, msg in clouds.items():  # the projection alone (transform, z-buffer), as points/s
+        for name, msg in clouds.items():  # the projection alone (transform, z-buffer, encoding), as points/s
             xyz, intensity = pointcloud_xyz_intensity(msg)
             paths[f"projection_only_{name}"] = (lambda p=xyz, i=intensity, s=size, kk=k:
-                                                project_points(p, i, extrinsic, kk, s))
+                                                project_points_uint8(p, i, extrinsic, kk, s))
+            # the float image + encoding the node ran before (same uint8 image), for the ratio
+            paths[f"projection_float_image_{name}"] = (lambda p=xyz, i=intensity, s=size, kk=k:
+                                                       lidar_image_to_uint8(project_points(p, i, extrinsic, kk, s)))
         results = {name: round(best_of(fn, args.runs) * 1e3, 2) for name, fn in paths.items()}
         points = {f"{kind}_{name}": round(msg.width * msg.height / (results[f"{kind}_{name}"] / 1e3) / 1e6, 1)
-                  for name, msg in clouds.items() for kind in ("lidar", "projection_only")}
+                  for name, msg in clouds.items() for kind in ("lidar", "projection_only", "projection_float_image")}
         all_four = (results["camera_jpeg"] + results["depth_compressedDepth_16UC1"] + report["evt3"]["decode_ms"]
                     + results["event_window_render"] + results["lidar_ouster_128x2048"])
         report["sizes"][text] = {"ms_per_frame": results, "lidar_m_points_per_s": points,

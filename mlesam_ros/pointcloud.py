@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mlesam_core.sensors import LidarEncoding, lidar_image_to_uint8, project_points
+from mlesam_core.sensors import LidarEncoding, project_points_uint8
 
 # sensor_msgs/PointField datatype constants -> numpy element types
 POINTFIELD_DTYPES: dict[int, np.dtype] = {
@@ -153,8 +153,7 @@ def pointcloud_to_lidar_image(msg: Any, cam_from_lidar: np.ndarray, projection: 
     xyz, intensity = pointcloud_xyz_intensity(msg)
     if xyz.shape[0] == 0:
         raise PointCloudError("empty point cloud (no point with a finite, non-zero position)")
-    image = project_points(xyz, intensity, cam_from_lidar, projection, size)
-    return lidar_image_to_uint8(image, encoding or LidarEncoding())
+    return project_points_uint8(xyz, intensity, cam_from_lidar, projection, size, encoding or LidarEncoding())
 
 
 __all__ = ["POINTFIELD_DTYPES", "DUMMY_FIELD_PREFIX", "PointCloudError", "pointcloud_dtype", "pointcloud_points",

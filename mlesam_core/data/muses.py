@@ -46,7 +46,7 @@ from mlesam_core.data.base import (
 from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import to_three_channels
-from mlesam_core.sensors import lidar_image_to_uint8, project_points, render_event_frame
+from mlesam_core.sensors import lidar_image_to_uint8, project_points_uint8, render_event_frame
 
 SPLITS = ("train", "val", "test")
 WEATHERS = ("clear", "rain", "snow", "fog")
@@ -127,9 +127,8 @@ def project_lidar(scan: np.ndarray, calib: MusesCalibration, size: tuple[int, in
     """LiDAR scan [N, >=4] -> HxWx3 uint8 frame-camera image (range, intensity, height) via the shared projection."""
     xyz = scan[:, :3]
     far_enough = np.linalg.norm(xyz, axis=1) >= MIN_LIDAR_RANGE
-    projected = project_points(xyz[far_enough], scan[far_enough, 3], calib.lidar_to_rgb,
-                               scale_intrinsics(calib.rgb_k, size), size)
-    return lidar_image_to_uint8(projected)
+    return project_points_uint8(xyz[far_enough], scan[far_enough, 3], calib.lidar_to_rgb,
+                                scale_intrinsics(calib.rgb_k, size), size)
 
 
 def read_events(path: str | Path, window_us: int = EVENT_WINDOW_US) -> tuple[np.ndarray, ...]:

@@ -11,8 +11,8 @@ from mlesam_core.sensors.depth import (
     hha_tensor,
 )
 from mlesam_core.sensors.events import EVENT_COUNT_SCALES, event_count_scale, render_event_frame
-from mlesam_core.sensors.lidar import LidarEncoding, lidar_image_to_uint8, project_points
+from mlesam_core.sensors.lidar import LidarEncoding, lidar_image_to_uint8, project_points, project_points_uint8
 
 __all__ = ["CompiledHHA", "DepthEncoding", "HHAEncoder", "depth_to_hha", "depth_to_hha_on", "depth_to_image",
            "hha_encoder", "hha_tensor", "EVENT_COUNT_SCALES", "event_count_scale", "render_event_frame",
-           "LidarEncoding", "lidar_image_to_uint8", "project_points"]
+           "LidarEncoding", "lidar_image_to_uint8", "project_points", "project_points_uint8"]

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# the z-buffer sorts the hits when they number fewer than 1/this of the image's pixels (_zbuffer)
+SORT_BELOW_HIT_FRACTION = 8
+
 
 @dataclass(frozen=True)
 class LidarEncoding:
@@ -31,6 +34,29 @@ def project_points(points: np.ndarray, intensity: np.ndarray | None, cam_from_li
     Points with camera depth < `min_depth`, non-finite values or outside the image are dropped;
     where several points hit one pixel the nearest wins (z-buffer). Empty pixels are 0.
     """
+    height, width = size
+    image = np.zeros((height, width, 3), dtype=np.float32)
+    pixels, values = _nearest_points(points, intensity, cam_from_lidar, projection, size, min_depth)
+    image.reshape(-1, 3)[pixels] = values
+    return image
+
+
+def project_points_uint8(points: np.ndarray, intensity: np.ndarray | None, cam_from_lidar: np.ndarray,
+                         projection: np.ndarray, size: tuple[int, int], encoding: LidarEncoding = LidarEncoding(),
+                         min_depth: float = 1.0) -> np.ndarray:
+    """`lidar_image_to_uint8(project_points(...))` without the float image: the hit pixels are encoded and written
+    straight into the uint8 image (the same values: the float path's float32 rounding, then its scaling)."""
+    height, width = size
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels, values = _nearest_points(points, intensity, cam_from_lidar, projection, size, min_depth)
+    hit = values[:, 0] > 0  # as lidar_image_to_uint8: a pixel of range 0 stays empty
+    image.reshape(-1, 3)[pixels[hit]] = _encode_hits(values[hit], encoding)
+    return image
+
+
+def _nearest_points(points: np.ndarray, intensity: np.ndarray | None, cam_from_lidar: np.ndarray,
+                    projection: np.ndarray, size: tuple[int, int], min_depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """(flat pixel index [K], float32 (range, intensity, height) [K, 3]) of the nearest point of each hit pixel."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points: expected shape [N, 3], got {tuple(points.shape)}")
@@ -49,7 +75,6 @@ def project_points(points: np.ndarray, intensity: np.ndarray | None, cam_from_li
     if projection.shape != (3, 4):
         raise ValueError(f"projection: expected K (3x3) or P (3x4), got shape {projection.shape}")
     height, width = size
-    image = np.zeros((height, width, 3), dtype=np.float32)
 
     finite = np.isfinite(points[:, 0]) & np.isfinite(points[:, 1]) & np.isfinite(points[:, 2]) & np.isfinite(intensity)
     if not finite.all():
@@ -67,21 +92,41 @@ def project_points(points: np.ndarray, intensity: np.ndarray | None, cam_from_li
     v = np.floor((m[1, 0] * xv + m[1, 1] * yv + m[1, 2] * zv + m[1, 3]) / depth_v).astype(np.int64)
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
     idx, u, v = valid[inside], u[inside], v[inside]
-    if idx.size == 0:
-        return image
-    # z-buffer without sorting: each pixel's nearest depth, then of the points at that depth the first one
-    # (input order breaks ties), both by unbuffered minimum (faster than sorting, python -m benchmarks.input_paths)
-    flat, depth_in = v * width + u, depth[idx]
-    nearest = np.full(height * width, np.inf)
-    np.minimum.at(nearest, flat, depth_in)
-    winners = np.flatnonzero(depth_in == nearest[flat])
-    first = np.full(height * width, idx.size, dtype=np.int64)
-    np.minimum.at(first, flat[winners], winners)
-    first = first[first < idx.size]  # the nearest point of each hit pixel
+    flat = v * width + u
+    first = _zbuffer(flat, depth[idx], height * width)
     keep = idx[first]
-    image.reshape(-1, 3)[flat[first]] = np.stack(
-        [np.sqrt(x[keep] ** 2 + y[keep] ** 2 + z[keep] ** 2), intensity[keep], z[keep]], axis=1)
-    return image
+    values = np.stack([np.sqrt(x[keep] ** 2 + y[keep] ** 2 + z[keep] ** 2), intensity[keep], z[keep]], axis=1)
+    return flat[first], values.astype(np.float32)
+
+
+def _zbuffer(flat: np.ndarray, depth: np.ndarray, pixels: int) -> np.ndarray:
+    """Positions (into `flat`) of the nearest hit of each pixel; equal depths: the first in input order.
+
+    Two exact ways with the same result: a sort of the hits by (pixel, depth), stable, when they are few against
+    the image; else per-pixel unbuffered minima over image-sized buffers, whose filling costs more than sorting
+    a sparse scan (`python -m benchmarks.input_paths`)."""
+    if flat.size == 0:
+        return flat
+    if flat.size * SORT_BELOW_HIT_FRACTION < pixels:
+        order = np.lexsort((depth, flat))
+        sorted_pixels = flat[order]
+        starts = np.ones(order.size, dtype=bool)
+        starts[1:] = sorted_pixels[1:] != sorted_pixels[:-1]
+        return order[starts]
+    nearest = np.full(pixels, np.inf)
+    np.minimum.at(nearest, flat, depth)
+    winners = np.flatnonzero(depth == nearest[flat])
+    first = np.full(pixels, flat.size, dtype=np.int64)
+    np.minimum.at(first, flat[winners], winners)
+    return first[first < flat.size]
+
+
+def _encode_hits(values: np.ndarray, encoding: LidarEncoding) -> np.ndarray:
+    """float32 (range, intensity, height) [K, 3] of hit pixels -> uint8 [K, 3] (every channel at least 1)."""
+    span = encoding.max_height - encoding.min_height
+    scaled = np.stack([values[:, 0] / encoding.max_range * 255.0, values[:, 1] / encoding.max_intensity * 255.0,
+                       1.0 + (values[:, 2] - encoding.min_height) / span * 254.0], axis=1)
+    return np.rint(np.clip(scaled, 1.0, 255.0)).astype(np.uint8)
 
 
 def lidar_image_to_uint8(image: np.ndarray, encoding: LidarEncoding = LidarEncoding()) -> np.ndarray:
@@ -90,10 +135,6 @@ def lidar_image_to_uint8(image: np.ndarray, encoding: LidarEncoding = LidarEncod
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"lidar image: expected HxWx3, got shape {tuple(image.shape)}")
     rows, cols = np.nonzero(image[:, :, 0] > 0)  # sparse: only the hit pixels are scaled
-    hits = image[rows, cols]
     out = np.zeros(image.shape, dtype=np.uint8)
-    span = encoding.max_height - encoding.min_height
-    scaled = np.stack([hits[:, 0] / encoding.max_range * 255.0, hits[:, 1] / encoding.max_intensity * 255.0,
-                       1.0 + (hits[:, 2] - encoding.min_height) / span * 254.0], axis=1)
-    out[rows, cols] = np.rint(np.clip(scaled, 1.0, 255.0)).astype(np.uint8)
+    out[rows, cols] = _encode_hits(image[rows, cols], encoding)
     return out

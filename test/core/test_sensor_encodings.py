@@ -154,3 +154,26 @@ def test_hha_on_a_cuda_device_equals_the_cpu_hha():
     on_gpu = hha_encoder("cuda")(depth, K, DepthEncoding()).cpu().numpy()
     difference = np.abs(depth_to_hha(depth, K).astype(int) - on_gpu.astype(int))
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-4
+
+
+@pytest.mark.parametrize("size", [(24, 32), (480, 640)])  # dense hits (per-pixel minima), sparse (sorted hits)
+def test_uint8_projection_equals_the_float_image_encoded_and_both_z_buffers_agree(size, monkeypatch):
+    from mlesam_core.sensors import lidar, lidar_image_to_uint8, project_points, project_points_uint8
+
+    rng = np.random.default_rng(3)
+    points = rng.uniform([-20, -20, -2], [20, 20, 5], (5000, 3))
+    points[1::2] = points[0::2]  # exact duplicates, other intensities: equal depths, the first in input order wins
+    intensity = rng.uniform(0, 255, 5000)
+    cam_from_lidar = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    k = np.array([[size[1] / 2, 0, size[1] / 2], [0, size[1] / 2, size[0] / 2], [0, 0, 1]])
+    image = project_points(points, intensity, cam_from_lidar, k, size)
+    expected = lidar_image_to_uint8(image)
+    hits = image[:, :, 0] > 0
+    assert hits.sum() > 50
+    np.testing.assert_array_equal(project_points_uint8(points, intensity, cam_from_lidar, k, size), expected)
+    first_wins = np.isin(image[hits][:, 1], intensity[0::2].astype(np.float32))
+    assert first_wins.all()  # every hit pixel shows the earlier of two equal points
+    for fraction in (0, 10**9):  # force each z-buffer: per-pixel minima, sorted hits
+        monkeypatch.setattr(lidar, "SORT_BELOW_HIT_FRACTION", fraction)
+        np.testing.assert_array_equal(project_points(points, intensity, cam_from_lidar, k, size), image)
+        np.testing.assert_array_equal(project_points_uint8(points, intensity, cam_from_lidar, k, size), expected)

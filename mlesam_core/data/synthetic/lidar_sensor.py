@@ -1,5 +1,5 @@
 """A spinning multi-beam LiDAR at the camera's position: sparse rings of 3D points, projected into the camera
-with the shared `project_points` + `lidar_image_to_uint8` (the MUSES encoding: range, intensity, height).
+with the shared `project_points_uint8` (the MUSES encoding: range, intensity, height).
 
 Each beam (azimuth, elevation) takes the range of the surface the camera sees in that direction; intensity comes
 from the material's reflectivity and the incidence angle. Range noise, random return loss, fog extinction
@@ -15,7 +15,7 @@ import numpy as np
 
 from mlesam_core.data.synthetic.conditions import Condition
 from mlesam_core.data.synthetic.raycast import GBuffer
-from mlesam_core.sensors import lidar_image_to_uint8, project_points
+from mlesam_core.sensors import project_points_uint8
 
 # LiDAR frame (x forward, y left, z up) -> camera optical frame (x right, y down, z forward); same origin
 CAM_FROM_LIDAR = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
@@ -88,5 +88,4 @@ def lidar_points(g: GBuffer, reflectivity: np.ndarray, intrinsics: np.ndarray, c
 def lidar_image(points: np.ndarray, intensity: np.ndarray, intrinsics: np.ndarray,
                 size: tuple[int, int]) -> np.ndarray:
     """Points in the LiDAR frame -> HxWx3 uint8 camera-registered LiDAR image (the shared projection)."""
-    projected = project_points(points, intensity, CAM_FROM_LIDAR, intrinsics, size)
-    return lidar_image_to_uint8(projected)
+    return project_points_uint8(points, intensity, CAM_FROM_LIDAR, intrinsics, size)
