@@ -95,6 +95,22 @@ def unwrap_dataset(dataset: Dataset) -> tuple[Any, list[int]]:
     return dataset, list(range(len(dataset)))
 
 
+class SkippingCollate:
+    """`ModalityCollate` of the samples that could be read (`SeededSamples` gives None for the others, logged);
+    a batch without any readable sample is an error naming the batch's size (the data set is broken, not one
+    file)."""
+
+    def __init__(self, modalities: Sequence[str]) -> None:
+        self.collate = ModalityCollate(modalities)
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        readable = [sample for sample in samples if sample is not None]
+        if not readable:
+            raise ValueError(f"none of the {len(samples)} samples of a training batch could be read (the warnings "
+                             f"above name the files)")
+        return self.collate(readable)
+
+
 def _ignore_sigint(worker_id: int) -> None:
     """Loader workers leave Ctrl-C to the main process, which saves a checkpoint and shuts them down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -133,14 +149,16 @@ def build_data(config: TrainConfig, model_config: Any, dist: DistInfo) -> DataBu
     train = build_dataset(data, data.train_split, modalities, train_pipeline, data.max_train_samples)
     val = build_dataset(data, data.val_split, modalities, eval_transform(size, modalities), data.max_val_samples)
     sampler = EpochSampler(len(train), config.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
-    collate = ModalityCollate(modalities)
-    common = dict(num_workers=data.workers, collate_fn=collate, pin_memory=dist.device.type == "cuda",
+    common = dict(num_workers=data.workers, pin_memory=dist.device.type == "cuda",
                   worker_init_fn=_ignore_sigint if data.workers else None)
-    # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).
+    # Own generators: creating a loader iterator must not draw from the global RNG (exact resume). An unreadable
+    # training sample is skipped (logged); a validation sample is an error, or the scores would be wrong.
     train_loader = DataLoader(SeededSamples(train, config.seed), batch_size=optim.batch_size, sampler=sampler,
-                              drop_last=True, generator=torch.Generator().manual_seed(config.seed), **common)
+                              drop_last=True, generator=torch.Generator().manual_seed(config.seed),
+                              collate_fn=SkippingCollate(modalities), **common)
     val_shard = Subset(val, list(range(dist.rank, len(val), dist.world_size)))
     val_loader = DataLoader(val_shard, batch_size=config.validation.batch_size or optim.batch_size, shuffle=False,
-                            generator=torch.Generator().manual_seed(config.seed), **common)
+                            generator=torch.Generator().manual_seed(config.seed),
+                            collate_fn=ModalityCollate(modalities), **common)
     return DataBundle(train, val, sampler, train_loader, val_loader, get_class_table(data.format).names,
                       len(sampler) // optim.batch_size)

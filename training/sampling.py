@@ -5,12 +5,15 @@ resumed run sees exactly the batches the uninterrupted run saw, whatever the num
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+log = logging.getLogger(__name__)
 
 _SAMPLE, _ORDER, _DROPOUT = 1, 2, 3  # stream tags: a sample's augmentation, an epoch's permutation, a batch's dropout
 
@@ -68,7 +71,11 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 class SeededSamples(Dataset):
     """Wraps a data set so that item (epoch, index) is loaded with every global RNG seeded from
-    (seed, epoch, index); the caller's RNG states are left untouched (it may run in the main process)."""
+    (seed, epoch, index); the caller's RNG states are left untouched (it may run in the main process).
+
+    A sample that cannot be read (a label with ids outside the data set's range, an undecodable or missing
+    file: the loaders' ValueError/OSError naming the file) is logged and given as None, so that a long run
+    goes on without it (`SkippingCollate` drops it from its batch)."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed = dataset, seed
@@ -85,7 +92,11 @@ class SeededSamples(Dataset):
                 random.seed(seed)
                 np.random.seed(seed)
                 torch.manual_seed(seed)
-                return self.dataset[index]
+                try:
+                    return self.dataset[index]
+                except (ValueError, OSError) as exc:
+                    log.warning("training sample %d skipped (epoch %d): %s", index, epoch, exc)
+                    return None
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)

@@ -167,3 +167,28 @@ def test_evaluate_refuses_a_flipped_adapters_file_in_one_line_unless_no_verify(r
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "adapters.safetensors: content does not match" in errors[0]
     assert evaluate_main(argv + ["--no-verify"]) == 0
+
+
+def test_an_unreadable_training_label_is_skipped_with_a_warning_and_the_run_goes_on(synthetic_deliver_root,
+                                                                                  tiny_overrides, tmp_path, caplog):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from mlesam_core.data import DeliverDataset
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_deliver_root, root)
+    train_files = DeliverDataset(root, "train", ["rgb"])
+    used = np.linspace(0, len(train_files) - 1, 8).round().astype(int)  # the run's thinned list (max 8)
+    bad = train_files.path(int(used[3]), "semantic")
+    label = cv2.imread(str(bad), cv2.IMREAD_UNCHANGED)
+    label[0, 0] = 200  # DELIVER stores id + 1: class id 199 does not exist
+    cv2.imwrite(str(bad), label)
+    out = tmp_path / "run"
+    overrides = [f"data.root={root}" if item.startswith("data.root=") else item for item in tiny_overrides(out)]
+    assert train_main(["--no-progress", "--config", CONFIG, *overrides]) == 0
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped and all(bad.name in message and "199" in message for message in skipped)
+    assert (out / "adapters.safetensors").is_file()
