@@ -18,16 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from mlesam_core.data.base import (
-    MultiModalDataset,
-    Sample,
-    Transform,
-    check_choice,
-    check_label_ids,
-    check_root,
-    resize_to,
-    source_meta,
-)
+from mlesam_core.data import base
+from mlesam_core.data.base import MultiModalDataset, Sample, Transform
 from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import to_three_channels
@@ -86,10 +78,10 @@ class DeliverDataset(MultiModalDataset):
                  depth_source: Literal["hha", "depth"] = "hha", transform: Transform | None = None,
                  with_labels: bool = True) -> None:
         super().__init__(modalities, transform, with_labels)
-        self.root = check_root(root, "DELIVER")
-        self.split = check_choice(split, SPLITS, "DELIVER split")
-        self.depth_source = check_choice(depth_source, ("hha", "depth"), "depth_source")
-        self.case = None if case is None else check_choice(case, CONDITIONS + CASES, "DELIVER case")
+        self.root = base.check_root(root, "DELIVER")
+        self.split = base.check_choice(split, SPLITS, "DELIVER split")
+        self.depth_source = base.check_choice(depth_source, ("hha", "depth"), "depth_source")
+        self.case = None if case is None else base.check_choice(case, CONDITIONS + CASES, "DELIVER case")
         pattern = f"img/*/{split}/*/*_rgb_front.png"
         files = sorted(str(p.relative_to(self.root)) for p in self.root.glob(pattern))
         if self.case in CONDITIONS:
@@ -125,7 +117,7 @@ class DeliverDataset(MultiModalDataset):
     def read_label(self, index: int) -> np.ndarray:
         """The decoded label of sample `index`, checked against the 25 classes."""
         path = self.path(index, "semantic")
-        return check_label_ids(decode_deliver_label(read_image(path)), self.num_classes, path,
+        return base.check_label_ids(decode_deliver_label(read_image(path)), self.num_classes, path,
                                " (decoded from the stored R = id + 1)")
 
     def prediction_path(self, index: int) -> Path:
@@ -147,11 +139,11 @@ class DeliverDataset(MultiModalDataset):
         else:
             size = raw["rgb"].shape[:2] if "rgb" in raw else read_image(self.root / relative).shape[:2]
             label = np.full(size, IGNORE_INDEX, np.uint8)
-        images = {m: resize_to(image, label.shape, m) for m, image in raw.items()}
+        images = {m: base.resize_to(image, label.shape, m) for m, image in raw.items()}
         file_id = Path(relative).name.split("_rgb", 1)[0]
         meta = {"dataset": self.dataset, "split": self.split, "condition": parts[1], "case": case_of(relative),
                 "scene": parts[3], "file_id": f"{parts[1]}/{self.split}/{parts[3]}/{file_id}",
-                "path": str(self.root / relative), "labelled": self.with_labels, **source_meta(label.shape)}
+                "path": str(self.root / relative), "labelled": self.with_labels, **base.source_meta(label.shape)}
         return {"images": images, "label": label, "meta": meta}
 
 

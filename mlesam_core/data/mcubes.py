@@ -28,16 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mlesam_core.data.base import (
-    MultiModalDataset,
-    Sample,
-    Transform,
-    check_choice,
-    check_label_ids,
-    check_root,
-    resize_to,
-    source_meta,
-)
+from mlesam_core.data import base
+from mlesam_core.data.base import MultiModalDataset, Sample, Transform
 from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.data.image_io import read_image, read_image_0_255
 from mlesam_core.modalities import to_three_channels
@@ -90,8 +82,8 @@ class McubesDataset(MultiModalDataset):
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str], split_list: str | None = None,
                  transform: Transform | None = None, crop_size: int = EVAL_CROP, with_labels: bool = True) -> None:
         super().__init__(modalities, transform, with_labels)
-        self.root = check_root(root, "MCubeS")
-        self.split = check_choice(split, SPLITS, "MCubeS split")
+        self.root = base.check_root(root, "MCubeS")
+        self.split = base.check_choice(split, SPLITS, "MCubeS split")
         if crop_size < 0:
             raise ValueError(f"MCubeS crop_size must be >= 0, got {crop_size}")
         self.crop_size = crop_size if split != "train" else 0
@@ -118,7 +110,7 @@ class McubesDataset(MultiModalDataset):
         """The full-size label file of sample `index` (material ids), checked against the 20 classes."""
         path = self.root / "GT" / f"{self.items[index]}.png"
         label = read_image(path)
-        return check_label_ids(label[:, :, 0] if label.ndim == 3 else label, self.num_classes, path)
+        return base.check_label_ids(label[:, :, 0] if label.ndim == 3 else label, self.num_classes, path)
 
     def prediction_path(self, index: int) -> Path:
         """`GT/<name>.png`, the label file's own relative path."""
@@ -143,7 +135,7 @@ class McubesDataset(MultiModalDataset):
             scaled, top, left = fix_scale_crop_window(height, width, self.crop_size)
             window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
             if scaled != (height, width):  # the reference resizes the float images
-                images = {m: resize_to(image.astype(np.float32), scaled, m) for m, image in images.items()}
+                images = {m: base.resize_to(image.astype(np.float32), scaled, m) for m, image in images.items()}
             images = {m: image[window] for m, image in images.items()}
             if scaled != (height, width):
                 label = cv2.resize(label, scaled[::-1], interpolation=cv2.INTER_NEAREST)
@@ -153,6 +145,6 @@ class McubesDataset(MultiModalDataset):
                       round(self.crop_size * scale_x))
         meta = {"dataset": self.dataset, "split": self.split, "condition": None, "case": None, "file_id": name,
                 "list": self.list_file.name, "path": str(self.root / "GT" / f"{name}.png"),
-                "labelled": self.with_labels, **source_meta(size, region)}
+                "labelled": self.with_labels, **base.source_meta(size, region)}
         return {"images": {m: np.ascontiguousarray(image) for m, image in images.items()},
                 "label": np.ascontiguousarray(label), "meta": meta}

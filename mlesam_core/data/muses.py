@@ -33,16 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mlesam_core.data.base import (
-    MultiModalDataset,
-    Sample,
-    Transform,
-    check_choice,
-    check_label_ids,
-    check_root,
-    resize_to,
-    source_meta,
-)
+from mlesam_core.data import base
+from mlesam_core.data.base import MultiModalDataset, Sample, Transform
 from mlesam_core.data.classes import IGNORE_INDEX
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import to_three_channels
@@ -197,16 +189,16 @@ class MusesDataset(MultiModalDataset):
                  time_of_day: str | None = None, paper_protocol: bool = False, from_raw: bool = False,
                  projected_folder: str = SDK_PROJECTED_FOLDER, projected_suffix: str = "",
                  transform: Transform | None = None, with_labels: bool | None = None) -> None:
-        root = check_root(root, "MUSES")
-        split = check_choice(split, SPLITS, "MUSES split")
+        root = base.check_root(root, "MUSES")
+        split = base.check_choice(split, SPLITS, "MUSES split")
         if with_labels is None:  # the withheld test labels, unless someone has them
             with_labels = split != UNLABELLED_SPLIT or (root / "gt_semantic" / split).is_dir()
         super().__init__(modalities, transform, with_labels)
         self.root, self.split = root, split
         self.paper_protocol, self.from_raw, self.projected_folder = paper_protocol, from_raw, projected_folder
-        self.projected_suffix = check_choice(projected_suffix, PROJECTED_NAME_SUFFIXES, "MUSES projected_suffix")
-        weather_glob = "*" if weather is None else check_choice(weather, WEATHERS, "MUSES weather")
-        time_glob = "*" if time_of_day is None else check_choice(time_of_day, TIMES_OF_DAY, "MUSES time of day")
+        self.projected_suffix = base.check_choice(projected_suffix, PROJECTED_NAME_SUFFIXES, "MUSES projected_suffix")
+        weather_glob = "*" if weather is None else base.check_choice(weather, WEATHERS, "MUSES weather")
+        time_glob = "*" if time_of_day is None else base.check_choice(time_of_day, TIMES_OF_DAY, "MUSES time of day")
         pattern = f"frame_camera/{split}/{weather_glob}/{time_glob}/*_frame_camera.*"
         files = sorted(str(p.relative_to(self.root)) for p in self.root.glob(pattern)
                        if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -263,7 +255,7 @@ class MusesDataset(MultiModalDataset):
         """The trainId label of sample `index`, checked against the 19 classes."""
         path = self.path(index, "label")
         label = read_image(path)
-        return check_label_ids(label[:, :, 0] if label.ndim == 3 else label, self.num_classes, path)
+        return base.check_label_ids(label[:, :, 0] if label.ndim == 3 else label, self.num_classes, path)
 
     def prediction_path(self, index: int) -> Path:
         """`labelTrainIds/<id>.png`: the frame's name without `_frame_camera`, as the benchmark server wants."""
@@ -277,10 +269,11 @@ class MusesDataset(MultiModalDataset):
             assert frame is not None  # read above whenever there is no label to take the size from
             label = np.full(frame.shape[:2], IGNORE_INDEX, np.uint8)
         size = label.shape
-        images = {m: resize_to(frame if m == "frame" and frame is not None else self._modality(index, m, size), size, m)
+        images = {m: base.resize_to(frame if m == "frame" and frame is not None else self._modality(index, m, size),
+                                    size, m)
                   for m in self.modalities}
         if self.paper_protocol:
-            images = {m: resize_to(img, PAPER_SIZE, m) for m, img in images.items()}
+            images = {m: base.resize_to(img, PAPER_SIZE, m) for m, img in images.items()}
             label = cv2.resize(label, PAPER_SIZE[::-1], interpolation=cv2.INTER_NEAREST)
             if self.with_labels:
                 label = np.where(label == IGNORE_INDEX, 0, label).astype(np.uint8)  # the paper group's choice
@@ -288,5 +281,5 @@ class MusesDataset(MultiModalDataset):
         meta = {"dataset": self.dataset, "split": self.split, "condition": f"{weather}_{time_of_day}", "case": None,
                 "weather": weather, "time_of_day": time_of_day, "file_id": f"{self.split}/{weather}/{time_of_day}/"
                 f"{file_id}", "path": str(self.path(index, "frame")), "labelled": self.with_labels,
-                **source_meta(size)}
+                **base.source_meta(size)}
         return {"images": images, "label": label.astype(np.uint8), "meta": meta}
