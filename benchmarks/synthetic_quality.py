@@ -29,7 +29,7 @@ import torch
 
 from mlesam_core.data.classes import DELIVER
 from training.baselines import position_prior, score_fixed_prediction
-from training.config import build_model_config, load_train_config
+from training.config import load_train_config
 from training.evaluate import EvalRequest, evaluate_adapters
 from training.loop import train
 from training.reporting import json_ready, markdown_table, write_report
@@ -99,7 +99,7 @@ def train_and_evaluate(name: str, description: str, overrides: list[str], common
     records = read_metrics(out_dir / "metrics.jsonl")
     train_records = [r for r in records if r["kind"] == "train"]
     train_seconds = train_records[-1]["time"] - records[0]["time"] if train_records else None
-    multi_modal = len(build_model_config(config.model).modalities) > 1
+    multi_modal = len(config.model.modalities) > 1
     started = time.perf_counter()
     result, model_config = evaluate_adapters(config, EvalRequest(
         adapters, split="val", subsets="all" if multi_modal else "full", by_case=True, batch_size=16,

@@ -1,8 +1,9 @@
 """The training configuration: model + data + optimisation in one YAML, typed and validated on load.
 
-`model` is a model-config mapping (see `mlesam_core.model.config.MLESAMConfig`); its optional key `config`
-names a model YAML that the other keys override, e.g. ``model: {config: config/model/mlesam_tiny.yaml,
-fusion: avg}``. Relative paths are taken from the current directory, then from the repository root.
+`model` is the model config (`mlesam_core.model.config.MLESAMConfig`, typed and validated when the train config
+loads, errors naming `model.<key>`); in the YAML its optional key `config` names a model YAML that the other keys
+override, e.g. ``model: {config: config/model/mlesam_tiny.yaml, fusion: avg}``. Relative paths are taken from the
+current directory, then from the repository root.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mlesam_core.config_io import ConfigError, check, from_dict, load_config, load_yaml, resolve_path
+from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml, resolve_path, to_dict
+from mlesam_core.model.config import MLESAMConfig
 from mlesam_core.precision import TrainingPrecision
 
 
@@ -130,7 +132,7 @@ class ValidationConfig:
 class TrainConfig:
     """Everything one training run needs (activation checkpointing: `model.activation_checkpointing`)."""
 
-    model: dict[str, Any]
+    model: MLESAMConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -151,8 +153,16 @@ class TrainConfig:
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
                       data: dict | None = None) -> TrainConfig:
-    """Load a TrainConfig from YAML (or a mapping) plus `dotted.key=value` overrides."""
-    return load_config(TrainConfig, resolve_path(path) if path is not None else None, overrides, data)
+    """Load a TrainConfig from YAML (or a mapping) plus `dotted.key=value` overrides; the model section's
+    `config` file is read and overridden by the section's other keys."""
+    source = resolve_path(path) if path is not None else None
+    merged = apply_overrides(load_yaml(source) if source is not None else dict(data or {}), overrides)
+    try:
+        if isinstance(merged.get("model"), dict):
+            merged["model"] = model_config_mapping(merged["model"])
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source is not None else str(exc)) from None
+    return from_dict(TrainConfig, merged, source=str(source) if source is not None else None)
 
 
 def _merge(base: dict, patch: dict) -> dict:
@@ -180,8 +190,11 @@ def model_config_mapping(section: dict[str, Any]) -> dict[str, Any]:
     return _merge(base, section)
 
 
-def build_model_config(section: dict[str, Any]) -> Any:
-    """The typed model config (`MLESAMConfig`) of a train config's `model` section; errors name `model.<key>`."""
-    from mlesam_core.model.config import MLESAMConfig
-
-    return from_dict(MLESAMConfig, model_config_mapping(section), key="model")
+def same_model(section: dict[str, Any], model: MLESAMConfig) -> bool:
+    """Whether a saved train config's `model` section (a checkpoint's: resolved, or with a `config` file) is the
+    model config `model`."""
+    try:
+        saved = from_dict(MLESAMConfig, model_config_mapping(section), key="model")
+    except ConfigError:
+        return False
+    return to_dict(saved) == to_dict(model)

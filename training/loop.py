@@ -29,7 +29,7 @@ from mlesam_core.evaluation import evaluate
 from mlesam_core.losses import total_loss
 from mlesam_core.precision import autocast
 from training import checkpoint as ckpt
-from training.config import TrainConfig, build_model_config, model_config_mapping
+from training.config import TrainConfig, same_model
 from training.data import DataBundle, build_data, build_modality_dropout, check_data_against_model
 from training.distributed import all_reduce_sum, any_process, barrier, cleanup, gather_objects, init_distributed
 from training.model_setup import build_training_model, sam2_checkpoint_path, save_adapters_atomic
@@ -137,7 +137,7 @@ class Trainer:
         _seed_everything(config.seed + self.dist.rank)
 
         # Everything that can be wrong with config or data fails here, before the first step.
-        self.model_config = build_model_config(config.model)
+        self.model_config = config.model
         check_data_against_model(config.data, self.model_config)
         sam2_checkpoint_path(config)
         resume_payload = self._read_resume(resume)
@@ -183,7 +183,7 @@ class Trainer:
         path = Path(resume)
         payload = ckpt.load_checkpoint(path, verify=self.verify_checkpoint)
         saved = payload["config"].get("model")
-        if saved is not None and model_config_mapping(saved) != model_config_mapping(self.config.model):
+        if saved is not None and not same_model(saved, self.config.model):
             log.warning("%s: the checkpoint was written with another model section; resuming anyway", path)
         return payload
 

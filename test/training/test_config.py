@@ -3,7 +3,7 @@
 import pytest
 
 from mlesam_core.config_io import ConfigError
-from training.config import build_model_config, load_train_config
+from training.config import load_train_config
 from training.data import check_data_against_model
 from training.model_setup import sam2_checkpoint_path
 
@@ -17,7 +17,7 @@ def _config(tmp_path, *overrides, model=None):
 
 def test_model_section_is_the_model_file_with_inline_overrides(tmp_path):
     config = _config(tmp_path, "model.fusion=avg", "model.lora.rank=4")
-    model = build_model_config(config.model)
+    model = config.model
     assert model.fusion == "avg" and model.lora.rank == 4
     assert model.image_size == 128 and model.modalities == ("rgb", "depth", "event", "lidar")  # from the file
 
@@ -25,13 +25,13 @@ def test_model_section_is_the_model_file_with_inline_overrides(tmp_path):
 def test_shipped_train_configs_load_and_match_their_data_sets():
     for name in ("deliver_rgbdel", "muses_fel", "mcubes_rgbadn", "synthetic_cpu"):
         config = load_train_config(f"config/train/{name}.yaml")
-        model = build_model_config(config.model)
+        model = config.model
         assert model.num_classes == {"deliver": 25, "muses": 19, "mcubes": 20}[config.data.format], name
 
 
 def test_paper_recipe_config_holds_table_ix():
     config = load_train_config("config/train/deliver_rgbdel.yaml")
-    model = build_model_config(config.model)
+    model = config.model
     assert (model.image_size, model.lora.rank, config.optim.batch_size, config.optim.epochs) == (1024, 32, 6, 100)
     assert config.optim.weight_decay == 0.01
     assert (config.optim.schedule.power, config.optim.schedule.warmup_epochs,
@@ -59,11 +59,11 @@ def test_bad_train_values_name_the_key(tmp_path, overrides, message):
 
 def test_bad_model_values_are_named_under_model(tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.lora\.rank: must be positive"):
-        build_model_config(_config(tmp_path, "model.lora.rank=0").model)
+        _config(tmp_path, "model.lora.rank=0")  # the model section is validated as the train config loads
     with pytest.raises(ConfigError, match=r"^model\.modalities: unknown modality 'sonar'"):
-        build_model_config(_config(tmp_path, "model.modalities=[rgb, sonar]").model)
+        _config(tmp_path, "model.modalities=[rgb, sonar]")
     with pytest.raises(ConfigError, match=r"^model\.config: .*absent\.yaml: config file not found"):
-        build_model_config(_config(tmp_path, model={"config": "config/model/absent.yaml"}).model)
+        _config(tmp_path, model={"config": "config/model/absent.yaml"})
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -74,7 +74,7 @@ def test_bad_model_values_are_named_under_model(tmp_path):
     (["model.modalities=[rgb, nir]"], "model.modalities: data set 'deliver' has no modality 'nir'"),
     (["model.classes=null", "model.num_classes=19"], "model.num_classes: 19, but data set 'deliver' has 25 classes"),
     (["data.format=muses", "model.modalities=[frame]"], "model.classes: 'deliver', but data.format is 'muses'"),
-    (["data.format=muses", "model.modalities=[frame]", "model.classes=muses", "data.case=fog"],
+    (["data.format=muses", "model.modalities=[frame]", "model.classes=muses", "model.num_classes=19", "data.case=fog"],
      "data.case: only DELIVER"),
     (["data.modality_dropout.p=0.5", "data.modality_dropout.protect=frame"],
      "data.modality_dropout.protect: 'frame' is not a modality of the model"),
@@ -83,10 +83,8 @@ def test_bad_model_values_are_named_under_model(tmp_path):
 ])
 def test_data_that_cannot_fit_the_model_is_refused_by_key(tmp_path, overrides, message):
     config = _config(tmp_path, *overrides)
-    if config.model.get("classes") == "muses":
-        config.model["num_classes"] = 19
     with pytest.raises(ConfigError) as info:
-        check_data_against_model(config.data, build_model_config(config.model))
+        check_data_against_model(config.data, config.model)
     assert message in str(info.value)
 
 

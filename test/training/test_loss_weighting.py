@@ -7,7 +7,7 @@ import torch
 
 from mlesam_core.model.base import SegmentationOutput
 from training import loop
-from training.config import build_model_config, load_train_config
+from training.config import load_train_config
 
 
 def _logits_with_true_class_probability(probabilities, num_classes=3):
@@ -20,7 +20,7 @@ def _logits_with_true_class_probability(probabilities, num_classes=3):
 
 
 def test_trainer_loss_keeps_hard_pixels_and_weights_the_heads_as_configured():
-    config = build_model_config(load_train_config("config/train/synthetic_cpu.yaml").model)
+    config = load_train_config("config/train/synthetic_cpu.yaml").model
     assert (config.loss.sam_weight, config.loss.aux_weight, config.loss.ohem_keep_prob) == (1.0, 0.4, 0.7)
     labels = torch.zeros(1, 1, 32, dtype=torch.long)
     labels[0, 0, -1] = 255  # ignored: neither kept nor counted in N_valid
@@ -39,8 +39,7 @@ def test_trainer_loss_keeps_hard_pixels_and_weights_the_heads_as_configured():
 
 
 def test_without_aux_head_only_the_sam_term_counts():
-    config = build_model_config(load_train_config("config/train/synthetic_cpu.yaml",
-                                                  ["model.aux_head.enabled=false"]).model)
+    config = load_train_config("config/train/synthetic_cpu.yaml", ["model.aux_head.enabled=false"]).model
     labels = torch.zeros(1, 1, 4, dtype=torch.long)
     output = SegmentationOutput(logits=torch.zeros(1, 3, 1, 4),
                                 sam_logits=_logits_with_true_class_probability([0.1, 0.2, 0.3, 0.4]),
