@@ -86,7 +86,7 @@ class Segmenter:
     def __init__(self, model: LoRASam2Model, options: InferenceOptions | None = None, **option_overrides: Any) -> None:
         """Run `model` as `options` say (default `InferenceOptions()`: CPU, fp32, eager); options may also be given
         by name (`Segmenter(model, device="cuda", precision="bf16")`). `merge_lora` changes `model` in place."""
-        options = (options or InferenceOptions()).replace(**option_overrides)
+        options = _options(options, option_overrides)
         if options.merge_lora:
             _check_single_modality(model.modalities)
         self.options = options
@@ -131,7 +131,7 @@ class Segmenter:
         """Build the model from a config, load SAM2 weights (or seeded random ones) and adapters (their content hash
         checked unless `verify_adapters` is False: files made elsewhere carry none); run it as `options` (and
         options given by name) say."""
-        options = (options or InferenceOptions()).replace(**option_overrides)
+        options = _options(options, option_overrides)
         config = load_model_config(config)
         if sam2_checkpoint is None and not allow_random_init:
             raise CheckpointError(
@@ -333,6 +333,15 @@ def labels_and_confidence(logits: torch.Tensor, size: tuple[int, int],
         return logits.max(dim=-1).indices, None
     probability, labels = torch.softmax(logits, dim=-1).max(dim=-1)
     return labels, probability
+
+
+def _options(options: InferenceOptions | None, overrides: dict[str, Any]) -> InferenceOptions:
+    """`options` (default: InferenceOptions()) with the options given by name; TypeError for anything else (e.g. a
+    device string passed where the options go: name it, `device="cuda"`)."""
+    if options is not None and not isinstance(options, InferenceOptions):
+        raise TypeError(f"options: expected InferenceOptions or None, got {type(options).__name__} {options!r} "
+                        f"(give single options by name, e.g. device='cuda')")
+    return (options or InferenceOptions()).replace(**overrides)
 
 
 def _check_single_modality(modalities: tuple[str, ...]) -> None:

@@ -124,3 +124,16 @@ def test_class_table_and_class_count_must_agree():
         tiny_config("classes=muses")
     custom = tiny_config("classes=null", "num_classes=7")
     assert custom.classes is None  # a user's own label set: no table, the ROS node then asks for one
+
+
+def test_inference_options_are_checked_and_named(tiny_segmenter):
+    from mlesam_core.config_io import ConfigError
+
+    with pytest.raises(TypeError, match="options: expected InferenceOptions or None, got str 'cuda'"):
+        Segmenter(tiny_segmenter.model, "cuda")
+    with pytest.raises(ValueError, match="unknown inference option 'devcie'"):
+        Segmenter(tiny_segmenter.model, devcie="cpu")
+    with pytest.raises(ConfigError, match="precision: must be one of fp32, bf16, fp16"):
+        Segmenter(tiny_segmenter.model, precision="fp64")
+    with pytest.raises(ConfigError, match="device: expected cpu, cuda, cuda:N"):
+        Segmenter(tiny_segmenter.model, device="gpu0")
