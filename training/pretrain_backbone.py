@@ -239,7 +239,9 @@ def probe_frozen_features(model: str, checkpoint: Path | None, data: Path, modal
                           batch_size: int = 16, lr: float = 3e-3, seed: int = 0, workers: int = 1
                           ) -> dict[str, float]:
     """Linear-probe mIoU (both protocols) of the frozen encoder (`checkpoint`, or the seeded random one) on
-    `modality` of a DELIVER-layout data set: trained on train, scored on val."""
+    `modality` of a DELIVER-layout data set: trained on train, scored on val. As MAE's linear probing (He et al.,
+    CVPR 2022), a BatchNorm without affine parameters normalises the features before the linear layer, so that
+    encoders whose features differ in scale are compared at the same learning rate."""
     torch.manual_seed(seed)
     config = load_model_config(resolve_path(model))
     sam = build_sam2_model(config)
@@ -248,7 +250,8 @@ def probe_frozen_features(model: str, checkpoint: Path | None, data: Path, modal
     encoder = sam.image_encoder.eval().requires_grad_(False)
     encoder.neck.position_encoding = UnusedPositionEncoding()
     channels, size = encoder.neck.d_model, config.image_size
-    classifier = nn.Conv2d(3 * channels, DELIVER.num_classes, kernel_size=1)
+    classifier = nn.Sequential(nn.BatchNorm2d(3 * channels, affine=False),
+                               nn.Conv2d(3 * channels, DELIVER.num_classes, kernel_size=1))
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
 
     def logits(images: torch.Tensor) -> torch.Tensor:
@@ -274,6 +277,7 @@ def probe_frozen_features(model: str, checkpoint: Path | None, data: Path, modal
             if step >= steps:
                 break
     matrix = ConfusionMatrix(DELIVER.num_classes, IGNORE_INDEX)
+    classifier.eval()
     with torch.no_grad():
         for batch in _rgb_loader(data, "val", size, modality, 32, augment=False, shuffle=False, workers=workers,
                                  seed=seed):
@@ -283,13 +287,13 @@ def probe_frozen_features(model: str, checkpoint: Path | None, data: Path, modal
             "pixel_accuracy": scores.pixel_accuracy}
 
 
-def probe_report(model: str, checkpoint: Path | None, data: Path, modalities: Sequence[str], steps: int,
-                 workers: int) -> dict[str, dict[str, float]]:
-    """`probe_frozen_features` per modality, for `checkpoint` and for the random encoder."""
+def probe_report(model: str, checkpoints: Sequence[Path], data: Path, modalities: Sequence[str], steps: int,
+                 workers: int, random_encoder: bool = True) -> dict[str, dict[str, float]]:
+    """`probe_frozen_features` mIoU per modality, for each checkpoint (by file name) and (`random_encoder`) for
+    the seeded random encoder ('random')."""
     report: dict[str, dict[str, float]] = {}
-    for name, ckpt in (("random", None), ("checkpoint", checkpoint)):
-        if name == "checkpoint" and checkpoint is None:
-            continue
+    candidates = ([("random", None)] if random_encoder else []) + [(Path(c).name, Path(c)) for c in checkpoints]
+    for name, ckpt in candidates:
         for modality in modalities:
             started = time.perf_counter()
             report.setdefault(name, {})[modality] = probe_frozen_features(model, ckpt, data, modality, steps,
@@ -303,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.pretrain_backbone", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = PretrainSettings()
-    parser.add_argument("--out", required=True, help="checkpoint to write (official SAM2 format)")
+    parser.add_argument("--out", required=True, help="checkpoint to write (official SAM2 format); with "
+                        "--probe-checkpoints, the JSON report to write")
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=type(value), default=value,
@@ -311,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-data", help="DELIVER-layout data whose train/val splits score the frozen features")
     parser.add_argument("--probe-modalities", default="rgb", help="comma list, e.g. rgb,depth")
     parser.add_argument("--probe-steps", type=int, default=400)
+    parser.add_argument("--probe-random", action=argparse.BooleanOptionalAction, default=True,
+                        help="also probe the seeded random encoder, the baseline (default: yes)")
+    parser.add_argument("--probe-checkpoints", help="comma list of checkpoints to probe instead of pretraining")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -319,14 +327,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     torch.set_num_threads(settings.threads)
     out = Path(args.out)
-    record = pretrain(settings, out)
-    record["command"] = "python -m training.pretrain_backbone " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.probe_data:
-        record["linear_probe_miou"] = probe_report(settings.model, out, resolve_path(args.probe_data),
-                                                   [m for m in args.probe_modalities.split(",") if m],
-                                                   args.probe_steps, settings.workers)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("report in %s", out.with_suffix(".json"))
+    command = "python -m training.pretrain_backbone " + " ".join(argv if argv is not None else sys.argv[1:])
+    modalities = [m for m in args.probe_modalities.split(",") if m]
+    if args.probe_checkpoints:
+        if not args.probe_data:
+            parser.error("--probe-checkpoints needs --probe-data")
+        checkpoints = [Path(c) for c in args.probe_checkpoints.split(",") if c]
+        record: dict[str, Any] = {"command": command, "probe_steps": args.probe_steps,
+                                  "probe_data": args.probe_data, "model": settings.model,
+                                  "checkpoints": {c.name: json.loads(c.with_suffix(".json").read_text())
+                                                  .get("settings") if c.with_suffix(".json").exists() else None
+                                                  for c in checkpoints}}
+        record["linear_probe_miou"] = probe_report(settings.model, checkpoints, resolve_path(args.probe_data),
+                                                   modalities, args.probe_steps, settings.workers, args.probe_random)
+        report_path = out
+    else:
+        record = pretrain(settings, out)
+        record["command"] = command
+        if args.probe_data:
+            record["linear_probe_miou"] = probe_report(settings.model, [out], resolve_path(args.probe_data),
+                                                       modalities, args.probe_steps, settings.workers,
+                                                       args.probe_random)
+        report_path = out.with_suffix(".json")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("report in %s", report_path)
     return 0
 
 

@@ -42,7 +42,7 @@ def test_pretraining_writes_an_official_format_checkpoint_only_the_encoder_diffe
     payload = torch.load(out, map_location="cpu", weights_only=True)
     assert set(payload) == {"model", "pretraining"} and payload["pretraining"]["settings"]["objective"] == objective
     record = json.loads(out.with_suffix(".json").read_text())
-    assert set(record["linear_probe_miou"]) == {"random", "checkpoint"}
+    assert set(record["linear_probe_miou"]) == {"random", out.name}
     assert all(0 <= v <= 1 for probe in record["linear_probe_miou"].values() for v in probe.values())
 
     config = load_model_config(small_model_yaml)
@@ -65,6 +65,15 @@ def test_pretraining_writes_an_official_format_checkpoint_only_the_encoder_diffe
     assert out.name in backbone and "sha256:" in backbone
     torch.testing.assert_close(model.image_encoder.trunk.blocks[0].attn.qkv.base_layer.weight,
                                state["image_encoder.trunk.blocks.0.attn.qkv.weight"])
+
+    # probing existing checkpoints alone, without the random baseline
+    report = tmp_path / "probe.json"
+    assert main(["--out", str(report), "--model", str(small_model_yaml), "--workers", "0", "--threads", "1",
+                 "--probe-checkpoints", str(out), "--probe-data", str(synthetic_deliver_root), "--probe-steps", "2",
+                 "--no-probe-random"]) == 0
+    probed = json.loads(report.read_text())
+    assert list(probed["linear_probe_miou"]) == [out.name] and list(probed["linear_probe_miou"][out.name]) == ["rgb"]
+    assert probed["checkpoints"][out.name]["objective"] == objective
 
 
 def test_random_unit_mask_masks_exactly_the_ratio_of_whole_units():
