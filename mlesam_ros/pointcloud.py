@@ -144,7 +144,11 @@ def pointcloud_xyz_intensity(msg: Any) -> tuple[np.ndarray, np.ndarray | None]:
     x, y, z = (points[axis].astype(np.float32) for axis in "xyz")
     keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
     intensity = points["intensity"].astype(np.float32)[keep] if "intensity" in names else None
-    return np.stack([x[keep], y[keep], z[keep]], axis=1), intensity
+    # columns contiguous, as the projection reads them
+    xyz = np.empty((int(keep.sum()), 3), dtype=np.float32, order="F")
+    for column, values in enumerate((x, y, z)):
+        xyz[:, column] = values[keep]
+    return xyz, intensity
 
 
 def pointcloud_to_lidar_image(msg: Any, cam_from_lidar: np.ndarray, projection: np.ndarray,
