@@ -45,6 +45,7 @@ log = logging.getLogger("subset_robustness")
 MODALITIES = ("rgb", "depth", "event", "lidar")
 LEVELS = ("ffp", "ifp", "sfm")
 BRANCH = ["data.modality_dropout.mode=branch", "data.modality_dropout.sampler=subset", "data.modality_dropout.p=1.0"]
+DISTILL = ["model.loss.distill_weight=1.0", "model.loss.distill_temperature=2.0"]
 # name -> (description, overrides of synthetic_cpu.yaml)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlesam": ("the paper's recipe (no dropout, no router regularisation)", []),
@@ -60,6 +61,18 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "branch_distill_balance": ("branch_distill + load-balancing loss (weight 0.1)",
                                [*BRANCH, "model.loss.distill_weight=1.0", "model.loss.distill_temperature=2.0",
                                 "model.loss.router_balance_weight=0.1"]),
+    "branch_distill_lb001": ("branch_distill + a weak load-balancing loss (weight 0.01, Switch Transformer's)",
+                             [*BRANCH, *DISTILL, "model.loss.router_balance_weight=0.01"]),
+    "branch_distill_r32": ("branch_distill with LoRA rank 32 (the paper's) instead of 8: expert capacity",
+                           [*BRANCH, *DISTILL, "model.lora.rank=32", "model.lora.alpha=32"]),
+    "branch_distill_w03": ("branch_distill with the subset branch's loss weighted 0.3",
+                           [*BRANCH, *DISTILL, "model.loss.subset_weight=0.3"]),
+    "branch_single_distill": ("branch_distill, the branch keeping one sensor (uniform) instead of a subset",
+                              ["data.modality_dropout.mode=branch", "data.modality_dropout.sampler=single",
+                               "data.modality_dropout.p=1.0", *DISTILL]),
+    "branch_singles_distill": ("branch_distill + every sensor alone as a further branch each step (mmFormer's "
+                               "modality-specific regularisers)",
+                               [*BRANCH, *DISTILL, "data.modality_dropout.singles=true"]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),

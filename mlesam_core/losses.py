@@ -119,13 +119,18 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
         result["balance"] = load_balancing_loss(output.router_probs, output.routing)
         total = total + terms.router_balance_weight * result["balance"]
     if output.subsets:
-        result["subset"] = torch.stack([_pathway_loss(subset, labels, config)["loss"]
-                                        for subset in output.subsets]).mean()
+        # a subset prediction with `valid` is scored on those samples only (a sample lacking every modality of
+        # the subset has nothing to predict from)
+        subset_labels = [labels if subset.valid is None
+                         else torch.where(subset.valid[:, None, None], labels, config.ignore_index)
+                         for subset in output.subsets]
+        result["subset"] = torch.stack([_pathway_loss(subset, masked, config)["loss"]
+                                        for subset, masked in zip(output.subsets, subset_labels, strict=True)]).mean()
         total = total + terms.subset_weight * result["subset"]
         if terms.distill_weight > 0:
             result["distill"] = torch.stack([
-                distillation_loss(subset.logits, output.logits, labels, config.ignore_index, terms.distill_temperature)
-                for subset in output.subsets]).mean()
+                distillation_loss(subset.logits, output.logits, masked, config.ignore_index, terms.distill_temperature)
+                for subset, masked in zip(output.subsets, subset_labels, strict=True)]).mean()
             total = total + terms.distill_weight * result["distill"]
     result["loss"] = total
     return result

@@ -72,15 +72,19 @@ class ModalityDropoutConfig:
 
     p: float = 0.0
     protect: str | None = None
-    sampler: Literal["independent", "subset"] = "independent"
+    sampler: Literal["independent", "subset", "single"] = "independent"
     start_step: int = 0  # p is 0 before this optimiser step ...
     ramp_steps: int = 0  # ... then rises linearly to p over this many steps (0: at once)
     mode: Literal["replace", "branch"] = "replace"
     branches: int = 1  # mode branch: subset predictions per step, each drawn independently
+    # mode branch: also one prediction per modality from that modality alone, every step (the modality-specific
+    # auxiliary regularisers of mmFormer, Zhang et al., MICCAI 2022); M more decodings per step
+    singles: bool = False
 
     def __post_init__(self) -> None:
         check(self.branches >= 1, "branches", f"must be >= 1, got {self.branches}")
         check(self.mode == "branch" or self.branches == 1, "branches", "more than one needs mode: branch")
+        check(self.mode == "branch" or not self.singles, "singles", "needs mode: branch")
         check(0 <= self.p <= 1, "p", f"must lie in [0, 1], got {self.p}")
         check(self.start_step >= 0, "start_step", f"must be >= 0, got {self.start_step}")
         check(self.ramp_steps >= 0, "ramp_steps", f"must be >= 0, got {self.ramp_steps}")

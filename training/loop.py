@@ -246,16 +246,18 @@ class Trainer:
 
     def _drop_modalities(self, present: torch.Tensor, micro: int) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """(present, subset masks) on the device for this micro-batch: modality dropout replaces the batch's
-        modalities, or with mode 'branch' keeps them and draws `branches` subsets for further predictions."""
+        modalities, or with mode 'branch' keeps them and draws `branches` subsets for further predictions (plus
+        each modality alone with `singles`)."""
         dropout, step, settings = self.modality_dropout, self.progress.step, self.config.data.modality_dropout
         if dropout is None or dropout.probability(step) == 0:
             return present.to(self.device, non_blocking=True), None
         generator = torch.Generator().manual_seed(dropout_seed(self.config.seed, self.dist.rank, step, micro))
         if settings.mode == "replace":
             return dropout(present, step, generator).to(self.device, non_blocking=True), None
-        subsets = [dropout(present, step, generator).to(self.device, non_blocking=True)
-                   for _ in range(settings.branches)]
-        return present.to(self.device, non_blocking=True), subsets
+        subsets = [dropout(present, step, generator) for _ in range(settings.branches)]
+        if settings.singles:
+            subsets += [present & (torch.arange(present.shape[1]) == m) for m in range(present.shape[1])]
+        return present.to(self.device, non_blocking=True), [s.to(self.device, non_blocking=True) for s in subsets]
 
     # ---- validation ----------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:

@@ -10,6 +10,9 @@ Samplers:
 - `subset`: with probability p the sample keeps a subset drawn uniformly among the non-empty subsets of its
   available modalities (those containing `protect`, when set), else it keeps them all. Each of the 15 subsets
   of four sensors is then equally likely, whereas `independent` favours the middle-sized ones.
+- `single`: with probability p the sample keeps one of its available modalities, chosen uniformly (the
+  protected one when set), else it keeps them all: single-sensor operation, the hardest case, four times as
+  often as under `subset`.
 
 Schedule: p(step) = 0 before `start_step`, then rises linearly to p over `ramp_steps` optimiser steps (0: at
 once), so early training sees the full set while the experts and heads form (a curriculum; the paper trains
@@ -25,8 +28,8 @@ from typing import Literal
 
 import torch
 
-Sampler = Literal["independent", "subset"]
-SAMPLERS = ("independent", "subset")
+Sampler = Literal["independent", "subset", "single"]
+SAMPLERS = ("independent", "subset", "single")
 
 
 class ModalityDropout:
@@ -70,7 +73,10 @@ class ModalityDropout:
             kept = (torch.rand(available.shape, generator=generator) >= p) & available | protected
             kept = self._keep_one(kept, available, generator)
         else:
-            kept = self._uniform_subsets(available, protected, generator)
+            if self.sampler == "subset":
+                kept = self._uniform_subsets(available, protected, generator)
+            else:
+                kept = self._keep_one(protected, available, generator)
             drop = torch.rand(available.shape[0], generator=generator) < p
             kept = torch.where(drop[:, None], kept, available)
         return kept.to(present.device)

@@ -36,7 +36,7 @@ class SegmentationOutput:
     # SAM-LoRA in training mode: each modality model's own output, with `valid` [B] = that modality is present;
     # the loss trains every member on its own prediction, as the paper's separately trained models
     members: list[SegmentationOutput] | None = None
-    valid: torch.Tensor | None = None
+    valid: torch.Tensor | None = None  # [B] the samples this output is scored on (members, subset predictions)
     # MLE-SAM: each level's router softmax before the top-k [B, M] (absent modalities 0; empty for avg fusion)
     router_probs: dict[str, torch.Tensor] | None = None
     # MLE-SAM given `subset_present`: the predictions from those modality subsets, sharing this pass's encoder run

@@ -58,7 +58,11 @@ class MLESAM(LoRASam2Model):
                 if mask.shape != present.shape or mask.dtype != torch.bool:
                     raise ValueError(f"subset_present: expected bool tensors {tuple(present.shape)}, got "
                                      f"{mask.dtype} {tuple(mask.shape)}")
-            output.subsets = [self._decode(features, mask & present, size) for mask in subset_present]
+            output.subsets = []
+            for mask in subset_present:
+                subset = self._decode(features, mask & present, size)
+                subset.valid = (mask & present).any(dim=1)  # a sample with nothing left is not scored
+                output.subsets.append(subset)
         return output
 
     def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]

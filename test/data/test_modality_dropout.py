@@ -55,7 +55,18 @@ def test_subset_sampler_leaves_a_fraction_one_minus_p_of_the_samples_whole():
     assert whole == pytest.approx(0.6 + 0.4 / 15, abs=0.02)  # not dropped, or drew the full set
 
 
-@pytest.mark.parametrize("sampler", ["independent", "subset"])
+def test_single_sampler_keeps_one_modality_uniformly_with_probability_p():
+    kept = ModalityDropout(0.75, sampler="single")(ALL, step=0, generator=_generator(2))
+    sizes = kept.sum(dim=1)
+    assert set(sizes.tolist()) == {1, 4}
+    assert (sizes == 1).float().mean().item() == pytest.approx(0.75, abs=0.02)
+    counts = kept[sizes == 1].float().mean(dim=0)  # each modality a quarter of the singles
+    torch.testing.assert_close(counts, torch.full((4,), 0.25), atol=0.03, rtol=0)
+    protected = ModalityDropout(1.0, sampler="single", protect=2)(ALL[:50], step=0, generator=_generator())
+    assert torch.equal(protected, torch.tensor([[False, False, True, False]]).expand(50, 4))
+
+
+@pytest.mark.parametrize("sampler", ["independent", "subset", "single"])
 def test_protected_modality_is_always_kept_and_may_otherwise_be_dropped(sampler):
     kept = ModalityDropout(0.9, sampler=sampler, protect=0)(ALL, step=0, generator=_generator())
     assert kept[:, 0].all() and kept.any(dim=1).all()
@@ -65,7 +76,7 @@ def test_protected_modality_is_always_kept_and_may_otherwise_be_dropped(sampler)
         assert len({tuple(row) for row in kept.tolist()}) == 8  # the 8 subsets that contain modality 0
 
 
-@pytest.mark.parametrize("sampler", ["independent", "subset"])
+@pytest.mark.parametrize("sampler", ["independent", "subset", "single"])
 def test_unavailable_modalities_stay_absent_and_a_sample_keeps_one_it_has(sampler):
     present = torch.tensor([[True, False, False, True], [False, False, True, False]]).repeat(500, 1)
     kept = ModalityDropout(0.95, sampler=sampler, protect=1)(present, step=0, generator=_generator())

@@ -144,3 +144,15 @@ def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weight
     plain = total_loss(output, labels, MLESAMConfig(modalities=("rgb", "depth"), num_classes=2))
     assert "balance" not in plain and "distill" not in plain
     assert plain["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + terms["subset"]).item())
+
+
+def test_a_subset_prediction_is_scored_only_on_its_valid_samples():
+    config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2)
+    labels = torch.tensor([[LABELS], [LABELS]])  # two samples
+    good = _two_class_logits([0.5] * 5, LABELS)  # every valid pixel: loss -log 0.5
+    bad = _two_class_logits([0.01] * 5, LABELS)  # every valid pixel: loss -log 0.01
+    subset_logits = torch.cat([good, bad])
+    subset = SegmentationOutput(subset_logits, subset_logits, None, {}, valid=torch.tensor([True, False]))
+    output = SegmentationOutput(subset_logits, subset_logits, None, {}, subsets=[subset])
+    terms = total_loss(output, labels, config)
+    assert terms["subset"].item() == pytest.approx(-math.log(0.5), rel=1e-6)  # sample 1 (nothing present) skipped

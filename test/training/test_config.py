@@ -49,6 +49,7 @@ def test_paper_recipe_config_holds_table_ix():
     (["data.modality_dropout.mode=branch"], "data.modality_dropout.p: must be positive with mode: branch"),
     (["data.modality_dropout.ramp_steps=-1"], "data.modality_dropout.ramp_steps: must be >= 0"),
     (["data.modality_dropout.branches=2"], "data.modality_dropout.branches: more than one needs mode: branch"),
+    (["data.modality_dropout.singles=true"], "data.modality_dropout.singles: needs mode: branch"),
     (["validation.metric=dice"], "validation.metric: must be one of"),
 ])
 def test_bad_train_values_name_the_key(tmp_path, overrides, message):

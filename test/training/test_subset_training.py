@@ -35,6 +35,7 @@ def test_load_balancing_loss_raises_router_entropy_versus_the_same_run_without_i
 def test_subset_branch_trains_and_logs_every_loss_term_and_router_statistic(tiny_config, tmp_path):
     config = tiny_config(tmp_path / "branch", "data.modality_dropout.p=1.0", "data.modality_dropout.sampler=subset",
                          "data.modality_dropout.mode=branch", "data.modality_dropout.branches=2",
+                         "data.modality_dropout.singles=true",
                          "data.modality_dropout.ramp_steps=2",
                          "model.loss.distill_weight=1.0", "model.loss.distill_temperature=2.0",
                          "model.loss.router_balance_weight=0.1", "model.router.noise_std=0.5", steps=4)
