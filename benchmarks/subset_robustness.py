@@ -36,7 +36,16 @@ import numpy as np
 import torch
 
 from benchmarks.speed_common import report_header
-from benchmarks.synthetic_quality import FOCUS_CONDITIONS, ensure_data, majority_baseline, train_and_evaluate
+from benchmarks.synthetic_quality import (
+    FOCUS_CONDITIONS,
+    add_run_arguments,
+    ensure_data,
+    majority_baseline,
+    parse_run_arguments,
+    render_only,
+    train_and_evaluate,
+    write_outputs,
+)
 from mlesam_core.evaluation import all_subsets, subset_name
 from training.reporting import json_ready, markdown_table
 
@@ -250,13 +259,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(report: dict[str, Any], out: Path, name: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
-    (out / f"{name}.md").write_text(to_markdown(report))
-    log.info("wrote %s and %s", out / f"{name}.json", out / f"{name}.md")
-
-
 def summarise(results: dict[str, dict[str, dict[int, dict[str, Any]]]], checkpoints: dict[str, Path | None]
               ) -> dict[str, Any]:
     """backbone -> variant -> seed -> figures  =>  the report's `backbones` section."""
@@ -288,34 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="training seeds, comma list")
     parser.add_argument("--backbones", default="random", help="comma list of random, standin")
     parser.add_argument("--standin", help="the stand-in SAM2 checkpoint (python -m training.pretrain_backbone)")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--train", type=int, default=800)
-    parser.add_argument("--val", type=int, default=150)
+    add_run_arguments(parser, runs="runs/subset_robustness", name="subset_robustness")
     parser.add_argument("--data-seed", type=int, default=0, help="the procedural generator's seed")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="development run: 60 steps, 200/50 scenes")
-    parser.add_argument("--data", default="data/synthetic_quality")
-    parser.add_argument("--runs", default="runs/subset_robustness")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--name", default="subset_robustness", help="output file stem")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra train-config override for every run (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="reuse runs whose result.json exists")
-    parser.add_argument("--notes", help="a Markdown file whose text is added as the diagnosis section")
-    parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown (and notes) of a finished report")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = Path(args.out)
-    if args.render:
-        report = json.loads(Path(args.render).read_text())
-        if args.notes:
-            report["notes"] = Path(args.notes).read_text()
-        write_outputs(report, out, args.name)
+    args = parse_run_arguments(parser, argv)
+    if render_only(args, to_markdown):
         return 0
-    if args.quick:
-        args.steps, args.train, args.val = 60, 200, 50
+    out = Path(args.out)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -354,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.notes:
         report["notes"] = Path(args.notes).read_text()
-    write_outputs(report, out, args.name)
+    write_outputs(report, out, args.name, to_markdown)
     return 0
 
 

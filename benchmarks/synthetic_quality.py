@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -236,46 +237,64 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(report: dict[str, Any], out: Path, name: str) -> None:
-    """<out>/<name>.json and <out>/<name>.md."""
+def write_outputs(report: dict[str, Any], out: Path, name: str,
+                  markdown: Callable[[dict[str, Any]], str] = to_markdown) -> None:
+    """<out>/<name>.json and <out>/<name>.md (the report rendered by `markdown`)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
-    (out / f"{name}.md").write_text(to_markdown(report))
+    (out / f"{name}.md").write_text(markdown(report))
     log.info("wrote %s and %s", out / f"{name}.json", out / f"{name}.md")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, runs: str, name: str) -> None:
+    """The budget, data and output options this benchmark and its siblings (subset_robustness) share."""
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run (same for all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--train", type=int, default=800, help="procedural training scenes")
+    parser.add_argument("--val", type=int, default=150, help="procedural validation scenes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="short development run: 60 steps, 200/50 scenes")
+    parser.add_argument("--data", default="data/synthetic_quality")
+    parser.add_argument("--runs", default=runs)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default=name, help="output file stem")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra train-config override for every run (repeatable), e.g. data.augment=true")
+    parser.add_argument("--resume", action="store_true", help="reuse runs that already finished")
+    parser.add_argument("--notes", help="a Markdown file whose text is added as the diagnosis section")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown (and notes) of a finished report")
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, set up logging and apply --quick."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.quick:
+        args.steps, args.train, args.val = 60, 200, 50
+    return args
+
+
+def render_only(args: argparse.Namespace, markdown: Callable[[dict[str, Any]], str]) -> bool:
+    """With --render: rewrite the report's Markdown (with --notes as its diagnosis) and say so."""
+    if not args.render:
+        return False
+    report = json.loads(Path(args.render).read_text())
+    if args.notes:
+        report["notes"] = Path(args.notes).read_text()
+    write_outputs(report, Path(args.out), args.name, markdown)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per variant (same for all)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--train", type=int, default=800, help="procedural training scenes")
-    parser.add_argument("--val", type=int, default=150, help="procedural validation scenes")
+    add_run_arguments(parser, runs="runs/synthetic_quality", name="synthetic_quality")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="data loader workers per run")
-    parser.add_argument("--quick", action="store_true", help="short development run: 60 steps, fewer scenes")
-    parser.add_argument("--data", default="data/synthetic_quality")
-    parser.add_argument("--runs", default="runs/synthetic_quality")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--name", default="synthetic_quality", help="output file stem")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra train-config override for every variant (repeatable), e.g. data.augment=true")
-    parser.add_argument("--resume", action="store_true", help="reuse variants whose run already finished")
-    parser.add_argument("--notes", help="a Markdown file whose text is added as the diagnosis section")
-    parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown (and notes) of a finished report")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = Path(args.out)
-    if args.render:
-        report = json.loads(Path(args.render).read_text())
-        if args.notes:
-            report["notes"] = Path(args.notes).read_text()
-        write_outputs(report, out, args.name)
+    args = parse_run_arguments(parser, argv)
+    if render_only(args, to_markdown):
         return 0
-    if args.quick:
-        args.steps, args.train, args.val = 60, 200, 50
     torch.set_num_threads(args.threads)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
@@ -304,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     report["expectations"] = expectations(results)
     if args.notes:
         report["notes"] = Path(args.notes).read_text()
-    write_outputs(report, out, args.name)
+    write_outputs(report, Path(args.out), args.name)
     log.info("%.1f min in all", report["wall_s"] / 60)
     for check in report["expectations"]:
         log.info("%-60s %s (%+.1f)", check["claim"], "held" if check["held"] else "DID NOT HOLD",
