@@ -3,7 +3,7 @@ the SAM-LoRA baseline, on the procedural scenes, per frozen backbone and over se
 
     python -m benchmarks.subset_robustness [--variants mlesam,sam_lora,...] [--seeds 0,1]
         [--backbones random,standin --standin checkpoints/standin_tiny_mim.pt] [--steps 600] [--quick]
-        [--resume] [--name subset_robustness] [--notes FILE] [--render JSON]
+        [--resume [--finished-only]] [--name subset_robustness] [--notes FILE] [--render JSON]
 
 Each (backbone, variant, seed) is trained from `config/train/synthetic_cpu.yaml` with the budget of
 `benchmarks.synthetic_quality` (600 optimiser steps x batch 8 on its 800 scenes; `seed` = the training seed,
@@ -16,7 +16,8 @@ benchmarks/results/synthetic_quality.md (random backbone); the same comparisons 
 `mlesam` and `sam_lora` (same code, same seeds, same backbone) are reported beside them.
 
 Runs land in --runs/<backbone>/<variant>/seed<k>; with --resume a finished run's figures (result.json there) are
-reused, so the report can be grown a variant or a seed at a time. The backbones: `random` (the seeded random
+reused, so the report can be grown a variant or a seed at a time; --finished-only (with --resume) reports the
+runs that finished and trains none, so variants may have different seeds. The backbones: `random` (the seeded random
 SAM2 every CPU run uses) and `standin` (--standin, written by `python -m training.pretrain_backbone`). Neither
 is SAM2's real weights; the figures say how the recipes behave, not what they reach on DELIVER.
 """
@@ -292,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--standin", help="the stand-in SAM2 checkpoint (python -m training.pretrain_backbone)")
     add_run_arguments(parser, runs="runs/subset_robustness", name="subset_robustness")
     parser.add_argument("--data-seed", type=int, default=0, help="the procedural generator's seed")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="with --resume: report the (backbone, variant, seed) runs that finished, train none")
     args = parse_run_arguments(parser, argv)
+    if args.finished_only and not args.resume:
+        parser.error("--finished-only needs --resume")
     if render_only(args, to_markdown):
         return 0
     out = Path(args.out)
@@ -317,8 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"data.root={data}", f"optim.max_steps={args.steps}", f"optim.batch_size={args.batch_size}",
               f"model.image_size={args.size}", f"num_threads={args.threads}", "data.workers=1",
               f"validation.every_steps={args.steps}", "device=cpu", *args.set]
-    results = {b: {n: {s: run_one(b, checkpoints[b], n, s, common, Path(args.runs), args.resume) for s in seeds}
-                   for n in names} for b in backbones}
+    runs = Path(args.runs)
+
+    def wanted(backbone: str, name: str, seed: int) -> bool:
+        return not args.finished_only or (runs / backbone / name / f"seed{seed}" / "result.json").is_file()
+
+    results = {b: {n: {s: run_one(b, checkpoints[b], n, s, common, runs, args.resume) for s in seeds
+                       if wanted(b, n, s)} for n in names} for b in backbones}
+    results = {b: {n: by_seed for n, by_seed in variants.items() if by_seed} for b, variants in results.items()}
     report = {
         **header,
         "data": {"root": str(data), "size": args.size, "counts": counts, "seed": args.data_seed},
