@@ -83,6 +83,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "branch_singles_distill": ("branch_distill + every sensor alone as a further branch each step (mmFormer's "
                                "modality-specific regularisers)",
                                [*BRANCH, *DISTILL, "data.modality_dropout.singles=true"]),
+    "branch_singles_distill_late": ("branch_singles_distill from step 300 on (the first half the paper's recipe): "
+                                    "the full set forms before the subsets share its capacity",
+                                    [*BRANCH, *DISTILL, "data.modality_dropout.singles=true",
+                                     "data.modality_dropout.start_step=300"]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),

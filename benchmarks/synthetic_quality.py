@@ -30,7 +30,7 @@ import torch
 
 from mlesam_core.data.classes import DELIVER
 from training.baselines import position_prior, score_fixed_prediction
-from training.config import load_train_config
+from training.config import load_train_config, paper_recipe_overrides
 from training.evaluate import EvalRequest, evaluate_adapters
 from training.loop import train
 from training.reporting import json_ready, markdown_table, write_report
@@ -87,10 +87,11 @@ def run_variant(name: str, common: list[str], runs: Path, resume: bool) -> dict[
 
 def train_and_evaluate(name: str, description: str, overrides: list[str], common: list[str], out_dir: Path,
                        resume: bool) -> dict[str, Any]:
-    """Train BASE_CONFIG + `common` + `overrides` into `out_dir` (or reuse a finished run there when `resume`),
-    evaluate it on val (every modality subset for a multi-modal model, per condition and failure case, router
-    statistics with all modalities), return its figures."""
-    config = load_train_config(BASE_CONFIG, common + overrides + [f"out_dir={out_dir}"])
+    """Train BASE_CONFIG + `common` + the paper's recipe + `overrides` into `out_dir` (or reuse a finished run
+    there when `resume`), evaluate it on val (every modality subset for a multi-modal model, per condition and
+    failure case, router statistics with all modalities), return its figures."""
+    # the variant's overrides on the paper's recipe, whatever recipe BASE_CONFIG itself chooses
+    config = load_train_config(BASE_CONFIG, common + paper_recipe_overrides() + overrides + [f"out_dir={out_dir}"])
     adapters = out_dir / "adapters.safetensors"
     if not (resume and adapters.exists()):
         log.info("training %s: %s", name, description)

@@ -8,13 +8,14 @@ current directory, then from the repository root.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml, resolve_path, to_dict
-from mlesam_core.model.config import MLESAMConfig
+from mlesam_core.model.config import LossConfig, MLESAMConfig, RouterConfig
 from mlesam_core.precision import TrainingPrecision
 
 
@@ -202,3 +203,22 @@ def same_model(section: dict[str, Any], model: MLESAMConfig) -> bool:
     except ConfigError:
         return False
     return to_dict(saved) == to_dict(model)
+
+
+# the options beyond the paper (each default is the paper's behaviour): model.loss and model.router keys
+BEYOND_PAPER_LOSS = ("router_balance_weight", "subset_weight", "distill_weight", "distill_temperature")
+BEYOND_PAPER_ROUTER = ("temperature", "noise_std")
+
+
+def paper_recipe_overrides() -> list[str]:
+    """`dotted.key=value` overrides that put any train config back on the paper's recipe: no modality dropout
+    and every option beyond the paper at its default (no subset branches, distillation, load balancing, router
+    noise or temperature). The benchmarks' baselines use them, so they stay the paper's whatever recipe a config
+    file chooses."""
+    def value(v: Any) -> str:
+        return json.dumps(v)  # JSON is YAML: null, true, 0.0, "subset"
+
+    dropout, loss, router = ModalityDropoutConfig(), LossConfig(), RouterConfig()
+    return ([f"data.modality_dropout.{f.name}={value(getattr(dropout, f.name))}" for f in fields(dropout)]
+            + [f"model.loss.{name}={value(getattr(loss, name))}" for name in BEYOND_PAPER_LOSS]
+            + [f"model.router.{name}={value(getattr(router, name))}" for name in BEYOND_PAPER_ROUTER])
