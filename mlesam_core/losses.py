@@ -54,14 +54,19 @@ def _valid(member: SegmentationOutput) -> torch.Tensor:
     return member.valid
 
 
+def routed_fraction(weights: torch.Tensor) -> torch.Tensor:
+    """f_i of the Switch-Transformer loss: per expert, the fraction of the batch routed to it, from one level's
+    kept top-k weights [B, M] (each sample's unit of load split evenly over its kept experts) -> [M]."""
+    kept = (weights > 0).float()
+    return (kept / kept.sum(dim=1, keepdim=True).clamp_min(1)).mean(dim=0)
+
+
 def load_balancing_loss(probs: dict[str, torch.Tensor], routing: dict[str, torch.Tensor]) -> torch.Tensor:
     """Switch-Transformer load balancing summed over levels: probs and routing {level: [B, M]} (router softmax
     and kept top-k weights, as `SegmentationOutput.router_probs` / `.routing`) -> a 0-dim float32."""
     total = torch.zeros((), device=next(iter(probs.values())).device)
     for level, p in probs.items():
-        kept = (routing[level] > 0).float()
-        dispatch = kept / kept.sum(dim=1, keepdim=True).clamp_min(1)  # each sample's unit of load
-        total = total + p.shape[1] * (dispatch.mean(dim=0) * p.float().mean(dim=0)).sum()
+        total = total + p.shape[1] * (routed_fraction(routing[level]) * p.float().mean(dim=0)).sum()
     return total
 
 
@@ -136,4 +141,4 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     return result
 
 
-__all__ = ["ohem_cross_entropy", "load_balancing_loss", "distillation_loss", "router_entropy", "total_loss"]
+__all__ = ["ohem_cross_entropy", "load_balancing_loss", "routed_fraction", "distillation_loss", "router_entropy", "total_loss"]

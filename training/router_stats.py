@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mlesam_core.losses import router_entropy
+from mlesam_core.losses import routed_fraction, router_entropy
 
 
 def router_statistics(probs: dict[str, torch.Tensor], routing: dict[str, torch.Tensor], modalities: Sequence[str]
@@ -20,8 +20,7 @@ def router_statistics(probs: dict[str, torch.Tensor], routing: dict[str, torch.T
     stats: dict[str, torch.Tensor] = {}
     for level, p in probs.items():
         weights = routing[level].detach().float()
-        kept = (weights > 0).float()
-        load = (kept / kept.sum(dim=1, keepdim=True).clamp_min(1)).mean(dim=0)
+        load = routed_fraction(weights)
         mean_weight = weights.mean(dim=0)
         stats[f"router_entropy_{level}"] = router_entropy(p.detach())
         for index, modality in enumerate(modalities):
