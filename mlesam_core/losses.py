@@ -141,4 +141,5 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     return result
 
 
-__all__ = ["ohem_cross_entropy", "load_balancing_loss", "routed_fraction", "distillation_loss", "router_entropy", "total_loss"]
+__all__ = ["ohem_cross_entropy", "load_balancing_loss", "routed_fraction", "distillation_loss", "router_entropy",
+           "total_loss"]
