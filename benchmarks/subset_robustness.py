@@ -87,6 +87,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                     "the full set forms before the subsets share its capacity",
                                     [*BRANCH, *DISTILL, "data.modality_dropout.singles=true",
                                      "data.modality_dropout.start_step=300"]),
+    "partial_head": ("branch_singles_distill with a second fusion and decoder for the subsets (model.partial_head): "
+                     "the paper's heads see only the full set",
+                     [*BRANCH, *DISTILL, "data.modality_dropout.singles=true", "model.partial_head.enabled=true"]),
+    "partial_head_detached": ("partial_head, the subsets' gradients kept out of the LoRA experts (which then learn "
+                              "from the full set only, as in the paper's recipe)",
+                              [*BRANCH, *DISTILL, "data.modality_dropout.singles=true",
+                               "model.partial_head.enabled=true", "model.partial_head.encoder_gradients=false"]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),

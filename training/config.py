@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml, resolve_path, to_dict
-from mlesam_core.model.config import LossConfig, MLESAMConfig, RouterConfig
+from mlesam_core.model.config import LossConfig, MLESAMConfig, PartialHeadConfig, RouterConfig
 from mlesam_core.precision import TrainingPrecision
 
 
@@ -205,7 +205,8 @@ def same_model(section: dict[str, Any], model: MLESAMConfig) -> bool:
     return to_dict(saved) == to_dict(model)
 
 
-# the options beyond the paper (each default is the paper's behaviour): model.loss and model.router keys
+# the options beyond the paper (each default is the paper's behaviour): model.loss and model.router keys, and
+# every key of model.partial_head
 BEYOND_PAPER_LOSS = ("router_balance_weight", "subset_weight", "distill_weight", "distill_temperature")
 BEYOND_PAPER_ROUTER = ("temperature", "noise_std")
 
@@ -213,12 +214,13 @@ BEYOND_PAPER_ROUTER = ("temperature", "noise_std")
 def paper_recipe_overrides() -> list[str]:
     """`dotted.key=value` overrides that put any train config back on the paper's recipe: no modality dropout
     and every option beyond the paper at its default (no subset branches, distillation, load balancing, router
-    noise or temperature). The benchmarks' baselines use them, so they stay the paper's whatever recipe a config
+    noise or temperature, no partial-subset heads). The benchmarks' baselines use them, so they stay the paper's whatever recipe a config
     file chooses."""
     def value(v: Any) -> str:
         return json.dumps(v)  # JSON is YAML: null, true, 0.0, "subset"
 
-    dropout, loss, router = ModalityDropoutConfig(), LossConfig(), RouterConfig()
+    dropout, loss, router, partial = ModalityDropoutConfig(), LossConfig(), RouterConfig(), PartialHeadConfig()
     return ([f"data.modality_dropout.{f.name}={value(getattr(dropout, f.name))}" for f in fields(dropout)]
             + [f"model.loss.{name}={value(getattr(loss, name))}" for name in BEYOND_PAPER_LOSS]
-            + [f"model.router.{name}={value(getattr(router, name))}" for name in BEYOND_PAPER_ROUTER])
+            + [f"model.router.{name}={value(getattr(router, name))}" for name in BEYOND_PAPER_ROUTER]
+            + [f"model.partial_head.{f.name}={value(getattr(partial, f.name))}" for f in fields(partial)])

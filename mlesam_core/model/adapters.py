@@ -101,11 +101,8 @@ def load_adapters(model: LoRASam2Model, path: str | Path, allow_backbone_mismatc
     hash checked unless `verify` is False); returns its metadata."""
     path = Path(path)
     metadata = read_adapter_metadata(path)
-    try:
-        file_config = json.loads(metadata["config"])
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path}: embedded model config is not JSON: {exc}") from exc
-    differences = config_differences(model.config, file_config)
+    # parsed, so a key the file predates reads as its default (the behaviour the file was trained with)
+    differences = config_differences(model.config, adapter_config(path))
     if differences:
         raise AdapterError(f"{path}: made for another model config: " + "; ".join(differences))
     backbone = metadata.get("backbone", "<unknown>")

@@ -21,7 +21,7 @@ RUNTIME_KEYS = frozenset({
     "image_size", "activation_checkpointing", "random_init_seed", "lora.grouped", "lora.dropout",
     "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
     "router.noise_std", "loss.router_balance_weight", "loss.subset_weight", "loss.distill_weight",
-    "loss.distill_temperature",
+    "loss.distill_temperature", "partial_head.encoder_gradients",
 })
 
 
@@ -163,6 +163,20 @@ class AuxHeadConfig:
 
 
 @dataclass
+class PartialHeadConfig:
+    """Beyond the paper (off by default): a second fusion, SAM class-token head and aux head (routers and heads
+    of their own, the same frozen encoder and LoRA experts) that predict whenever a modality is missing, while the
+    paper's heads keep the full set. One shared router and decoder, trained on every subset, converge to a
+    compromise that costs the full set (docs/training.md); the idea of a fusion per presence case follows the
+    missing-aware prompts of Lee et al., CVPR 2023 ("Multimodal prompting with missing modalities"), here with
+    two cases (all present, some missing) and whole heads instead of prompts. `encoder_gradients: false` keeps the
+    partial predictions' gradients out of the LoRA experts, so the experts learn from the full set only."""
+
+    enabled: bool = False
+    encoder_gradients: bool = True
+
+
+@dataclass
 class OutputConfig:
     """Prediction = sam_weight * Y_sam + aux_weight * Y_aux (Eq. 13); aux_weight is unused without an aux head."""
 
@@ -212,6 +226,7 @@ class MLESAMConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
+    partial_head: PartialHeadConfig = field(default_factory=PartialHeadConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     random_init_seed: int = 0  # seed of the frozen SAM2 weights when no checkpoint is loaded
@@ -234,6 +249,8 @@ class MLESAMConfig:
               f"{self.ignore_index} is a class id (num_classes is {self.num_classes})")
         check(self.image_size > 0 and self.image_size % 32 == 0, "image_size",
               f"must be a positive multiple of 32, got {self.image_size}")
+        check(not (self.partial_head.enabled and self.architecture != "mlesam"), "partial_head.enabled",
+              f"is an MLE-SAM option; architecture {self.architecture!r} has a head per modality already")
 
     @property
     def num_modalities(self) -> int:
@@ -274,4 +291,5 @@ def config_differences(model_config: MLESAMConfig, other: MLESAMConfig | dict) -
 
 
 __all__ = ["MLESAMConfig", "Sam2Config", "LoRAConfig", "RouterConfig", "DecoderConfig", "AuxHeadConfig",
-           "OutputConfig", "LossConfig", "RUNTIME_KEYS", "load_model_config", "flat_config", "config_differences"]
+           "PartialHeadConfig", "OutputConfig", "LossConfig", "RUNTIME_KEYS", "load_model_config", "flat_config",
+           "config_differences"]

@@ -8,6 +8,8 @@ Data flow for images [B, M, 3, H, W] (config modality order) and present [B, M]:
   logits = sam_weight * Y_sam + aux_weight * Y_aux at H x W.
 Trainable: LoRA experts, routers, the class-token head (tokens, hypernetworks, upscaling, conv_s0/conv_s1) and
 the aux head; everything from SAM2 else is frozen.
+With `partial_head.enabled` (beyond the paper) a second fusion, class-token head and aux head (`partial_*`) take
+every sample that lacks a modality; samples with all modalities keep the paper's heads.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch
 
 from mlesam_core.model.aux_head import AuxHead
 from mlesam_core.model.base import LoRASam2Model, ModalityFeatures, SegmentationOutput
+from mlesam_core.model.decoder import ClassMaskHead
+from mlesam_core.model.router import FeatureFusion
 
 if TYPE_CHECKING:
     from sam2.modeling.sam.mask_decoder import MaskDecoder
-from mlesam_core.model.router import FeatureFusion
 
 
 class MLESAM(LoRASam2Model):
@@ -32,14 +35,23 @@ class MLESAM(LoRASam2Model):
         config = self.config
         dim = mask_decoder.transformer_dim
         router = config.router
-        self.fusion = FeatureFusion(len(self.modalities), dim, config.fusion, router.top_k, router.renormalize,
-                                    router.temperature, router.noise_std)
-        self.mask_head = self.new_mask_head(mask_decoder)
-        self.aux_head = (AuxHead(dim, config.aux_head.dim, config.num_classes, config.aux_head.dropout)
-                         if config.aux_head.enabled else None)
+
+        def heads() -> tuple[FeatureFusion, ClassMaskHead, AuxHead | None]:
+            return (FeatureFusion(len(self.modalities), dim, config.fusion, router.top_k, router.renormalize,
+                                  router.temperature, router.noise_std),
+                    self.new_mask_head(mask_decoder),
+                    AuxHead(dim, config.aux_head.dim, config.num_classes, config.aux_head.dropout)
+                    if config.aux_head.enabled else None)
+
+        self.fusion, self.mask_head, self.aux_head = heads()
+        self.partial_fusion: FeatureFusion | None = None
+        self.partial_mask_head: ClassMaskHead | None = None
+        self.partial_aux_head: AuxHead | None = None
+        if config.partial_head.enabled:
+            self.partial_fusion, self.partial_mask_head, self.partial_aux_head = heads()
 
     def mask_head_prefixes(self) -> list[str]:
-        return ["mask_head"]
+        return ["mask_head"] + (["partial_mask_head"] if self.partial_mask_head is not None else [])
 
     def forward(self, images: torch.Tensor, present: torch.Tensor, active: Sequence[int] | None = None,
                 subset_present: Sequence[torch.Tensor] | None = None) -> SegmentationOutput:
@@ -67,14 +79,50 @@ class MLESAM(LoRASam2Model):
 
     def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]
                 ) -> SegmentationOutput:
-        """Fusion (absent modalities masked) and both pathways."""
-        fused, routing, probs = self.fusion(features.levels, present, features.index)
+        """Fusion (absent modalities masked) and both pathways, by the paper's heads or, with a partial head, by
+        the heads of each sample's presence case (all modalities, or some missing)."""
+        if self.partial_fusion is None:
+            return self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
+        complete = present.all(dim=1)
+        # one host read decides which heads run: a batch of one case (always so for single frames) decodes once
+        all_complete, none_complete = torch.stack([complete.all(), (~complete).all()]).tolist()
+        full = None if none_complete else self._decode_with(self.fusion, self.mask_head, self.aux_head, features,
+                                                      present, size)
+        if all_complete:
+            assert full is not None
+            return full
+        if not self.config.partial_head.encoder_gradients:
+            features = ModalityFeatures([level.detach() for level in features.levels], features.ids, features.index)
+        assert self.partial_mask_head is not None
+        partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
+                                    present, size)
+        return partial if full is None else _select_rows(complete, full, partial)
+
+    def _decode_with(self, fusion: FeatureFusion, mask_head: ClassMaskHead, aux_head: AuxHead | None,
+                     features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]) -> SegmentationOutput:
+        fused, routing, probs = fusion(features.levels, present, features.index)
         ffp, ifp, sfm = fused
-        sam = self.mask_head(self.sam_decoder, sfm, ifp, ffp)
-        aux = self.aux_head(fused) if self.aux_head is not None else None
+        sam = mask_head(self.sam_decoder, sfm, ifp, ffp)
+        aux = aux_head(fused) if aux_head is not None else None
         output = self.combine(sam, aux, size, routing)
         output.router_probs = probs
         return output
+
+
+def _select_rows(rows: torch.Tensor, chosen: SegmentationOutput, other: SegmentationOutput) -> SegmentationOutput:
+    """Per sample, `chosen`'s tensors where `rows` [B] is true and `other`'s elsewhere."""
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(rows.view(-1, *([1] * (a.ndim - 1))), a, b)
+
+    aux = (None if chosen.aux_logits is None or other.aux_logits is None
+           else pick(chosen.aux_logits, other.aux_logits))
+    output = SegmentationOutput(logits=pick(chosen.logits, other.logits),
+                                sam_logits=pick(chosen.sam_logits, other.sam_logits), aux_logits=aux,
+                                routing={k: pick(v, other.routing[k]) for k, v in chosen.routing.items()})
+    if chosen.router_probs is not None and other.router_probs is not None:
+        output.router_probs = {k: pick(v, other.router_probs[k]) for k, v in chosen.router_probs.items()}
+    return output
 
 
 __all__ = ["MLESAM"]
