@@ -214,8 +214,8 @@ BEYOND_PAPER_ROUTER = ("temperature", "noise_std")
 def paper_recipe_overrides() -> list[str]:
     """`dotted.key=value` overrides that put any train config back on the paper's recipe: no modality dropout
     and every option beyond the paper at its default (no subset branches, distillation, load balancing, router
-    noise or temperature, no partial-subset heads). The benchmarks' baselines use them, so they stay the paper's whatever recipe a config
-    file chooses."""
+    noise or temperature, no partial-subset heads). The benchmarks' baselines use them, so they stay the paper's
+    whatever recipe a config file chooses."""
     def value(v: Any) -> str:
         return json.dumps(v)  # JSON is YAML: null, true, 0.0, "subset"
 

@@ -64,7 +64,7 @@ class MLESAM(LoRASam2Model):
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
         size = (images.shape[-2], images.shape[-1])
-        output = self._decode(features, present, size)
+        output = self._decode(features, present, size, active)
         if subset_present is not None:
             for mask in subset_present:
                 if mask.shape != present.shape or mask.dtype != torch.bool:
@@ -77,15 +77,14 @@ class MLESAM(LoRASam2Model):
                 output.subsets.append(subset)
         return output
 
-    def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]
-                ) -> SegmentationOutput:
+    def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int],
+                active: Sequence[int] | None = None) -> SegmentationOutput:
         """Fusion (absent modalities masked) and both pathways, by the paper's heads or, with a partial head, by
         the heads of each sample's presence case (all modalities, or some missing)."""
         if self.partial_fusion is None:
             return self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
         complete = present.all(dim=1)
-        # one host read decides which heads run: a batch of one case (always so for single frames) decodes once
-        all_complete, none_complete = torch.stack([complete.all(), (~complete).all()]).tolist()
+        all_complete, none_complete = self._presence_cases(complete, active)
         full = None if none_complete else self._decode_with(self.fusion, self.mask_head, self.aux_head, features,
                                                       present, size)
         if all_complete:
@@ -97,6 +96,17 @@ class MLESAM(LoRASam2Model):
         partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
                                     present, size)
         return partial if full is None else _select_rows(complete, full, partial)
+
+    def _presence_cases(self, complete: torch.Tensor, active: Sequence[int] | None) -> tuple[bool, bool]:
+        """(every sample has all modalities, none has): from `active` where it decides (the Segmenter's single
+        frames: no host sync, which also keeps CUDA-graph capture legal), else one host read."""
+        if active is not None:
+            if len(set(active)) < len(self.modalities):
+                return False, True
+            if complete.shape[0] == 1:
+                return True, False
+        all_complete, none_complete = torch.stack([complete.all(), (~complete).all()]).tolist()
+        return bool(all_complete), bool(none_complete)
 
     def _decode_with(self, fusion: FeatureFusion, mask_head: ClassMaskHead, aux_head: AuxHead | None,
                      features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]) -> SegmentationOutput:

@@ -38,6 +38,7 @@ def test_paper_recipe_overrides_restore_the_paper_on_every_shipped_config(name):
                                                                                                False, 0)
     assert (loss.router_balance_weight, loss.distill_weight) == (0, 0)
     assert (router.noise_std, router.temperature) == (0, 1)
+    assert not config.model.partial_head.enabled
     shipped = load_train_config(f"config/train/{name}.yaml")
     assert (shipped.optim, shipped.model.lora, shipped.model.fusion) == (config.optim, config.model.lora,
                                                                          config.model.fusion)  # nothing else moves
