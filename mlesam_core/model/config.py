@@ -22,6 +22,7 @@ RUNTIME_KEYS = frozenset({
     "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
     "router.noise_std", "loss.router_balance_weight", "loss.subset_weight", "loss.distill_weight",
     "loss.distill_temperature", "partial_head.encoder_gradients",
+    "partial_head.learn_full_set",
 })
 
 
@@ -170,10 +171,13 @@ class PartialHeadConfig:
     compromise that costs the full set (docs/training.md); the idea of a fusion per presence case follows the
     missing-aware prompts of Lee et al., CVPR 2023 ("Multimodal prompting with missing modalities"), here with
     two cases (all present, some missing) and whole heads instead of prompts. `encoder_gradients: false` keeps the
-    partial predictions' gradients out of the LoRA experts, so the experts learn from the full set only."""
+    partial predictions' gradients out of the LoRA experts, so the experts learn from the full set only.
+    `learn_full_set`: in training the partial heads also predict the full set (one more subset prediction), so
+    they learn every subset, as the single shared heads do without this option."""
 
     enabled: bool = False
     encoder_gradients: bool = True
+    learn_full_set: bool = False
 
 
 @dataclass

@@ -75,16 +75,23 @@ class MLESAM(LoRASam2Model):
                 subset = self._decode(features, mask & present, size)
                 subset.valid = (mask & present).any(dim=1)  # a sample with nothing left is not scored
                 output.subsets.append(subset)
+        if self.training and self.partial_fusion is not None and self.config.partial_head.learn_full_set:
+            # the partial heads also predict the full set, as a subset prediction: they become one decoder for
+            # every subset (the shared heads of the recipes without them), beside the full set's specialist
+            shared = self._decode(features, present, size, partial=True)
+            shared.valid = present.any(dim=1)
+            output.subsets = [*(output.subsets or []), shared]
         return output
 
     def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int],
-                active: Sequence[int] | None = None) -> SegmentationOutput:
+                active: Sequence[int] | None = None, partial: bool = False) -> SegmentationOutput:
         """Fusion (absent modalities masked) and both pathways, by the paper's heads or, with a partial head, by
-        the heads of each sample's presence case (all modalities, or some missing)."""
+        the heads of each sample's presence case (all modalities, or some missing); `partial`: the partial heads
+        for every sample."""
         if self.partial_fusion is None:
             return self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
         complete = present.all(dim=1)
-        all_complete, none_complete = self._presence_cases(complete, active)
+        all_complete, none_complete = (False, True) if partial else self._presence_cases(complete, active)
         full = None if none_complete else self._decode_with(self.fusion, self.mask_head, self.aux_head, features,
                                                       present, size)
         if all_complete:
