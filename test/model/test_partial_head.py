@@ -133,3 +133,19 @@ def test_adapter_files_written_before_the_option_existed_still_load(tmp_path):
     metadata["content_sha256"] = adapter_content_sha256(metadata, tensors)
     save_file(tensors, str(path), metadata=metadata)
     load_adapters(build_model(tiny_config()), path)
+
+
+def test_learn_full_set_adds_the_partial_heads_full_set_prediction_in_training_only():
+    model, _, partial = _models("partial_head.learn_full_set=true")
+    images, present = random_batch(model.config, batch=2, seed=7)
+    rgb_alone = present & (torch.arange(4) == 0)
+    model.train()
+    partial.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(images, present, subset_present=[rgb_alone])
+        assert len(out.subsets) == 2 and out.subsets[1].valid.all()
+        torch.testing.assert_close(out.subsets[1].logits, partial(images, present).logits, rtol=1e-5, atol=1e-5)
+        assert len(model(images, present).subsets) == 1  # without branches too
+        model.eval()
+        assert model(images, present).subsets is None
