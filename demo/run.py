@@ -129,7 +129,7 @@ def run_demo(plan: DemoPlan) -> dict:
     model_config = plan.train_dir / "model.yaml"
     overrides = [f"data.root={plan.data}", *plan.train_overrides]
     if plan.modality_dropout is not None:
-        overrides += [f"data.modality_dropout={{p: {plan.modality_dropout:g}}}"]
+        overrides += [f"data.modality_dropout={{p: {plan.modality_dropout:g}}}", "model.partial_head={}"]
     if plan.train_steps is not None:
         overrides.append(f"optim.max_steps={plan.train_steps}")
     if plan.sam2_checkpoint is not None:

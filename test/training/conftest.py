@@ -14,9 +14,8 @@ def _tiny_overrides(root: Path, out: Path, steps: int) -> list[str]:
             f"optim.max_steps={steps}", "optim.schedule.warmup_steps=2", "data.workers=0", "data.max_train_samples=8",
             "data.max_val_samples=4", "validation.every_steps=3", "validation.batch_size=4", "log_every_steps=1",
             "device=cpu",
-            # the paper's recipe (the config's every-subset branches start at step 300, past these runs anyway);
-            # the tests of the branch options set them on top
-            "data.modality_dropout={}"]
+            # the paper's recipe (no subset branches, no partial heads); the tests of those options set them on top
+            "data.modality_dropout={}", "model.partial_head={}"]
 
 
 @pytest.fixture(scope="session")

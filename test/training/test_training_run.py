@@ -13,6 +13,8 @@ import torch
 from fixtures import REPO_ROOT
 from safetensors.torch import load_file
 
+from mlesam_core.model import build_model
+from mlesam_core.model.adapters import adapter_config
 from training.checkpoint import load_checkpoint
 from training.loop import train
 from training.run_log import read_metrics
@@ -69,6 +71,28 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config, tmp_pat
     val_a = [r["miou"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "val"]
     val_b = [r["miou"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "val"]
     assert val_a == pytest.approx(val_b, abs=1e-6)
+
+
+def test_detached_partial_heads_leave_the_paper_heads_and_experts_as_the_papers_recipe_trains_them(tiny_config,
+                                                                                                     tmp_path):
+    # the CPU recipe (synthetic_cpu.yaml's partial heads and branches) against the paper's recipe, same seed; the
+    # dropouts are off so that the partial heads draw no random numbers the paper's parts would see
+    common = ("model.aux_head.dropout=0.0", "optim.grad_accum_steps=1")
+    train(tiny_config(tmp_path / "paper", *common), progress_bar=False)
+    recipe = ("data.modality_dropout={p: 1.0, sampler: subset, mode: branch, singles: true}",
+              "model.loss.distill_weight=1.0", "model.loss.distill_temperature=2.0",
+              "model.partial_head={enabled: true, learn_full_set: true, encoder_gradients: false}")
+    train(tiny_config(tmp_path / "recipe", *common, *recipe), progress_bar=False)
+    paper = load_file(tmp_path / "paper" / "adapters.safetensors")
+    recipe_state = load_file(tmp_path / "recipe" / "adapters.safetensors")
+    partial = {k for k in recipe_state if k.startswith("partial_")}
+    assert partial and recipe_state.keys() - partial == paper.keys()
+    for key in paper:
+        torch.testing.assert_close(recipe_state[key], paper[key], rtol=0, atol=1e-6, msg=key)
+    assert any(paper[k].abs().sum() > 0 for k in paper if "lora_B" in k)  # the experts did train
+    fresh = build_model(adapter_config(tmp_path / "recipe" / "adapters.safetensors"))
+    untrained = fresh.adapter_state_dict()
+    assert any(not torch.equal(recipe_state[k], untrained[k]) for k in partial)  # the partial heads trained
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tiny_config, tmp_path):
