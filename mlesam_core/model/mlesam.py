@@ -100,9 +100,9 @@ class MLESAM(LoRASam2Model):
         if not self.config.partial_head.encoder_gradients:
             features = ModalityFeatures([level.detach() for level in features.levels], features.ids, features.index)
         assert self.partial_mask_head is not None
-        partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
-                                    present, size)
-        return partial if full is None else _select_rows(complete, full, partial)
+        by_partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
+                                       present, size)
+        return by_partial if full is None else _select_rows(complete, full, by_partial)
 
     def _presence_cases(self, complete: torch.Tensor, active: Sequence[int] | None) -> tuple[bool, bool]:
         """(every sample has all modalities, none has): from `active` where it decides (the Segmenter's single
