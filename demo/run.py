@@ -44,8 +44,8 @@ class DemoPlan:
     train_overrides: list[str] = field(default_factory=list)
     train_steps: int | None = None
     # The paper's recipe plus plain modality dropout with this probability, so that the model learns to do without
-    # any one sensor. None: the train config's every-subset recipe, which on the demo's bag scores the same as 0.25
-    # for several times the training time (docs/training.md, "Modality dropout in the demo")
+    # any one sensor. None: the train config's every-subset recipe, which on the demo's bag scores higher but trains
+    # about five times as long (docs/training.md, "Modality dropout in the demo")
     modality_dropout: float | None = 0.25
     sam2_checkpoint: Path | None = None
     retrain: bool = False

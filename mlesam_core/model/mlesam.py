@@ -72,7 +72,9 @@ class MLESAM(LoRASam2Model):
                                      f"{mask.dtype} {tuple(mask.shape)}")
             output.subsets = []
             for mask in subset_present:
-                subset = self._decode(features, mask & present, size)
+                # with partial heads, every subset prediction is theirs (no host read per branch), so the paper's
+                # heads learn from the full set alone even when a drawn subset is the whole set
+                subset = self._decode(features, mask & present, size, partial=True)
                 subset.valid = (mask & present).any(dim=1)  # a sample with nothing left is not scored
                 output.subsets.append(subset)
         if self.training and self.partial_fusion is not None and self.config.partial_head.learn_full_set:
