@@ -3,7 +3,7 @@ the SAM-LoRA baseline, on the procedural scenes, per frozen backbone and over se
 
     python -m benchmarks.subset_robustness [--variants mlesam,sam_lora,...] [--seeds 0,1]
         [--backbones random,standin --standin checkpoints/standin_tiny_mim.pt] [--steps 600] [--quick]
-        [--resume [--finished-only]] [--name subset_robustness] [--notes FILE] [--render JSON]
+        [--resume [--finished-only]] [--restore JSON] [--name subset_robustness] [--notes FILE] [--render JSON]
 
 Each (backbone, variant, seed) is trained from `config/train/synthetic_cpu.yaml` with the budget of
 `benchmarks.synthetic_quality` (600 optimiser steps x batch 8 on its 800 scenes; `seed` = the training seed,
@@ -17,7 +17,8 @@ benchmarks/results/synthetic_quality.md (random backbone); the same comparisons 
 
 Runs land in --runs/<backbone>/<variant>/seed<k>; with --resume a finished run's figures (result.json there) are
 reused, so the report can be grown a variant or a seed at a time; --finished-only (with --resume) reports the
-runs that finished and trains none, so variants may have different seeds. The backbones: `random` (the seeded random
+runs that finished and trains none, so variants may have different seeds; --restore writes a finished report's
+runs back first (a fresh clone grows the committed report). The backbones: `random` (the seeded random
 SAM2 every CPU run uses) and `standin` (--standin, written by `python -m training.pretrain_backbone`). Neither
 is SAM2's real weights; the figures say how the recipes behave, not what they reach on DELIVER.
 """
@@ -25,6 +26,7 @@ is SAM2's real weights; the figures say how the recipes behave, not what they re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -102,6 +104,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                      [*BRANCH, *DISTILL, "data.modality_dropout.singles=true",
                                       "model.partial_head.enabled=true", "model.partial_head.learn_full_set=true",
                                       "model.partial_head.encoder_gradients=false"]),
+    "presence_tokens": ("partial_head_shared_detached, a class-token offset per presence case (partial heads)",
+                        [*BRANCH, *DISTILL, "data.modality_dropout.singles=true", "model.partial_head.enabled=true",
+                         "model.partial_head.learn_full_set=true", "model.partial_head.encoder_gradients=false",
+                         "model.partial_head.presence=tokens"]),
+    "presence_features": ("partial_head_shared_detached, a scale and shift of the fused maps per presence case",
+                          [*BRANCH, *DISTILL, "data.modality_dropout.singles=true", "model.partial_head.enabled=true",
+                           "model.partial_head.learn_full_set=true", "model.partial_head.encoder_gradients=false",
+                           "model.partial_head.presence=features"]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),
@@ -194,8 +204,34 @@ def run_one(backbone: str, checkpoint: Path | None, variant: str, seed: int, com
     run = train_and_evaluate(f"{backbone}/{variant}/seed{seed}", description, overrides, common + extra, out_dir,
                              resume)
     figures = {"description": description, "overrides": overrides, **run_figures(run)}
+    if checkpoint is not None:  # a rebuilt stand-in is another backbone: the report says which file each run used
+        figures["checkpoint_sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     cached.write_text(json.dumps(json_ready(figures), indent=2, allow_nan=False) + "\n")
     return figures
+
+
+def restore_runs(report_path: Path, runs: Path) -> int:
+    """Write each (backbone, variant, seed) of a finished report back as its run's result.json, so a fresh clone
+    can grow the committed report with --resume; a run already present, or a variant whose overrides changed
+    since the report, is left alone. Returns how many runs were restored."""
+    report = json.loads(report_path.read_text())
+    restored = 0
+    for backbone, block in report["backbones"].items():
+        for name, variant in block["variants"].items():
+            if name not in VARIANTS or VARIANTS[name][1] != variant["overrides"]:
+                log.warning("%s: variant %s/%s is not today's (unknown or other overrides): not restored",
+                            report_path, backbone, name)
+                continue
+            for seed, figures in variant["per_seed"].items():
+                cached = runs / backbone / name / f"seed{seed}" / "result.json"
+                if cached.exists():
+                    continue
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                record = {"description": variant["description"], "overrides": variant["overrides"], **figures}
+                cached.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+                restored += 1
+    log.info("restored %d runs from %s into %s", restored, report_path, runs)
+    return restored
 
 
 def _pct(value: float | None) -> str:
@@ -243,6 +279,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         variants = block["variants"]
         lines += ["", f"## Backbone: {backbone}" + (f" (`{block['checkpoint']}`)" if block.get("checkpoint") else ""),
                   ""]
+        digests = {f["checkpoint_sha256"][:12]: None for v in variants.values() for f in v["per_seed"].values()
+                   if "checkpoint_sha256" in f}
+        if digests:  # a rebuilt checkpoint is another backbone: say which runs used which file
+            by_digest = {d: [f"{n}/seed{k}" for n, v in variants.items() for k, f in v["per_seed"].items()
+                             if f.get("checkpoint_sha256", "")[:12] == d] for d in digests}
+            unrecorded = sum("checkpoint_sha256" not in f for v in variants.values() for f in v["per_seed"].values())
+            lines += ["Checkpoint per run (sha256): " + "; ".join(f"`{d}`: {', '.join(r)}" for d, r in
+                                                                    by_digest.items())
+                      + (f"; the other {unrecorded} runs used the file of an earlier report, whose digest was not "
+                         "recorded." if unrecorded else "."), ""]
         header = ["variant", "seeds", "full set", "subset mean", *MODALITIES, "max routing weight", "targets met",
                   "own targets met", "train s"]
         rows = []
@@ -292,7 +338,9 @@ def summarise(results: dict[str, dict[str, dict[int, dict[str, Any]]]], checkpoi
             first = next(iter(seeds.values()))
             block["variants"][name] = {"description": first["description"], "overrides": first["overrides"],
                                        "seeds": sorted(seeds), "per_seed": figures,
-                                       "summary": aggregate(figures)}
+                                       "summary": aggregate({seed: {k: v for k, v in f.items()
+                                                                    if k != "checkpoint_sha256"}
+                                                             for seed, f in figures.items()})}
         own = own_baselines(block["variants"])
         for name, v in block["variants"].items():
             if backbone == "random":
@@ -314,11 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0, help="the procedural generator's seed")
     parser.add_argument("--finished-only", action="store_true",
                         help="with --resume: report the (backbone, variant, seed) runs that finished, train none")
+    parser.add_argument("--restore", metavar="JSON",
+                        help="first write the runs of a finished report (e.g. the committed one) back into --runs")
     args = parse_run_arguments(parser, argv)
     if args.finished_only and not args.resume:
         parser.error("--finished-only needs --resume")
     if render_only(args, to_markdown):
         return 0
+    if args.restore:
+        restore_runs(Path(args.restore), Path(args.runs))
     out = Path(args.out)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]

@@ -15,6 +15,9 @@ from mlesam_core.config_io import ConfigError, check, load_config, to_dict
 from mlesam_core.data.classes import CLASS_TABLES
 from mlesam_core.modalities import check_modalities
 
+# partial_head.presence keeps a table of 2^M presence cases
+MAX_PRESENCE_MODALITIES = 8
+
 # Config keys that do not change the model's tensors or their meaning: adapters trained with other values of
 # these keys load without complaint (image_size: the Segmenter's working size; the rest: training-time switches).
 RUNTIME_KEYS = frozenset({
@@ -173,11 +176,15 @@ class PartialHeadConfig:
     two cases (all present, some missing) and whole heads instead of prompts. `encoder_gradients: false` keeps the
     partial predictions' gradients out of the LoRA experts, so the experts learn from the full set only.
     `learn_full_set`: in training the partial heads also predict the full set (one more subset prediction), so
-    they learn every subset, as the single shared heads do without this option."""
+    they learn every subset, as the single shared heads do without this option.
+    `presence`: condition the partial heads on which modalities are present (`mlesam_core.model.presence`):
+    `tokens` (a class-token offset per presence case), `features` (a scale and shift of the fused maps per
+    case) or `none`."""
 
     enabled: bool = False
     encoder_gradients: bool = True
     learn_full_set: bool = False
+    presence: Literal["none", "tokens", "features"] = "none"
 
 
 @dataclass
@@ -255,6 +262,11 @@ class MLESAMConfig:
               f"must be a positive multiple of 32, got {self.image_size}")
         check(not (self.partial_head.enabled and self.architecture != "mlesam"), "partial_head.enabled",
               f"is an MLE-SAM option; architecture {self.architecture!r} has a head per modality already")
+        check(self.partial_head.presence == "none" or self.partial_head.enabled, "partial_head.presence",
+              f"{self.partial_head.presence!r} conditions the partial heads: it needs partial_head.enabled")
+        check(self.partial_head.presence == "none" or len(self.modalities) <= MAX_PRESENCE_MODALITIES,
+              "partial_head.presence", f"keeps a table of 2^M presence cases: at most {MAX_PRESENCE_MODALITIES} "
+              f"modalities, got {len(self.modalities)}")
 
     @property
     def num_modalities(self) -> int:
@@ -295,5 +307,5 @@ def config_differences(model_config: MLESAMConfig, other: MLESAMConfig | dict) -
 
 
 __all__ = ["MLESAMConfig", "Sam2Config", "LoRAConfig", "RouterConfig", "DecoderConfig", "AuxHeadConfig",
-           "PartialHeadConfig", "OutputConfig", "LossConfig", "RUNTIME_KEYS", "load_model_config", "flat_config",
-           "config_differences"]
+           "PartialHeadConfig", "MAX_PRESENCE_MODALITIES", "OutputConfig", "LossConfig", "RUNTIME_KEYS",
+           "load_model_config", "flat_config", "config_differences"]

@@ -137,10 +137,14 @@ class ClassMaskHead(nn.Module):
         self.conv_s0 = copy.deepcopy(mask_decoder.conv_s0)
         self.conv_s1 = copy.deepcopy(mask_decoder.conv_s1)
 
-    def forward(self, core: PromptFreeSamDecoder, sfm: torch.Tensor, ifp: torch.Tensor,
-                ffp: torch.Tensor) -> torch.Tensor:
-        """Fused SFM/IFP/FFP (256 ch, strides 16/8/4) -> class logits [B, C, H/4, W/4]."""
-        class_out, image = core(sfm, self.class_tokens.weight.unsqueeze(0))
+    def forward(self, core: PromptFreeSamDecoder, sfm: torch.Tensor, ifp: torch.Tensor, ffp: torch.Tensor,
+                token_offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused SFM/IFP/FFP (256 ch, strides 16/8/4) -> class logits [B, C, H/4, W/4]; `token_offsets`
+        [B, C, D]: added to the class tokens per sample (presence conditioning)."""
+        tokens = self.class_tokens.weight.unsqueeze(0)
+        if token_offsets is not None:
+            tokens = tokens + token_offsets
+        class_out, image = core(sfm, tokens)
         deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         up = act1(norm1(deconv1(image) + self.conv_s1(ifp)))
         up = act2(deconv2(up) + self.conv_s0(ffp))

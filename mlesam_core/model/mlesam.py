@@ -9,7 +9,8 @@ Data flow for images [B, M, 3, H, W] (config modality order) and present [B, M]:
 Trainable: LoRA experts, routers, the class-token head (tokens, hypernetworks, upscaling, conv_s0/conv_s1) and
 the aux head; everything from SAM2 else is frozen.
 With `partial_head.enabled` (beyond the paper) a second fusion, class-token head and aux head (`partial_*`) take
-every sample that lacks a modality; samples with all modalities keep the paper's heads.
+every sample that lacks a modality; samples with all modalities keep the paper's heads. `partial_head.presence`
+conditions them on which modalities are present (`mlesam_core.model.presence`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from mlesam_core.model.aux_head import AuxHead
 from mlesam_core.model.base import LoRASam2Model, ModalityFeatures, SegmentationOutput
 from mlesam_core.model.decoder import ClassMaskHead
-from mlesam_core.model.router import FeatureFusion
+from mlesam_core.model.presence import PresenceFiLM, PresenceTokens
+from mlesam_core.model.router import LEVELS, FeatureFusion
 
 if TYPE_CHECKING:
     from sam2.modeling.sam.mask_decoder import MaskDecoder
@@ -47,8 +49,14 @@ class MLESAM(LoRASam2Model):
         self.partial_fusion: FeatureFusion | None = None
         self.partial_mask_head: ClassMaskHead | None = None
         self.partial_aux_head: AuxHead | None = None
+        self.partial_presence_tokens: PresenceTokens | None = None
+        self.partial_presence_film: PresenceFiLM | None = None
         if config.partial_head.enabled:
             self.partial_fusion, self.partial_mask_head, self.partial_aux_head = heads()
+            if config.partial_head.presence == "tokens":
+                self.partial_presence_tokens = PresenceTokens(len(self.modalities), config.num_classes, dim)
+            elif config.partial_head.presence == "features":
+                self.partial_presence_film = PresenceFiLM(len(self.modalities), dim, len(LEVELS))
 
     def mask_head_prefixes(self) -> list[str]:
         return ["mask_head"] + (["partial_mask_head"] if self.partial_mask_head is not None else [])
@@ -103,7 +111,7 @@ class MLESAM(LoRASam2Model):
             features = ModalityFeatures([level.detach() for level in features.levels], features.ids, features.index)
         assert self.partial_mask_head is not None
         by_partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
-                                       present, size)
+                                       present, size, self.partial_presence_tokens, self.partial_presence_film)
         return by_partial if full is None else _select_rows(complete, full, by_partial)
 
     def _presence_cases(self, complete: torch.Tensor, active: Sequence[int] | None) -> tuple[bool, bool]:
@@ -118,10 +126,15 @@ class MLESAM(LoRASam2Model):
         return bool(all_complete), bool(none_complete)
 
     def _decode_with(self, fusion: FeatureFusion, mask_head: ClassMaskHead, aux_head: AuxHead | None,
-                     features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int]) -> SegmentationOutput:
+                     features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int],
+                     presence_tokens: PresenceTokens | None = None, presence_film: PresenceFiLM | None = None
+                     ) -> SegmentationOutput:
         fused, routing, probs = fusion(features.levels, present, features.index)
+        if presence_film is not None:
+            fused = presence_film(fused, present)
         ffp, ifp, sfm = fused
-        sam = mask_head(self.sam_decoder, sfm, ifp, ffp)
+        offsets = presence_tokens(present) if presence_tokens is not None else None
+        sam = mask_head(self.sam_decoder, sfm, ifp, ffp, offsets)
         aux = aux_head(fused) if aux_head is not None else None
         output = self.combine(sam, aux, size, routing)
         output.router_probs = probs

@@ -1,0 +1,66 @@
+"""benchmarks/subset_robustness.py on a fresh clone: --restore writes the committed report's runs back, so the
+report can be grown with --resume; runs already present and variants whose overrides changed are left alone;
+the summary and the Markdown built from restored runs give back the committed figures, and a rebuilt stand-in's
+digest is named per run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fixtures import REPO_ROOT
+
+from benchmarks import subset_robustness as bench
+
+COMMITTED = REPO_ROOT / "benchmarks" / "results" / "subset_robustness.json"
+
+
+def _report_with(tmp_path: Path, edit) -> Path:
+    report = json.loads(COMMITTED.read_text())
+    edit(report)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_restored_runs_give_back_the_committed_summary(tmp_path):
+    runs = tmp_path / "runs"
+    committed = json.loads(COMMITTED.read_text())
+    # every variant of the committed report is one of today's, with today's overrides
+    count = sum(len(v["per_seed"]) for b in committed["backbones"].values() for v in b["variants"].values())
+    assert bench.restore_runs(COMMITTED, runs) == count
+    assert bench.restore_runs(COMMITTED, runs) == 0  # nothing is overwritten
+    backbone, name = "random", "partial_head_shared_detached"
+    record = json.loads((runs / backbone / name / "seed1" / "result.json").read_text())
+    assert record["overrides"] == bench.VARIANTS[name][1]
+    results = {b: {n: {int(s): json.loads((runs / b / n / f"seed{s}" / "result.json").read_text())
+                       for s in v["seeds"]} for n, v in block["variants"].items()}
+               for b, block in committed["backbones"].items()}
+    summary = bench.summarise(results, {"random": None, "standin": Path("standin.pt")})
+    for b, block in committed["backbones"].items():
+        for n, variant in block["variants"].items():
+            assert summary[b]["variants"][n]["summary"] == variant["summary"], (b, n)
+            assert summary[b]["variants"][n].get("targets") == variant.get("targets"), (b, n)
+
+
+def test_a_variant_whose_overrides_changed_is_not_restored(tmp_path):
+    def change(report):
+        report["backbones"]["random"]["variants"]["mlesam"]["overrides"] = ["model.fusion=avg"]
+
+    runs = tmp_path / "runs"
+    bench.restore_runs(_report_with(tmp_path, change), runs)
+    assert not (runs / "random" / "mlesam").exists()
+    assert (runs / "random" / "branch_distill" / "seed0" / "result.json").is_file()
+
+
+def test_the_markdown_names_the_standin_checkpoint_of_each_run_that_recorded_it(tmp_path):
+    def rebuilt(report):
+        report["backbones"]["standin"]["variants"]["mlesam"]["per_seed"]["0"]["checkpoint_sha256"] = "ab" * 32
+
+    report = json.loads(_report_with(tmp_path, rebuilt).read_text())
+    markdown = bench.to_markdown(report)
+    standin = markdown.split("## Backbone: standin")[1]
+    unrecorded = sum(len(v["per_seed"]) for v in report["backbones"]["standin"]["variants"].values()) - 1
+    assert (f"Checkpoint per run (sha256): `{'ab' * 6}`: mlesam/seed0; the other {unrecorded} runs used the file "
+            "of an earlier report") in standin
+    assert "Checkpoint per run" not in markdown.split("## Backbone: standin")[0]
