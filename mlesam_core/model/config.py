@@ -25,7 +25,7 @@ RUNTIME_KEYS = frozenset({
     "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
     "router.noise_std", "loss.router_balance_weight", "loss.subset_weight", "loss.distill_weight",
     "loss.distill_temperature", "partial_head.encoder_gradients",
-    "partial_head.learn_full_set",
+    "partial_head.learn_full_set", "partial_head.single_sensor_gradients",
 })
 
 
@@ -177,6 +177,8 @@ class PartialHeadConfig:
     partial predictions' gradients out of the LoRA experts, so the experts learn from the full set only.
     `learn_full_set`: in training the partial heads also predict the full set (one more subset prediction), so
     they learn every subset, as the single shared heads do without this option.
+    `single_sensor_gradients` (with `encoder_gradients: false`): the predictions from one modality alone still
+    train the LoRA experts, as each SAM-LoRA member trains its expert on its sensor alone.
     `presence`: condition the partial heads on which modalities are present (`mlesam_core.model.presence`):
     `tokens` (a class-token offset per presence case), `features` (a scale and shift of the fused maps per
     case) or `none`."""
@@ -184,6 +186,7 @@ class PartialHeadConfig:
     enabled: bool = False
     encoder_gradients: bool = True
     learn_full_set: bool = False
+    single_sensor_gradients: bool = False
     presence: Literal["none", "tokens", "features"] = "none"
 
 
@@ -262,6 +265,10 @@ class MLESAMConfig:
               f"must be a positive multiple of 32, got {self.image_size}")
         check(not (self.partial_head.enabled and self.architecture != "mlesam"), "partial_head.enabled",
               f"is an MLE-SAM option; architecture {self.architecture!r} has a head per modality already")
+        check(not self.partial_head.single_sensor_gradients
+              or (self.partial_head.enabled and not self.partial_head.encoder_gradients),
+              "partial_head.single_sensor_gradients", "only applies with partial_head.enabled and "
+              "partial_head.encoder_gradients: false (otherwise every partial prediction trains the experts)")
         check(self.partial_head.presence == "none" or self.partial_head.enabled, "partial_head.presence",
               f"{self.partial_head.presence!r} conditions the partial heads: it needs partial_head.enabled")
         check(self.partial_head.presence == "none" or len(self.modalities) <= MAX_PRESENCE_MODALITIES,

@@ -107,8 +107,15 @@ class MLESAM(LoRASam2Model):
         if all_complete:
             assert full is not None
             return full
-        if not self.config.partial_head.encoder_gradients:
-            features = ModalityFeatures([level.detach() for level in features.levels], features.ids, features.index)
+        options = self.config.partial_head
+        if not options.encoder_gradients:
+            if options.single_sensor_gradients and self.training:
+                # per sample, no host read: a sample left with one modality keeps its graph to the expert
+                single = (present.sum(dim=1) == 1).view(1, -1, 1, 1, 1)
+                levels = [torch.where(single, level, level.detach()) for level in features.levels]
+            else:
+                levels = [level.detach() for level in features.levels]
+            features = ModalityFeatures(levels, features.ids, features.index)
         assert self.partial_mask_head is not None
         by_partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
                                        present, size, self.partial_presence_tokens, self.partial_presence_film)

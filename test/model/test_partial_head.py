@@ -99,6 +99,31 @@ def test_partial_predictions_train_the_partial_heads_and_the_experts_only_with_e
     assert attached["lora"] > 0 and detached["lora"] == 0
 
 
+def _expert_gradients(mask: torch.Tensor, *overrides: str) -> torch.Tensor:
+    """Gradient norm per LoRA expert when one subset prediction's loss is backpropagated."""
+    model = _models("partial_head.encoder_gradients=false", *overrides)[0]
+    model.train()
+    images, present = random_batch(model.config, batch=2, seed=4)
+    labels = torch.randint(0, model.config.num_classes, (2, 64, 64), generator=torch.Generator().manual_seed(0))
+    out = model(images, present, subset_present=[present & mask])
+    total_loss(out.subsets[0], labels, model.config)["loss"].backward()
+    def norm(grad: torch.Tensor | None, m: int) -> torch.Tensor:
+        return torch.zeros(()) if grad is None else grad[m].norm()
+
+    return torch.stack([torch.stack([norm(layer.lora_A.grad, m) + norm(layer.lora_B.grad, m)
+                                     for layer in model.lora_layers]).sum() for m in range(4)])
+
+
+def test_single_sensor_gradients_let_one_sensor_alone_train_its_expert_only():
+    rgb_alone, no_depth = torch.arange(4) == 0, torch.arange(4) != 1
+    assert _expert_gradients(rgb_alone).sum() == 0  # detached: no expert learns from a partial prediction
+    by_rgb = _expert_gradients(rgb_alone, "partial_head.single_sensor_gradients=true")
+    assert by_rgb[0] > 0 and (by_rgb[1:] == 0).all()
+    assert _expert_gradients(no_depth, "partial_head.single_sensor_gradients=true").sum() == 0
+    with pytest.raises(ConfigError, match="partial_head.single_sensor_gradients: only applies with"):
+        tiny_config("partial_head.enabled=true", "partial_head.single_sensor_gradients=true")
+
+
 def test_partial_head_is_an_mlesam_option_named_by_key():
     with pytest.raises(ConfigError, match="partial_head.enabled: is an MLE-SAM option"):
         tiny_config("architecture=sam_lora", "partial_head.enabled=true")
