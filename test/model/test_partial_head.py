@@ -107,6 +107,7 @@ def _expert_gradients(mask: torch.Tensor, *overrides: str) -> torch.Tensor:
     labels = torch.randint(0, model.config.num_classes, (2, 64, 64), generator=torch.Generator().manual_seed(0))
     out = model(images, present, subset_present=[present & mask])
     total_loss(out.subsets[0], labels, model.config)["loss"].backward()
+
     def norm(grad: torch.Tensor | None, m: int) -> torch.Tensor:
         return torch.zeros(()) if grad is None else grad[m].norm()
 
