@@ -124,6 +124,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                           [*BRANCH, *DISTILL, "data.modality_dropout.singles=true", "model.partial_head.enabled=true",
                            "model.partial_head.learn_full_set=true", "model.partial_head.encoder_gradients=false",
                            "model.partial_head.presence=features"]),
+    "partial_experts": ("partial_head_shared, the partial heads running LoRA experts of their own (a second "
+                        "expert per sensor; the encoder runs twice in training)",
+                        [*BRANCH, *DISTILL, "data.modality_dropout.singles=true", "model.partial_head.enabled=true",
+                         "model.partial_head.learn_full_set=true", "model.partial_head.experts=own"]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),

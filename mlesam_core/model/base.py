@@ -64,7 +64,7 @@ class LoRASam2Model(nn.Module):
         self.context = ModalityContext()
         self.lora_layers: list[LoRAQKV] = add_lora(
             self.trunk, len(self.modalities), config.lora.rank, config.lora.scale,
-            config.lora.dropout, self.context)
+            config.lora.dropout, self.context, config.experts_per_modality)
         self.sam_decoder = PromptFreeSamDecoder(parts.prompt_encoder, parts.mask_decoder,
                                                 config.decoder.sam_tokens, config.decoder.not_a_point_tokens)
         self.requires_grad_(False)
@@ -125,11 +125,12 @@ class LoRASam2Model(nn.Module):
         return out
 
     def _encode(self, images: torch.Tensor, present: torch.Tensor,
-                active: Sequence[int] | None = None) -> ModalityFeatures:
+                active: Sequence[int] | None = None, expert_set: int = 0) -> ModalityFeatures:
         """Run the encoder on the modality-major batch; absent modalities' inputs are zeroed first.
 
         `active` (inference only, ignored in training): the ids of the modalities present in some sample, known
         on the host (must agree with `present`); None reads them from `present`, a host sync on a GPU.
+        `expert_set`: which of each modality's LoRA experts run (1: the partial heads' own, see `lora.LoRAQKV`).
         """
         batch, m, _, h, w = images.shape
         # Zeroing absent inputs before anything runs keeps NaN/Inf in an absent modality out of every sum
@@ -143,17 +144,19 @@ class LoRASam2Model(nn.Module):
             ids = [i for i, p in enumerate(present.any(dim=0).tolist()) if p]
         else:
             ids = sorted(active)
-        self._check_merged(ids)
+        experts = [expert_set * m + i for i in ids]
+        self._check_merged(ids, experts)
         index = None if len(ids) == m else self._active_index(tuple(ids), images.device)
+        expert_index = None if experts == list(range(m)) else self._active_index(tuple(experts), images.device)
         chunks = (images if index is None else images.index_select(1, index)).transpose(0, 1)  # [M', B, 3, H, W]
         if self.lora_grouped:
-            with self.context.use(index):
+            with self.context.use(expert_index):
                 levels = self._run_encoder(chunks.reshape(len(ids) * batch, 3, h, w))
             levels = [f.view(len(ids), batch, *f.shape[1:]) for f in levels]
         else:  # reference path: one encoder pass per modality
             runs = []
-            for j, modality in enumerate(ids):
-                with self.context.use(self._active_index((modality,), images.device)):
+            for j, expert in enumerate(experts):
+                with self.context.use(self._active_index((expert,), images.device)):
                     runs.append(self._run_encoder(chunks[j]))
             levels = [torch.stack(per_level) for per_level in zip(*runs, strict=True)]
         return ModalityFeatures(levels=levels, ids=ids, index=index)
@@ -167,8 +170,9 @@ class LoRASam2Model(nn.Module):
                 self._index_cache[key] = torch.tensor(ids, dtype=torch.long, device=device)
         return self._index_cache[key]
 
-    def _check_merged(self, ids: list[int]) -> None:
-        """ValueError when a merged expert (`merge_lora`) cannot give this forward pass's result."""
+    def _check_merged(self, ids: list[int], experts: list[int]) -> None:
+        """ValueError when a merged expert (`merge_lora`) cannot give this forward pass's result (`ids`: the
+        modalities it encodes, `experts`: the LoRA experts it runs)."""
         name = self.merged_modality
         if name is None:
             return
@@ -180,6 +184,9 @@ class LoRASam2Model(nn.Module):
             raise ValueError(f"the {name!r} LoRA expert is merged into the frozen weights (merge_lora), but "
                              f"{others} {'is' if len(others) == 1 else 'are'} present too: a merged model runs "
                              f"{name!r} alone; call unmerge_lora() on it to run several modalities")
+        if experts != [self.lora_layers[0].merged]:  # merge_lora chose the expert that serves the sensor alone
+            raise ValueError(f"the {name!r} LoRA expert merged into the frozen weights (merge_lora) is not the one "
+                             f"this pass runs (experts {experts}); call unmerge_lora() first")
 
     def _run_encoder(self, x: torch.Tensor) -> list[torch.Tensor]:
         """SAM2's ImageEncoder (trunk + FPN neck, scalp 1) on a modality-major batch -> backbone_fpn, finest first.
@@ -222,6 +229,8 @@ class LoRASam2Model(nn.Module):
         if current is not None:
             raise ValueError(f"merge_lora: the {current!r} expert is already merged; call unmerge_lora() first")
         index = self.modalities.index(modality)
+        if self.config.experts_per_modality > 1 and len(self.modalities) > 1:
+            index += len(self.modalities)  # a sensor alone is a partial case: the partial heads' own expert serves it
         for layer in self.lora_layers:
             layer.merge(index)
 
@@ -234,7 +243,7 @@ class LoRASam2Model(nn.Module):
     def merged_modality(self) -> str | None:
         """The modality whose expert is merged into the weights, or None."""
         index = self.lora_layers[0].merged if self.lora_layers else None
-        return None if index is None else self.modalities[index]
+        return None if index is None else self.modalities[index % len(self.modalities)]
 
     # ------------------------------------------------------------------------------------------------ output
     def combine(self, sam: torch.Tensor, aux: torch.Tensor | None, size: tuple[int, int],

@@ -181,13 +181,19 @@ class PartialHeadConfig:
     train the LoRA experts, as each SAM-LoRA member trains its expert on its sensor alone.
     `presence`: condition the partial heads on which modalities are present (`mlesam_core.model.presence`):
     `tokens` (a class-token offset per presence case), `features` (a scale and shift of the fused maps per
-    case) or `none`."""
+    case) or `none`.
+    `experts: own`: the partial heads get LoRA experts of their own, a second one per modality (the per-case
+    idea of the missing-aware prompts carried into the encoder), so a sensor's expert no longer serves the full
+    set and the subsets at once. Training then runs the encoder twice (both sets of experts); inference runs the
+    experts of each frame's presence case, so a frame costs one encoder pass as before. `shared` (default):
+    one expert per modality serves both."""
 
     enabled: bool = False
     encoder_gradients: bool = True
     learn_full_set: bool = False
     single_sensor_gradients: bool = False
     presence: Literal["none", "tokens", "features"] = "none"
+    experts: Literal["shared", "own"] = "shared"
 
 
 @dataclass
@@ -269,6 +275,11 @@ class MLESAMConfig:
               or (self.partial_head.enabled and not self.partial_head.encoder_gradients),
               "partial_head.single_sensor_gradients", "only applies with partial_head.enabled and "
               "partial_head.encoder_gradients: false (otherwise every partial prediction trains the experts)")
+        check(self.partial_head.experts == "shared" or self.partial_head.enabled, "partial_head.experts",
+              "'own' gives the partial heads experts of their own: it needs partial_head.enabled")
+        check(self.partial_head.experts == "shared" or self.partial_head.encoder_gradients,
+              "partial_head.encoder_gradients", "must be true with partial_head.experts: own (false would keep "
+              "the partial experts from ever learning)")
         check(self.partial_head.presence == "none" or self.partial_head.enabled, "partial_head.presence",
               f"{self.partial_head.presence!r} conditions the partial heads: it needs partial_head.enabled")
         check(self.partial_head.presence == "none" or len(self.modalities) <= MAX_PRESENCE_MODALITIES,
@@ -279,6 +290,11 @@ class MLESAMConfig:
     def num_modalities(self) -> int:
         """M, the number of configured modalities."""
         return len(self.modalities)
+
+    @property
+    def experts_per_modality(self) -> int:
+        """LoRA experts per modality: 2 when the partial heads have their own (`partial_head.experts: own`)."""
+        return 2 if self.partial_head.enabled and self.partial_head.experts == "own" else 1
 
 
 def load_model_config(config: MLESAMConfig | str | Path, overrides: Sequence[str] = ()) -> MLESAMConfig:

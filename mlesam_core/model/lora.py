@@ -1,6 +1,6 @@
 """Per-modality LoRA experts on the q and v projections of SAM2 Hiera's fused `qkv` layers (PAPER.md Eq. 4-5).
 
-Grouped LoRA: the encoder batch is ordered modality-major (M' chunks of equal size, chunk j holding modality
+Grouped LoRA: the encoder batch is ordered modality-major (M' chunks of equal size, chunk j running expert
 `context.index[j]`). Hiera keeps that order through window partitioning and q-pooling (all windows of a sample
 stay contiguous), so every `qkv` input splits into M' equal contiguous chunks along dim 0, and each chunk's
 expert is applied with one batched matmul -- no per-modality Python loop and no index bookkeeping per block.
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 
 class ModalityContext:
-    """Which modality each chunk of the encoder batch holds; the model sets it around every encoder call.
+    """Which expert each chunk of the encoder batch runs; the model sets it around every encoder call.
 
-    `index` None means "all configured modalities, in config order" (the training path; it skips a gather).
+    `index` None means "every modality's first expert, in config order" (the training path; it skips a gather).
     """
 
     def __init__(self) -> None:
@@ -31,7 +31,7 @@ class ModalityContext:
 
     @contextmanager
     def use(self, index: torch.Tensor | None) -> Iterator[None]:
-        """Set `index` (a LongTensor of modality ids, one per chunk) for the duration of the block."""
+        """Set `index` (a LongTensor of expert ids, one per chunk) for the duration of the block."""
         previous = self.index
         self.index = index
         try:
@@ -41,16 +41,18 @@ class ModalityContext:
 
 
 class LoRAQKV(nn.Module):
-    """Wraps a frozen `qkv` nn.Linear (peft-style `base_layer`, not copied) with one (A_q, B_q, A_v, B_v) per modality.
+    """Wraps a frozen `qkv` nn.Linear (peft-style `base_layer`, not copied) with one (A_q, B_q, A_v, B_v) per expert.
 
-    Parameters are stacked: `lora_A` [M, 2, r, d_in] and `lora_B` [M, 2, d_out, r], index 1 = (q, v). d_out is
+    There are `experts_per_modality` experts per modality: expert `k * M + j` is modality j's k-th (the second
+    set, with `partial_head.experts: own`, serves inputs that lack a modality). Parameters are stacked: `lora_A`
+    [E, 2, r, d_in] and `lora_B` [E, 2, d_out, r] for E = experts_per_modality * M, index 1 = (q, v). d_out is
     `qkv.out_features // 3`, which differs from d_in in Hiera's stage-transition blocks. B starts at zero so the
     wrapped layer starts equal to SAM2's. `merge` folds one expert into the frozen weight for deployment
     (`LoRASam2Model.merge_lora`): forward is then the base layer alone, and `unmerge` restores the exact original.
     """
 
     def __init__(self, base_layer: nn.Linear, num_modalities: int, rank: int, scale: float, dropout: float,
-                 context: ModalityContext) -> None:
+                 context: ModalityContext, experts_per_modality: int = 1) -> None:
         super().__init__()
         if base_layer.out_features % 3:
             raise ValueError(f"qkv out_features {base_layer.out_features} is not divisible by 3")
@@ -58,14 +60,16 @@ class LoRAQKV(nn.Module):
         self.in_features = base_layer.in_features
         self.head_features = base_layer.out_features // 3
         self.num_modalities = num_modalities
+        self.experts_per_modality = experts_per_modality
         self.rank = rank
         self.scale = scale
-        self.lora_A = nn.Parameter(torch.empty(num_modalities, 2, rank, self.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(num_modalities, 2, self.head_features, rank))
+        experts = experts_per_modality * num_modalities
+        self.lora_A = nn.Parameter(torch.empty(experts, 2, rank, self.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(experts, 2, self.head_features, rank))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._context = context  # shared, not a submodule
         self.unmerged_weight: torch.Tensor | None
-        self.merged: int | None = None  # the modality whose expert is folded into base_layer.weight
+        self.merged: int | None = None  # the expert folded into base_layer.weight
         # the frozen weight as it was before `merge` (non-persistent: moves with .to(), never saved)
         self.register_buffer("unmerged_weight", None, persistent=False)
         self.reset_lora_parameters()
@@ -77,13 +81,13 @@ class LoRAQKV(nn.Module):
             self.lora_A.uniform_(-bound, bound)
             self.lora_B.zero_()
 
-    def merge(self, modality: int) -> None:
-        """Fold expert `modality`'s q and v deltas (scale * B @ A) into the frozen qkv weight."""
+    def merge(self, expert: int) -> None:
+        """Fold expert `expert`'s q and v deltas (scale * B @ A) into the frozen qkv weight."""
         if self.merged is not None:
             raise ValueError(f"this LoRA layer already has expert {self.merged} merged; unmerge it first")
         weight = self.base_layer.weight
         with torch.no_grad():
-            delta = self.scale * (self.lora_B[modality].float() @ self.lora_A[modality].float())  # [2, d_out, d_in]
+            delta = self.scale * (self.lora_B[expert].float() @ self.lora_A[expert].float())  # [2, d_out, d_in]
             merged = weight.detach().clone()
             d = self.head_features
             merged[:d] += delta[0].to(merged.dtype)
@@ -92,7 +96,7 @@ class LoRAQKV(nn.Module):
         # restore it exactly (subtracting the delta again would not give the same bits back).
         self.unmerged_weight = weight.data
         weight.data = merged
-        self.merged = modality
+        self.merged = expert
 
     def unmerge(self) -> None:
         """Restore the frozen weight exactly as it was before `merge` (no-op when nothing is merged)."""
@@ -110,7 +114,10 @@ class LoRAQKV(nn.Module):
             return self.base_layer(x)
         qkv = self.base_layer(x)
         index = self._context.index
-        a, b = (self.lora_A, self.lora_B) if index is None else (self.lora_A[index], self.lora_B[index])
+        if index is None:  # views, no gather: every modality's first expert
+            a, b = self.lora_A[: self.num_modalities], self.lora_B[: self.num_modalities]
+        else:
+            a, b = self.lora_A[index], self.lora_B[index]
         chunks, r = a.shape[0], self.rank
         rows = self.dropout(x.reshape(chunks, -1, self.in_features))  # [M', N, d_in], modality-major chunks
         # q and v down-projections in one batched matmul per modality chunk: [M', N, 2r]
@@ -132,12 +139,13 @@ class LoRAQKV(nn.Module):
 
     def extra_repr(self) -> str:
         merged = "" if self.merged is None else f", merged={self.merged}"
-        return (f"modalities={self.num_modalities}, rank={self.rank}, scale={self.scale:g}, "
+        experts = "" if self.experts_per_modality == 1 else f", experts_per_modality={self.experts_per_modality}"
+        return (f"modalities={self.num_modalities}{experts}, rank={self.rank}, scale={self.scale:g}, "
                 f"in={self.in_features}, out=3x{self.head_features}{merged}")
 
 
 def add_lora(trunk: Hiera, num_modalities: int, rank: int, scale: float, dropout: float,
-             context: ModalityContext) -> list[LoRAQKV]:
+             context: ModalityContext, experts_per_modality: int = 1) -> list[LoRAQKV]:
     """Wrap every Hiera block's `attn.qkv` in place with a `LoRAQKV`; returns the wrappers in block order."""
     wrappers = []
     for block in trunk.blocks:
@@ -147,14 +155,14 @@ def add_lora(trunk: Hiera, num_modalities: int, rank: int, scale: float, dropout
             raise ValueError("this Hiera trunk already carries LoRA wrappers")
         if not isinstance(qkv, nn.Linear):
             raise TypeError(f"Hiera block attention qkv is {type(qkv).__name__}, expected nn.Linear")
-        wrapper = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context)
+        wrapper = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context, experts_per_modality)
         attn.qkv = wrapper
         wrappers.append(wrapper)
     return wrappers
 
 
 def lora_parameters_per_modality(wrappers: list[LoRAQKV]) -> int:
-    """Trainable LoRA parameters one modality's expert holds across all blocks."""
+    """Trainable LoRA parameters one modality's experts hold across all blocks."""
     return sum((w.lora_A.numel() + w.lora_B.numel()) // w.num_modalities for w in wrappers)
 
 

@@ -10,7 +10,8 @@ Trainable: LoRA experts, routers, the class-token head (tokens, hypernetworks, u
 the aux head; everything from SAM2 else is frozen.
 With `partial_head.enabled` (beyond the paper) a second fusion, class-token head and aux head (`partial_*`) take
 every sample that lacks a modality; samples with all modalities keep the paper's heads. `partial_head.presence`
-conditions them on which modalities are present (`mlesam_core.model.presence`).
+conditions them on which modalities are present (`mlesam_core.model.presence`); `partial_head.experts: own`
+gives them a second LoRA expert per modality, so such samples run the encoder with those.
 """
 
 from __future__ import annotations
@@ -70,9 +71,21 @@ class MLESAM(LoRASam2Model):
         not depend on which other modalities are present, so each equals a forward with that mask, at the cost of
         one more fusion and decoding."""
         self.check_inputs(images, present)
-        features = self._encode(images, present, active)
         size = (images.shape[-2], images.shape[-1])
-        output = self._decode(features, present, size, active)
+        features: ModalityFeatures | None
+        partial_features: ModalityFeatures | None
+        if self.config.experts_per_modality == 1:
+            features = partial_features = self._encode(images, present, active)
+        else:
+            # the partial heads' own experts: in training both sets always run (every expert in the graph);
+            # in inference only the set(s) the batch's presence cases need
+            all_complete, none_complete = ((False, False) if self.training
+                                           else self._presence_cases(present.all(dim=1), active))
+            subsets_asked = subset_present is not None
+            features = None if none_complete else self._encode(images, present, active)
+            partial_features = (None if all_complete and not subsets_asked
+                                else self._encode(images, present, active, expert_set=1))
+        output = self._decode(features, present, size, active, partial_features=partial_features)
         if subset_present is not None:
             for mask in subset_present:
                 if mask.shape != present.shape or mask.dtype != torch.bool:
@@ -82,31 +95,38 @@ class MLESAM(LoRASam2Model):
             for mask in subset_present:
                 # with partial heads, every subset prediction is theirs (no host read per branch), so the paper's
                 # heads learn from the full set alone even when a drawn subset is the whole set
-                subset = self._decode(features, mask & present, size, partial=True)
+                subset = self._decode(features, mask & present, size, partial=True, partial_features=partial_features)
                 subset.valid = (mask & present).any(dim=1)  # a sample with nothing left is not scored
                 output.subsets.append(subset)
         if self.training and self.partial_fusion is not None and self.config.partial_head.learn_full_set:
             # the partial heads also predict the full set, as a subset prediction: they become one decoder for
             # every subset (the shared heads of the recipes without them), beside the full set's specialist
-            shared = self._decode(features, present, size, partial=True)
+            shared = self._decode(features, present, size, partial=True, partial_features=partial_features)
             shared.valid = present.any(dim=1)
             output.subsets = [*(output.subsets or []), shared]
         return output
 
-    def _decode(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int],
-                active: Sequence[int] | None = None, partial: bool = False) -> SegmentationOutput:
+    def _decode(self, features: ModalityFeatures | None, present: torch.Tensor, size: tuple[int, int],
+                active: Sequence[int] | None = None, partial: bool = False,
+                partial_features: ModalityFeatures | None = None) -> SegmentationOutput:
         """Fusion (absent modalities masked) and both pathways, by the paper's heads or, with a partial head, by
         the heads of each sample's presence case (all modalities, or some missing); `partial`: the partial heads
-        for every sample."""
+        for every sample. `partial_features`: the encoder features the partial heads take (their own experts'),
+        `features` by default; either may be None where no sample needs it."""
         if self.partial_fusion is None:
+            assert features is not None
             return self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
         complete = present.all(dim=1)
         all_complete, none_complete = (False, True) if partial else self._presence_cases(complete, active)
-        full = None if none_complete else self._decode_with(self.fusion, self.mask_head, self.aux_head, features,
-                                                      present, size)
+        full = None
+        if not none_complete:
+            assert features is not None, "the full set's features are needed"
+            full = self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
         if all_complete:
             assert full is not None
             return full
+        features = features if partial_features is None else partial_features
+        assert features is not None, "the partial heads' features are needed"
         options = self.config.partial_head
         if not options.encoder_gradients:
             if options.single_sensor_gradients and self.training:

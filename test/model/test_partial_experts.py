@@ -1,0 +1,157 @@
+"""`partial_head.experts: own` (beyond the paper): the partial heads run LoRA experts of their own. A sample with
+every modality is predicted exactly as a plain model holding the paper's heads and the first experts predicts it;
+a sample lacking one exactly as a plain model holding the partial heads and the second experts; each set of
+experts learns only from its own predictions; inference runs one encoder pass per frame; merging a sensor's
+expert merges the one that serves it alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures.model import assert_adapters_reload, random_batch, randomize_lora, tiny_config
+
+from mlesam_core.config_io import ConfigError
+from mlesam_core.losses import total_loss
+from mlesam_core.model import build_model, save_adapters
+
+OWN = ("partial_head.enabled=true", "partial_head.experts=own", "aux_head.dropout=0.0")
+PARTIAL = ("partial_fusion.", "partial_mask_head.", "partial_aux_head.")
+M = 4  # the tiny config's modalities
+
+
+def _models(*overrides: str):
+    """(a model whose partial heads have their own experts, a plain model holding its paper heads and first
+    experts, a plain model holding its partial heads and second experts)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(*OWN, *overrides))
+    randomize_lora(model)
+    state = model.state_dict()
+    paper, partial = (build_model(tiny_config("aux_head.dropout=0.0")) for _ in range(2))
+
+    def experts(key: str, value: torch.Tensor, second: bool) -> torch.Tensor:
+        return (value[M:] if second else value[:M]) if ".lora_" in key else value
+
+    paper.load_state_dict({k: experts(k, v, False) for k, v in state.items() if not k.startswith(PARTIAL)})
+    partial.load_state_dict({k.removeprefix("partial_"): experts(k, v, True) for k, v in state.items()
+                             if not k.startswith(("fusion.", "mask_head.", "aux_head."))})
+    return model, paper, partial
+
+
+def test_own_experts_double_the_lora_tensors_and_start_equal_to_the_shared_ones():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(*OWN))
+    layer = model.lora_layers[0]
+    assert layer.lora_A.shape[0] == layer.lora_B.shape[0] == 2 * M
+    assert "experts_per_modality=2" in repr(layer)
+    assert (layer.lora_B == 0).all()  # B starts at zero: both sets start as SAM2's frozen encoder
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_each_sample_runs_the_experts_and_heads_of_its_presence_case(train):
+    model, paper, partial = _models()
+    for m in (model, paper, partial):
+        m.train(train)
+    images, present = random_batch(model.config, batch=3, seed=2)
+    present[1, 2] = False
+    present[2, [0, 3]] = False
+    with torch.no_grad():
+        mixed = model(images, present)
+        by_paper, by_partial = paper(images, present), partial(images, present)
+    torch.testing.assert_close(mixed.logits[0], by_paper.logits[0], rtol=0, atol=0)
+    torch.testing.assert_close(mixed.logits[1:], by_partial.logits[1:], rtol=0, atol=0)
+    if train:
+        return  # below, batches of one: the aux head's BatchNorm normalises by the batch in training
+    with torch.no_grad():
+        alone = model(images[1:2], present[1:2], active=[0, 1, 3])
+        complete = model(images[:1], present[:1], active=[0, 1, 2, 3])
+    torch.testing.assert_close(alone.logits, by_partial.logits[1:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(complete.logits, by_paper.logits[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_subset_predictions_run_the_second_experts():
+    model, paper, partial = (m.eval() for m in _models())
+    images, present = random_batch(model.config, batch=2, seed=3)
+    rgb_alone = present & (torch.arange(M) == 0)
+    with torch.no_grad():
+        out = model(images, present, subset_present=[rgb_alone])
+        torch.testing.assert_close(out.logits, paper(images, present).logits, rtol=0, atol=0)
+        torch.testing.assert_close(out.subsets[0].logits, partial(images, rgb_alone).logits, rtol=1e-5, atol=1e-5)
+
+
+def _expert_set_gradients(prediction: str) -> tuple[float, float]:
+    """(gradient norm of the first experts, of the second) when one prediction's loss is backpropagated."""
+    model = _models()[0].train()
+    images, present = random_batch(model.config, batch=2, seed=4)
+    labels = torch.randint(0, model.config.num_classes, (2, 64, 64), generator=torch.Generator().manual_seed(0))
+    if prediction == "full":  # (the loss of an output counts its subset predictions too: none here)
+        total_loss(model(images, present), labels, model.config)["loss"].backward()
+    else:
+        out = model(images, present, subset_present=[present & (torch.arange(M) != 1)])
+        total_loss(out.subsets[0], labels, model.config)["loss"].backward()
+    first = sum(float(layer.lora_A.grad[:M].norm() + layer.lora_B.grad[:M].norm()) for layer in model.lora_layers)
+    second = sum(float(layer.lora_A.grad[M:].norm() + layer.lora_B.grad[M:].norm()) for layer in model.lora_layers)
+    return first, second
+
+
+def test_the_full_set_trains_the_first_experts_and_the_subsets_the_second():
+    full_first, full_second = _expert_set_gradients("full")
+    subset_first, subset_second = _expert_set_gradients("subset")
+    assert full_first > 0 and full_second == 0
+    assert subset_first == 0 and subset_second > 0
+
+
+def _encoder_passes(model, *args, **kwargs) -> int:
+    calls = []
+    original = model._run_encoder
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return original(x)
+
+    model._run_encoder = counted
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        del model._run_encoder
+    return len(calls)
+
+
+def test_a_frame_costs_one_encoder_pass_and_training_two():
+    model = _models()[0]
+    images, present = random_batch(model.config, batch=1, seed=5)
+    model.eval()
+    assert _encoder_passes(model, images, present, active=[0, 1, 2, 3]) == 1
+    missing = present.clone()
+    missing[0, 2] = False
+    assert _encoder_passes(model, images, missing, active=[0, 1, 3]) == 1
+    assert _encoder_passes(model, images, missing) == 1  # without the hint: one host read decides
+    model.train()
+    assert _encoder_passes(model, images, present) == 2
+
+
+def test_merging_a_sensor_merges_the_expert_that_serves_it_alone():
+    model = _models()[0].eval()
+    images, present = random_batch(model.config, batch=1, seed=6)
+    depth_alone = present & (torch.arange(M) == 1)
+    with torch.no_grad():
+        unmerged = model(images, depth_alone).logits
+        model.merge_lora("depth")
+        assert model.merged_modality == "depth" and all(layer.merged == M + 1 for layer in model.lora_layers)
+        torch.testing.assert_close(model(images, depth_alone).logits, unmerged, rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="is not the one this pass runs"):
+            model.encode(images, depth_alone)  # encode() gives the full set's experts' maps
+    model.unmerge_lora()
+
+
+def test_own_experts_are_checked_by_key():
+    with pytest.raises(ConfigError, match="partial_head.experts: 'own' gives the partial heads"):
+        tiny_config("partial_head.experts=own")
+    with pytest.raises(ConfigError, match="partial_head.encoder_gradients: must be true with"):
+        tiny_config(*OWN, "partial_head.encoder_gradients=false")
+
+
+def test_adapters_carry_both_expert_sets(tmp_path):
+    model = _models()[0].eval()
+    path = save_adapters(model, tmp_path / "own.safetensors")
+    assert_adapters_reload(model, path, *OWN, missing=0)
