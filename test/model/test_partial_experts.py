@@ -155,3 +155,25 @@ def test_adapters_carry_both_expert_sets(tmp_path):
     model = _models()[0].eval()
     path = save_adapters(model, tmp_path / "own.safetensors")
     assert_adapters_reload(model, path, *OWN, missing=0)
+
+
+def test_the_full_set_learns_exactly_what_it_learns_with_shared_detached_experts():
+    """Against `encoder_gradients: false` with shared experts (the recipe without own experts), from the same
+    tensors and one loss with every subset term: the first experts and the paper's heads get the same gradient, so
+    the second set changes nothing the full set learns."""
+    learn = ("partial_head.learn_full_set=true", "loss.distill_weight=1.0", "loss.distill_temperature=2.0")
+    own = _models(*learn)[0].train()
+    torch.manual_seed(1)
+    shared = build_model(tiny_config("partial_head.enabled=true", "partial_head.encoder_gradients=false",
+                                     "aux_head.dropout=0.0", *learn)).train()
+    shared.load_state_dict({k: v[:M] if ".lora_" in k else v for k, v in own.state_dict().items()})
+    images, present = random_batch(own.config, batch=2, seed=8)
+    labels = torch.randint(0, own.config.num_classes, (2, 64, 64), generator=torch.Generator().manual_seed(1))
+    subsets = [present & (torch.arange(M) == 0), present & (torch.arange(M) != 2)]
+    for model in (own, shared):
+        total_loss(model(images, present, subset_present=subsets), labels, model.config)["loss"].backward()
+    for (name, param), (_, reference) in zip(own.named_parameters(), shared.named_parameters(), strict=True):
+        if name.startswith(PARTIAL) or not param.requires_grad:
+            continue
+        grad = param.grad[:M] if ".lora_" in name else param.grad
+        torch.testing.assert_close(grad, reference.grad, rtol=1e-5, atol=1e-7, msg=name)
