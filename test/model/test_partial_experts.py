@@ -2,39 +2,27 @@
 every modality is predicted exactly as a plain model holding the paper's heads and the first experts predicts it;
 a sample lacking one exactly as a plain model holding the partial heads and the second experts; each set of
 experts learns only from its own predictions; inference runs one encoder pass per frame; merging a sensor's
-expert merges the one that serves it alone."""
+expert merges the one that serves it alone. The first two are tested with test_partial_head.py's presence-case
+tests, run for both `experts` values."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from fixtures.model import assert_adapters_reload, random_batch, randomize_lora, tiny_config
+from fixtures.model import PARTIAL_PREFIXES, assert_adapters_reload, presence_case_models, random_batch, tiny_config
 
 from mlesam_core.config_io import ConfigError
 from mlesam_core.losses import total_loss
 from mlesam_core.model import build_model, save_adapters
 
 OWN = ("partial_head.enabled=true", "partial_head.experts=own", "aux_head.dropout=0.0")
-PARTIAL = ("partial_fusion.", "partial_mask_head.", "partial_aux_head.")
 M = 4  # the tiny config's modalities
 
 
 def _models(*overrides: str):
     """(a model whose partial heads have their own experts, a plain model holding its paper heads and first
     experts, a plain model holding its partial heads and second experts)."""
-    torch.manual_seed(0)
-    model = build_model(tiny_config(*OWN, *overrides))
-    randomize_lora(model)
-    state = model.state_dict()
-    paper, partial = (build_model(tiny_config("aux_head.dropout=0.0")) for _ in range(2))
-
-    def experts(key: str, value: torch.Tensor, second: bool) -> torch.Tensor:
-        return (value[M:] if second else value[:M]) if ".lora_" in key else value
-
-    paper.load_state_dict({k: experts(k, v, False) for k, v in state.items() if not k.startswith(PARTIAL)})
-    partial.load_state_dict({k.removeprefix("partial_"): experts(k, v, True) for k, v in state.items()
-                             if not k.startswith(("fusion.", "mask_head.", "aux_head."))})
-    return model, paper, partial
+    return presence_case_models(*OWN, *overrides)
 
 
 def test_own_experts_double_the_lora_tensors_and_start_equal_to_the_shared_ones():
@@ -44,38 +32,6 @@ def test_own_experts_double_the_lora_tensors_and_start_equal_to_the_shared_ones(
     assert layer.lora_A.shape[0] == layer.lora_B.shape[0] == 2 * M
     assert "experts_per_modality=2" in repr(layer)
     assert (layer.lora_B == 0).all()  # B starts at zero: both sets start as SAM2's frozen encoder
-
-
-@pytest.mark.parametrize("train", [False, True])
-def test_each_sample_runs_the_experts_and_heads_of_its_presence_case(train):
-    model, paper, partial = _models()
-    for m in (model, paper, partial):
-        m.train(train)
-    images, present = random_batch(model.config, batch=3, seed=2)
-    present[1, 2] = False
-    present[2, [0, 3]] = False
-    with torch.no_grad():
-        mixed = model(images, present)
-        by_paper, by_partial = paper(images, present), partial(images, present)
-    torch.testing.assert_close(mixed.logits[0], by_paper.logits[0], rtol=0, atol=0)
-    torch.testing.assert_close(mixed.logits[1:], by_partial.logits[1:], rtol=0, atol=0)
-    if train:
-        return  # below, batches of one: the aux head's BatchNorm normalises by the batch in training
-    with torch.no_grad():
-        alone = model(images[1:2], present[1:2], active=[0, 1, 3])
-        complete = model(images[:1], present[:1], active=[0, 1, 2, 3])
-    torch.testing.assert_close(alone.logits, by_partial.logits[1:2], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(complete.logits, by_paper.logits[:1], rtol=1e-5, atol=1e-5)
-
-
-def test_subset_predictions_run_the_second_experts():
-    model, paper, partial = (m.eval() for m in _models())
-    images, present = random_batch(model.config, batch=2, seed=3)
-    rgb_alone = present & (torch.arange(M) == 0)
-    with torch.no_grad():
-        out = model(images, present, subset_present=[rgb_alone])
-        torch.testing.assert_close(out.logits, paper(images, present).logits, rtol=0, atol=0)
-        torch.testing.assert_close(out.subsets[0].logits, partial(images, rgb_alone).logits, rtol=1e-5, atol=1e-5)
 
 
 def _expert_set_gradients(prediction: str) -> tuple[float, float]:
@@ -173,7 +129,7 @@ def test_the_full_set_learns_exactly_what_it_learns_with_shared_detached_experts
     for model in (own, shared):
         total_loss(model(images, present, subset_present=subsets), labels, model.config)["loss"].backward()
     for (name, param), (_, reference) in zip(own.named_parameters(), shared.named_parameters(), strict=True):
-        if name.startswith(PARTIAL) or not param.requires_grad:
+        if name.startswith(PARTIAL_PREFIXES) or not param.requires_grad:
             continue
         grad = param.grad[:M] if ".lora_" in name else param.grad
         torch.testing.assert_close(grad, reference.grad, rtol=1e-5, atol=1e-7, msg=name)

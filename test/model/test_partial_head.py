@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from fixtures.model import assert_adapters_reload, random_batch, randomize_lora, tiny_config
+from fixtures.model import assert_adapters_reload, presence_case_models, random_batch, tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -18,25 +18,13 @@ from mlesam_core.losses import total_loss
 from mlesam_core.model import AdapterError, build_model, load_adapters, save_adapters
 from mlesam_core.model.adapters import adapter_content_sha256
 
-PARTIAL = ("partial_fusion.", "partial_mask_head.", "partial_aux_head.")
+EXPERTS = ["shared", "own"]  # partial_head.experts: the partial heads' experts (test_partial_experts.py)
 
 
-def _models(*overrides: str):
-    """(a model with partial heads, a plain model with its paper heads, a plain model holding its partial heads)."""
-    torch.manual_seed(0)
-    model = build_model(tiny_config("partial_head.enabled=true", "aux_head.dropout=0.0", *overrides))
-    randomize_lora(model)
-    state = model.state_dict()
-    paper, partial = (build_model(tiny_config("aux_head.dropout=0.0")) for _ in range(2))
-    paper.load_state_dict({k: v for k, v in state.items() if not k.startswith(PARTIAL)})
-    partial.load_state_dict({k.removeprefix("partial_"): v for k, v in state.items()
-                             if not k.startswith(("fusion.", "mask_head.", "aux_head."))})
-    return model, paper, partial
-
-
+@pytest.mark.parametrize("experts", EXPERTS)
 @pytest.mark.parametrize("train", [False, True])
-def test_each_sample_is_decoded_by_the_heads_of_its_presence_case(train):
-    model, paper, partial = _models()
+def test_each_sample_is_decoded_by_the_heads_of_its_presence_case(train, experts):
+    model, paper, partial = presence_case_models(f"partial_head.experts={experts}")
     for m in (model, paper, partial):
         m.train(train)
     images, present = random_batch(model.config, batch=3, seed=2)
@@ -62,8 +50,9 @@ def test_each_sample_is_decoded_by_the_heads_of_its_presence_case(train):
     torch.testing.assert_close(complete.logits, by_paper.logits[:1], rtol=1e-5, atol=1e-5)
 
 
-def test_subset_predictions_use_the_partial_heads_and_the_full_set_the_paper_heads():
-    model, paper, partial = (m.eval() for m in _models())
+@pytest.mark.parametrize("experts", EXPERTS)
+def test_subset_predictions_use_the_partial_heads_and_the_full_set_the_paper_heads(experts):
+    model, paper, partial = (m.eval() for m in presence_case_models(f"partial_head.experts={experts}"))
     images, present = random_batch(model.config, batch=2, seed=3)
     rgb_alone = present & (torch.arange(4) == 0)
     with torch.no_grad():
@@ -76,7 +65,7 @@ def test_subset_predictions_use_the_partial_heads_and_the_full_set_the_paper_hea
 
 def _subset_loss_gradients(*overrides: str) -> dict[str, float]:
     """Gradient norm per part when only a subset prediction's loss is backpropagated."""
-    model = _models(*overrides)[0]
+    model = presence_case_models(*overrides)[0]
     model.train()
     images, present = random_batch(model.config, batch=2, seed=4)
     labels = torch.randint(0, model.config.num_classes, (2, 64, 64), generator=torch.Generator().manual_seed(0))
@@ -101,7 +90,7 @@ def test_partial_predictions_train_the_partial_heads_and_the_experts_only_with_e
 
 def _expert_gradients(mask: torch.Tensor, *overrides: str) -> torch.Tensor:
     """Gradient norm per LoRA expert when one subset prediction's loss is backpropagated."""
-    model = _models("partial_head.encoder_gradients=false", *overrides)[0]
+    model = presence_case_models("partial_head.encoder_gradients=false", *overrides)[0]
     model.train()
     images, present = random_batch(model.config, batch=2, seed=4)
     labels = torch.randint(0, model.config.num_classes, (2, 64, 64), generator=torch.Generator().manual_seed(0))
@@ -131,7 +120,7 @@ def test_partial_head_is_an_mlesam_option_named_by_key():
 
 
 def test_adapters_carry_the_partial_heads_and_a_model_without_them_refuses_the_file(tmp_path):
-    model = _models()[0].eval()
+    model = presence_case_models()[0].eval()
     path = save_adapters(model, tmp_path / "partial.safetensors")
     with safe_open(str(path), framework="pt") as handle:
         names = list(handle.keys())
@@ -157,7 +146,7 @@ def test_adapter_files_written_before_the_option_existed_still_load(tmp_path):
 
 
 def test_learn_full_set_adds_the_partial_heads_full_set_prediction_in_training_only():
-    model, _, partial = _models("partial_head.learn_full_set=true")
+    model, _, partial = presence_case_models("partial_head.learn_full_set=true")
     images, present = random_batch(model.config, batch=2, seed=7)
     rgb_alone = present & (torch.arange(4) == 0)
     model.train()
