@@ -111,7 +111,8 @@ class LoRASam2Model(nn.Module):
                active: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Per-modality FPN maps before fusion, as SAM2's `backbone_fpn` (before conv_s0/conv_s1): 3 tensors
         [B, M, 256, h, w], stride 4 to 16. Absent modalities are zero; their input content is never read.
-        `active`: see `_encode`."""
+        `active`: see `_encode`. With `partial_head.experts: own`, these are the first experts' maps (the full
+        set's)."""
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
         batch, m = present.shape
