@@ -72,6 +72,8 @@ class MLESAM(LoRASam2Model):
         one more fusion and decoding."""
         self.check_inputs(images, present)
         size = (images.shape[-2], images.shape[-1])
+        # which heads the samples need, read once per forward (the encoder passes below depend on it too)
+        cases = None if self.partial_fusion is None else self._presence_cases(present.all(dim=1), active)
         features: ModalityFeatures | None
         partial_features: ModalityFeatures | None
         if self.config.experts_per_modality == 1:
@@ -79,13 +81,12 @@ class MLESAM(LoRASam2Model):
         else:
             # the partial heads' own experts: in training both sets always run (every expert in the graph);
             # in inference only the set(s) the batch's presence cases need
-            all_complete, none_complete = ((False, False) if self.training
-                                           else self._presence_cases(present.all(dim=1), active))
-            subsets_asked = subset_present is not None
+            assert cases is not None
+            all_complete, none_complete = (False, False) if self.training else cases
             features = None if none_complete else self._encode(images, present, active)
-            partial_features = (None if all_complete and not subsets_asked
+            partial_features = (None if all_complete and subset_present is None
                                 else self._encode(images, present, active, expert_set=1))
-        output = self._decode(features, present, size, active, partial_features=partial_features)
+        output = self._decode(features, present, size, cases, partial_features=partial_features)
         if subset_present is not None:
             for mask in subset_present:
                 if mask.shape != present.shape or mask.dtype != torch.bool:
@@ -107,17 +108,22 @@ class MLESAM(LoRASam2Model):
         return output
 
     def _decode(self, features: ModalityFeatures | None, present: torch.Tensor, size: tuple[int, int],
-                active: Sequence[int] | None = None, partial: bool = False,
+                cases: tuple[bool, bool] | None = None, partial: bool = False,
                 partial_features: ModalityFeatures | None = None) -> SegmentationOutput:
         """Fusion (absent modalities masked) and both pathways, by the paper's heads or, with a partial head, by
-        the heads of each sample's presence case (all modalities, or some missing); `partial`: the partial heads
-        for every sample. `partial_features`: the encoder features the partial heads take (their own experts'),
-        `features` by default; either may be None where no sample needs it."""
+        the heads of each sample's presence case (all modalities, or some missing; `cases`: `_presence_cases`
+        of `present`); `partial`: the partial heads for every sample. `partial_features`: the encoder features
+        the partial heads take (their own experts'), `features` by default; either may be None where no sample
+        needs it."""
         if self.partial_fusion is None:
             assert features is not None
             return self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
         complete = present.all(dim=1)
-        all_complete, none_complete = (False, True) if partial else self._presence_cases(complete, active)
+        if partial:
+            all_complete, none_complete = False, True
+        else:
+            assert cases is not None, "the presence cases decide which heads decode"
+            all_complete, none_complete = cases
         full = None
         if not none_complete:
             assert features is not None, "the full set's features are needed"

@@ -133,3 +133,23 @@ def test_the_full_set_learns_exactly_what_it_learns_with_shared_detached_experts
             continue
         grad = param.grad[:M] if ".lora_" in name else param.grad
         torch.testing.assert_close(grad, reference.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_which_heads_and_experts_run_is_read_once_per_forward():
+    model = _models()[0].eval()
+    images, present = random_batch(model.config, batch=2, seed=5)
+    present[1, 2] = False  # a mixed batch: both sets of experts and heads run
+    reads = []
+    original = model._presence_cases
+
+    def counted(*args):
+        reads.append(args)
+        return original(*args)
+
+    model._presence_cases = counted
+    try:
+        with torch.no_grad():
+            model(images, present)
+    finally:
+        del model._presence_cases
+    assert len(reads) == 1
