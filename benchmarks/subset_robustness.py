@@ -111,6 +111,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                               "model.partial_head.learn_full_set=true",
                                               "model.partial_head.encoder_gradients=false",
                                               "model.loss.router_balance_weight=0.1"]),
+    "partial_head_shared_detached_lb001": ("partial_head_shared_detached, a weak load-balancing loss (0.01, Switch "
+                                           "Transformer's weight) on the full set's routers",
+                                           [*BRANCH, *DISTILL, "data.modality_dropout.singles=true",
+                                            "model.partial_head.enabled=true",
+                                            "model.partial_head.learn_full_set=true",
+                                            "model.partial_head.encoder_gradients=false",
+                                            "model.loss.router_balance_weight=0.01"]),
     "single_sensor_gradients": ("partial_head_shared_detached, but each sensor alone still trains its expert",
                                 [*BRANCH, *DISTILL, "data.modality_dropout.singles=true",
                                  "model.partial_head.enabled=true", "model.partial_head.learn_full_set=true",
@@ -128,6 +135,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                         "expert per sensor; the encoder runs twice in training)",
                         [*BRANCH, *DISTILL, "data.modality_dropout.singles=true", "model.partial_head.enabled=true",
                          "model.partial_head.learn_full_set=true", "model.partial_head.experts=own"]),
+    "partial_members": ("the paper's recipe for the full set; a head and LoRA expert per sensor of their own for "
+                        "every input that lacks one, logits averaged over the present sensors (SAM-LoRA's late "
+                        "fusion, model.partial_head.heads=per_modality), each trained on its sensor alone",
+                        ["model.partial_head.enabled=true", "model.partial_head.heads=per_modality",
+                         "model.partial_head.experts=own"]),
+    "partial_members_distill": ("partial_members, each sensor's head also distilled from the full-set prediction",
+                                ["model.partial_head.enabled=true", "model.partial_head.heads=per_modality",
+                                 "model.partial_head.experts=own", *DISTILL]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),

@@ -186,7 +186,13 @@ class PartialHeadConfig:
     idea of the missing-aware prompts carried into the encoder), so a sensor's expert no longer serves the full
     set and the subsets at once. Training then runs the encoder twice (both sets of experts); inference runs the
     experts of each frame's presence case, so a frame costs one encoder pass as before. `shared` (default):
-    one expert per modality serves both."""
+    one expert per modality serves both.
+    `heads: per_modality`: instead of a second fusion and decoder, a class-token head and aux head per modality,
+    whose logits are averaged over the present modalities: the paper's SAM-LoRA baseline (late fusion), the most
+    robust to missing sensors in its Table VI and in ours, carried inside the fused model for the inputs that lack
+    a sensor. Each modality's head is trained on its own prediction every step (as each SAM-LoRA member), so with
+    `experts: own` each sensor's second expert and head train exactly as a SAM-LoRA member beside the paper's
+    heads. `fused` (default): one fusion and decoder for every subset."""
 
     enabled: bool = False
     encoder_gradients: bool = True
@@ -194,6 +200,7 @@ class PartialHeadConfig:
     single_sensor_gradients: bool = False
     presence: Literal["none", "tokens", "features"] = "none"
     experts: Literal["shared", "own"] = "shared"
+    heads: Literal["fused", "per_modality"] = "fused"
 
 
 @dataclass
@@ -282,6 +289,12 @@ class MLESAMConfig:
               "the partial experts from ever learning)")
         check(self.partial_head.presence == "none" or self.partial_head.enabled, "partial_head.presence",
               f"{self.partial_head.presence!r} conditions the partial heads: it needs partial_head.enabled")
+        for key, value, allowed in (("enabled", self.partial_head.enabled, True),
+                                    ("presence", self.partial_head.presence, "none"),
+                                    ("learn_full_set", self.partial_head.learn_full_set, False)):
+            check(self.partial_head.heads == "fused" or value == allowed, f"partial_head.{key}",
+                  f"must be {allowed!r} with partial_head.heads: per_modality (each modality's head sees that "
+                  f"modality alone and learns from it alone), got {value!r}")
         check(self.partial_head.presence == "none" or len(self.modalities) <= MAX_PRESENCE_MODALITIES,
               "partial_head.presence", f"keeps a table of 2^M presence cases: at most {MAX_PRESENCE_MODALITIES} "
               f"modalities, got {len(self.modalities)}")

@@ -11,7 +11,9 @@ the aux head; everything from SAM2 else is frozen.
 With `partial_head.enabled` (beyond the paper) a second fusion, class-token head and aux head (`partial_*`) take
 every sample that lacks a modality; samples with all modalities keep the paper's heads. `partial_head.presence`
 conditions them on which modalities are present (`mlesam_core.model.presence`); `partial_head.experts: own`
-gives them a second LoRA expert per modality, so such samples run the encoder with those.
+gives them a second LoRA expert per modality, so such samples run the encoder with those. `partial_head.heads:
+per_modality` makes them a class-token head and aux head per modality (`partial_mask_heads`, `partial_aux_heads`)
+whose logits are averaged over the present modalities, SAM-LoRA's late fusion.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from mlesam_core.model.aux_head import AuxHead
 from mlesam_core.model.base import LoRASam2Model, ModalityFeatures, SegmentationOutput
@@ -52,7 +55,15 @@ class MLESAM(LoRASam2Model):
         self.partial_aux_head: AuxHead | None = None
         self.partial_presence_tokens: PresenceTokens | None = None
         self.partial_presence_film: PresenceFiLM | None = None
-        if config.partial_head.enabled:
+        self.partial_mask_heads: nn.ModuleList | None = None
+        self.partial_aux_heads: nn.ModuleList | None = None
+        if config.partial_head.enabled and config.partial_head.heads == "per_modality":
+            self.partial_mask_heads = nn.ModuleList(self.new_mask_head(mask_decoder) for _ in self.modalities)
+            if config.aux_head.enabled:
+                self.partial_aux_heads = nn.ModuleList(
+                    AuxHead(dim, config.aux_head.dim, config.num_classes, config.aux_head.dropout)
+                    for _ in self.modalities)
+        elif config.partial_head.enabled:
             self.partial_fusion, self.partial_mask_head, self.partial_aux_head = heads()
             if config.partial_head.presence == "tokens":
                 self.partial_presence_tokens = PresenceTokens(len(self.modalities), config.num_classes, dim)
@@ -60,6 +71,8 @@ class MLESAM(LoRASam2Model):
                 self.partial_presence_film = PresenceFiLM(len(self.modalities), dim, len(LEVELS))
 
     def mask_head_prefixes(self) -> list[str]:
+        if self.partial_mask_heads is not None:
+            return ["mask_head"] + [f"partial_mask_heads.{i}" for i in range(len(self.modalities))]
         return ["mask_head"] + (["partial_mask_head"] if self.partial_mask_head is not None else [])
 
     def forward(self, images: torch.Tensor, present: torch.Tensor, active: Sequence[int] | None = None,
@@ -73,7 +86,8 @@ class MLESAM(LoRASam2Model):
         self.check_inputs(images, present)
         size = (images.shape[-2], images.shape[-1])
         # which heads the samples need, read once per forward (the encoder passes below depend on it too)
-        cases = None if self.partial_fusion is None else self._presence_cases(present.all(dim=1), active)
+        partial_heads = self.config.partial_head.enabled
+        cases = self._presence_cases(present.all(dim=1), active) if partial_heads else None
         features: ModalityFeatures | None
         partial_features: ModalityFeatures | None
         if self.config.experts_per_modality == 1:
@@ -99,7 +113,18 @@ class MLESAM(LoRASam2Model):
                 subset = self._decode(features, mask & present, size, partial=True, partial_features=partial_features)
                 subset.valid = (mask & present).any(dim=1)  # a sample with nothing left is not scored
                 output.subsets.append(subset)
-        if self.training and self.partial_fusion is not None and self.config.partial_head.learn_full_set:
+        if self.training and self.partial_mask_heads is not None:
+            # per-modality heads learn each from its own modality alone, as the SAM-LoRA members: every subset's
+            # prediction is their average, so these predictions train them for every subset
+            assert partial_features is not None
+            member_features = self._partial_levels(partial_features, present)
+            members = []
+            for j, m in enumerate(member_features.ids):
+                member = self._decode_member(member_features, j, size)
+                member.valid = present[:, m]
+                members.append(member)
+            output.subsets = [*(output.subsets or []), *members]
+        if self.training and partial_heads and self.config.partial_head.learn_full_set:
             # the partial heads also predict the full set, as a subset prediction: they become one decoder for
             # every subset (the shared heads of the recipes without them), beside the full set's specialist
             shared = self._decode(features, present, size, partial=True, partial_features=partial_features)
@@ -115,7 +140,7 @@ class MLESAM(LoRASam2Model):
         of `present`); `partial`: the partial heads for every sample. `partial_features`: the encoder features
         the partial heads take (their own experts'), `features` by default; either may be None where no sample
         needs it."""
-        if self.partial_fusion is None:
+        if not self.config.partial_head.enabled:
             assert features is not None
             return self._decode_with(self.fusion, self.mask_head, self.aux_head, features, present, size)
         complete = present.all(dim=1)
@@ -133,19 +158,62 @@ class MLESAM(LoRASam2Model):
             return full
         features = features if partial_features is None else partial_features
         assert features is not None, "the partial heads' features are needed"
-        options = self.config.partial_head
-        if not options.encoder_gradients:
-            if options.single_sensor_gradients and self.training:
-                # per sample, no host read: a sample left with one modality keeps its graph to the expert
-                single = (present.sum(dim=1) == 1).view(1, -1, 1, 1, 1)
-                levels = [torch.where(single, level, level.detach()) for level in features.levels]
-            else:
-                levels = [level.detach() for level in features.levels]
-            features = ModalityFeatures(levels, features.ids, features.index)
-        assert self.partial_mask_head is not None
-        by_partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head, features,
-                                       present, size, self.partial_presence_tokens, self.partial_presence_film)
+        features = self._partial_levels(features, present)
+        if self.partial_mask_heads is not None:
+            by_partial = self._decode_members(features, present, size)
+        else:
+            assert self.partial_fusion is not None and self.partial_mask_head is not None
+            by_partial = self._decode_with(self.partial_fusion, self.partial_mask_head, self.partial_aux_head,
+                                           features, present, size, self.partial_presence_tokens,
+                                           self.partial_presence_film)
         return by_partial if full is None else _select_rows(complete, full, by_partial)
+
+    def _partial_levels(self, features: ModalityFeatures, present: torch.Tensor) -> ModalityFeatures:
+        """The features as the partial heads take them: detached unless their gradients train the experts."""
+        options = self.config.partial_head
+        if options.encoder_gradients:
+            return features
+        if options.single_sensor_gradients and self.training:
+            if options.heads == "per_modality":
+                return features  # each per-modality head sees one modality: every prediction is single-sensor
+            # per sample, no host read: a sample left with one modality keeps its graph to the expert
+            single = (present.sum(dim=1) == 1).view(1, -1, 1, 1, 1)
+            levels = [torch.where(single, level, level.detach()) for level in features.levels]
+        else:
+            levels = [level.detach() for level in features.levels]
+        return ModalityFeatures(levels, features.ids, features.index)
+
+    def _member_pathways(self, features: ModalityFeatures, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Y_sam, Y_aux) of the per-modality head of the j-th chunk of `features`, on that modality's maps alone."""
+        assert self.partial_mask_heads is not None
+        m = features.ids[j]
+        ffp, ifp, sfm = (level[j] for level in features.levels)
+        sam = self.partial_mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
+        aux = self.partial_aux_heads[m]([ffp, ifp, sfm]) if self.partial_aux_heads is not None else None
+        return sam, aux
+
+    def _decode_member(self, features: ModalityFeatures, j: int, size: tuple[int, int]) -> SegmentationOutput:
+        """The j-th chunk's modality alone, by its per-modality head (routing: all weight on that modality)."""
+        sam, aux = self._member_pathways(features, j)
+        alone = torch.zeros(sam.shape[0], len(self.modalities), device=sam.device)
+        alone[:, features.ids[j]] = 1.0
+        return self.combine(sam, aux, size, {level: alone for level in LEVELS})
+
+    def _decode_members(self, features: ModalityFeatures, present: torch.Tensor,
+                        size: tuple[int, int]) -> SegmentationOutput:
+        """Late fusion: the per-modality heads' logits averaged over each sample's present modalities (SAM-LoRA's
+        rule; the average is linear, so averaging the pathways before `combine` equals averaging the logits)."""
+        weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
+        sam: torch.Tensor | None = None
+        aux: torch.Tensor | None = None
+        for j, m in enumerate(features.ids):
+            sam_m, aux_m = self._member_pathways(features, j)
+            w = weights[:, m, None, None, None].to(sam_m.dtype)
+            sam = w * sam_m if sam is None else sam + w * sam_m
+            if aux_m is not None:
+                aux = w * aux_m if aux is None else aux + w * aux_m
+        assert sam is not None  # at least one modality ran (check_inputs / _encode)
+        return self.combine(sam, aux, size, {level: weights for level in LEVELS})
 
     def _presence_cases(self, complete: torch.Tensor, active: Sequence[int] | None) -> tuple[bool, bool]:
         """(every sample has all modalities, none has): from `active` where it decides (the Segmenter's single
