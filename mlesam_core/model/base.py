@@ -64,7 +64,7 @@ class LoRASam2Model(nn.Module):
         self.context = ModalityContext()
         self.lora_layers: list[LoRAQKV] = add_lora(
             self.trunk, len(self.modalities), config.lora.rank, config.lora.scale,
-            config.lora.dropout, self.context, config.experts_per_modality)
+            config.lora.dropout, self.context, config.experts_per_modality, draw_further_sets=False)
         self.sam_decoder = PromptFreeSamDecoder(parts.prompt_encoder, parts.mask_decoder,
                                                 config.decoder.sam_tokens, config.decoder.not_a_point_tokens)
         self.requires_grad_(False)
@@ -77,6 +77,12 @@ class LoRASam2Model(nn.Module):
         self.size_multiple = math.lcm(32, 4 * self.trunk.window_spec[0])
         self._index_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}  # see `_active_index`
         self.build_heads(parts.mask_decoder)
+        # further expert sets (`partial_head.experts: own`) are drawn last: the first set and the paper's heads
+        # then start exactly as in the plain model of the same seed, so a recipe with them starts the full set
+        # where the paper's recipe does (the larger LoRA tensors would otherwise shift every later draw)
+        for expert_set in range(1, config.experts_per_modality):
+            for layer in self.lora_layers:
+                layer.reset_lora_parameters(expert_set)
 
     @property
     def trunk(self) -> Hiera:

@@ -52,7 +52,10 @@ class LoRAQKV(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Linear, num_modalities: int, rank: int, scale: float, dropout: float,
-                 context: ModalityContext, experts_per_modality: int = 1) -> None:
+                 context: ModalityContext, experts_per_modality: int = 1, draw_further_sets: bool = True) -> None:
+        """`draw_further_sets: false` draws only the first set's A now (the others start at zero, inert) and
+        leaves the rest to `reset_lora_parameters(expert_set=k)`: a model draws them after everything else, so
+        that its first set and its heads start exactly as in a model without further sets."""
         super().__init__()
         if base_layer.out_features % 3:
             raise ValueError(f"qkv out_features {base_layer.out_features} is not divisible by 3")
@@ -72,14 +75,19 @@ class LoRAQKV(nn.Module):
         self.merged: int | None = None  # the expert folded into base_layer.weight
         # the frozen weight as it was before `merge` (non-persistent: moves with .to(), never saved)
         self.register_buffer("unmerged_weight", None, persistent=False)
-        self.reset_lora_parameters()
-
-    def reset_lora_parameters(self) -> None:
-        """A: Kaiming-uniform per expert (as peft / nn.Linear), B: zero."""
-        bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)) on a [r, d_in] matrix
         with torch.no_grad():
-            self.lora_A.uniform_(-bound, bound)
-            self.lora_B.zero_()
+            self.lora_A.zero_()
+        for expert_set in range(experts_per_modality if draw_further_sets else 1):
+            self.reset_lora_parameters(expert_set)
+
+    def reset_lora_parameters(self, expert_set: int | None = None) -> None:
+        """A: Kaiming-uniform per expert (as peft / nn.Linear), B: zero; of one set of experts (None: all)."""
+        bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)) on a [r, d_in] matrix
+        m = self.num_modalities
+        rows = slice(None) if expert_set is None else slice(expert_set * m, (expert_set + 1) * m)
+        with torch.no_grad():
+            self.lora_A[rows].uniform_(-bound, bound)
+            self.lora_B[rows].zero_()
 
     def merge(self, expert: int) -> None:
         """Fold expert `expert`'s q and v deltas (scale * B @ A) into the frozen qkv weight."""
@@ -145,8 +153,10 @@ class LoRAQKV(nn.Module):
 
 
 def add_lora(trunk: Hiera, num_modalities: int, rank: int, scale: float, dropout: float,
-             context: ModalityContext, experts_per_modality: int = 1) -> list[LoRAQKV]:
-    """Wrap every Hiera block's `attn.qkv` in place with a `LoRAQKV`; returns the wrappers in block order."""
+             context: ModalityContext, experts_per_modality: int = 1,
+             draw_further_sets: bool = True) -> list[LoRAQKV]:
+    """Wrap every Hiera block's `attn.qkv` in place with a `LoRAQKV`; returns the wrappers in block order.
+    `draw_further_sets`: see `LoRAQKV`."""
     wrappers = []
     for block in trunk.blocks:
         attn = block.get_submodule("attn")
@@ -155,7 +165,8 @@ def add_lora(trunk: Hiera, num_modalities: int, rank: int, scale: float, dropout
             raise ValueError("this Hiera trunk already carries LoRA wrappers")
         if not isinstance(qkv, nn.Linear):
             raise TypeError(f"Hiera block attention qkv is {type(qkv).__name__}, expected nn.Linear")
-        wrapper = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context, experts_per_modality)
+        wrapper = LoRAQKV(qkv, num_modalities, rank, scale, dropout, context, experts_per_modality,
+                          draw_further_sets)
         attn.qkv = wrapper
         wrappers.append(wrapper)
     return wrappers

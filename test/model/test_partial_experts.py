@@ -153,3 +153,15 @@ def test_which_heads_and_experts_run_is_read_once_per_forward():
     finally:
         del model._presence_cases
     assert len(reads) == 1
+
+
+@pytest.mark.parametrize("heads", ["fused", "per_modality"])
+def test_the_full_set_starts_exactly_as_the_plain_model_of_the_same_seed(heads):
+    """The second set is drawn after everything else, so turning own experts on leaves the paper's heads and first
+    experts where the paper's recipe starts them (the larger LoRA tensors used to shift every later draw)."""
+    plain = build_model(tiny_config(), init_seed=3).state_dict()
+    own = build_model(tiny_config(*OWN, f"partial_head.heads={heads}"), init_seed=3).state_dict()
+    for key, value in plain.items():
+        torch.testing.assert_close(own[key][:M] if ".lora_" in key else own[key], value, rtol=0, atol=0, msg=key)
+    first, second = own["image_encoder.trunk.blocks.0.attn.qkv.lora_A"].split(M)
+    assert (second != 0).all() and not torch.equal(first, second)
