@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures.model import PARTIAL_PREFIXES, assert_adapters_reload, presence_case_models, random_batch, tiny_config
+from fixtures.model import (
+    PARTIAL_PREFIXES,
+    assert_adapters_reload,
+    presence_case_models,
+    random_batch,
+    randomize_lora,
+    tiny_config,
+)
 
 from mlesam_core.config_io import ConfigError
 from mlesam_core.losses import total_loss
@@ -86,8 +93,11 @@ def test_a_frame_costs_one_encoder_pass_and_training_two():
     assert _encoder_passes(model, images, present) == 2
 
 
-def test_merging_a_sensor_merges_the_expert_that_serves_it_alone():
-    model = _models()[0].eval()
+@pytest.mark.parametrize("heads", ["fused", "per_modality"])
+def test_merging_a_sensor_merges_the_expert_that_serves_it_alone(heads):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(*OWN, f"partial_head.heads={heads}")).eval()
+    randomize_lora(model)
     images, present = random_batch(model.config, batch=1, seed=6)
     depth_alone = present & (torch.arange(M) == 1)
     with torch.no_grad():

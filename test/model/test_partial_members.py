@@ -99,18 +99,6 @@ def test_a_member_is_scored_only_where_its_modality_is_present():
     torch.testing.assert_close(valid, present.T)
 
 
-def test_merging_a_sensor_merges_its_members_expert():
-    model = _models()[0].eval()
-    images, present = random_batch(model.config, batch=1, seed=7)
-    event_alone = present & (torch.arange(M) == 2)
-    with torch.no_grad():
-        unmerged = model(images, event_alone).logits
-        model.merge_lora("event")
-        assert all(layer.merged == M + 2 for layer in model.lora_layers)
-        torch.testing.assert_close(model(images, event_alone).logits, unmerged, rtol=1e-4, atol=1e-5)
-    model.unmerge_lora()
-
-
 def test_adapters_carry_the_per_modality_heads(tmp_path):
     model = _models()[0].eval()
     path = save_adapters(model, tmp_path / "members.safetensors")
