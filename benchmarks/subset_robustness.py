@@ -58,6 +58,7 @@ MODALITIES = ("rgb", "depth", "event", "lidar")
 LEVELS = ("ffp", "ifp", "sfm")
 BRANCH = ["data.modality_dropout.mode=branch", "data.modality_dropout.sampler=subset", "data.modality_dropout.p=1.0"]
 DISTILL = ["model.loss.distill_weight=1.0", "model.loss.distill_temperature=2.0"]
+MEMBERS = ["model.partial_head.enabled=true", "model.partial_head.heads=per_modality", "model.partial_head.experts=own"]
 # name -> (description, overrides of synthetic_cpu.yaml)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlesam": ("the paper's recipe (no dropout, no router regularisation)", []),
@@ -150,6 +151,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                       ["model.partial_head.enabled=true", "model.partial_head.heads=per_modality",
                                        "model.partial_head.experts=own", *DISTILL,
                                        "model.loss.router_balance_weight=0.01"]),
+    "partial_members_lb003": ("partial_members, a load-balancing loss of weight 0.03 on the full set's routers",
+                              [*MEMBERS, "model.loss.router_balance_weight=0.03"]),
+    "partial_members_t4": ("partial_members, the full set's router logits divided by a temperature of 4 (the "
+                           "router's logits then move a quarter as fast per optimiser step)",
+                           [*MEMBERS, "model.router.temperature=4.0"]),
     "branch3_distill_balance": ("branch_distill_balance with three subset branches per step",
                                 [*BRANCH, "data.modality_dropout.branches=3", "model.loss.distill_weight=1.0",
                                  "model.loss.distill_temperature=2.0", "model.loss.router_balance_weight=0.1"]),
