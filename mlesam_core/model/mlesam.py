@@ -202,18 +202,9 @@ class MLESAM(LoRASam2Model):
     def _decode_members(self, features: ModalityFeatures, present: torch.Tensor,
                         size: tuple[int, int]) -> SegmentationOutput:
         """Late fusion: the per-modality heads' logits averaged over each sample's present modalities (SAM-LoRA's
-        rule; the average is linear, so averaging the pathways before `combine` equals averaging the logits)."""
-        weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
-        sam: torch.Tensor | None = None
-        aux: torch.Tensor | None = None
-        for j, m in enumerate(features.ids):
-            sam_m, aux_m = self._member_pathways(features, j)
-            w = weights[:, m, None, None, None].to(sam_m.dtype)
-            sam = w * sam_m if sam is None else sam + w * sam_m
-            if aux_m is not None:
-                aux = w * aux_m if aux is None else aux + w * aux_m
-        assert sam is not None  # at least one modality ran (check_inputs / _encode)
-        return self.combine(sam, aux, size, {level: weights for level in LEVELS})
+        rule; routing = the averaging weights at every level)."""
+        return self.average_members(features, present, size, lambda j: self._member_pathways(features, j),
+                                    LEVELS, keep_members=False)
 
     def _presence_cases(self, complete: torch.Tensor, active: Sequence[int] | None) -> tuple[bool, bool]:
         """(every sample has all modalities, none has): from `active` where it decides (the Segmenter's single

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mlesam_core.model.aux_head import AuxHead
-from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
+from mlesam_core.model.base import LoRASam2Model, ModalityFeatures, SegmentationOutput
 
 if TYPE_CHECKING:
     from sam2.modeling.sam.mask_decoder import MaskDecoder
@@ -41,27 +41,18 @@ class SAMLoRA(LoRASam2Model):
         `active`: optional host-side ids of the modalities present in some sample (saves a host sync)."""
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
-        weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
         size = (images.shape[-2], images.shape[-1])
-        sam: torch.Tensor | None = None
-        aux: torch.Tensor | None = None
-        members: list[SegmentationOutput] | None = [] if self.training else None
-        for j, m in enumerate(features.ids):  # one decoder per modality: this baseline is M separate models
-            ffp, ifp, sfm = (level[j] for level in features.levels)
-            w = weights[:, m, None, None, None]
-            sam_m = self.mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
-            sam = w.to(sam_m.dtype) * sam_m if sam is None else sam + w.to(sam_m.dtype) * sam_m
-            aux_m = self.aux_heads[m]([ffp, ifp, sfm]) if self.aux_heads is not None else None
-            if aux_m is not None:
-                aux = w.to(aux_m.dtype) * aux_m if aux is None else aux + w.to(aux_m.dtype) * aux_m
-            if members is not None:
-                member = self.combine(sam_m, aux_m, size, {"logits": weights})
-                member.valid = present[:, m]
-                members.append(member)
-        assert sam is not None  # at least one modality ran (check_inputs / _encode)
-        output = self.combine(sam, aux, size, {"logits": weights})
-        output.members = members
-        return output
+        # one decoder per modality: this baseline is M separate models
+        return self.average_members(features, present, size, lambda j: self._member_pathways(features, j),
+                                    ("logits",), keep_members=self.training)
+
+    def _member_pathways(self, features: ModalityFeatures, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Y_sam, Y_aux) of the j-th chunk's modality, by its own heads on its maps alone."""
+        m = features.ids[j]
+        ffp, ifp, sfm = (level[j] for level in features.levels)
+        sam = self.mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
+        aux = self.aux_heads[m]([ffp, ifp, sfm]) if self.aux_heads is not None else None
+        return sam, aux
 
 
 __all__ = ["SAMLoRA"]
