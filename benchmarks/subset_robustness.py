@@ -153,6 +153,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                        "model.loss.router_balance_weight=0.01"]),
     "partial_members_lb003": ("partial_members, a load-balancing loss of weight 0.03 on the full set's routers",
                               [*MEMBERS, "model.loss.router_balance_weight=0.03"]),
+    "partial_members_conf01": ("partial_members, the routers' confidence penalty (weight 0.1) on the full set's "
+                               "routers: soft gates per sample, no load balancing across samples",
+                               [*MEMBERS, "model.loss.router_entropy_weight=0.1"]),
     "partial_members_t4": ("partial_members, the full set's router logits divided by a temperature of 4 (the "
                            "router's logits then move a quarter as fast per optimiser step)",
                            [*MEMBERS, "model.router.temperature=4.0"]),

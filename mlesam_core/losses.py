@@ -13,6 +13,11 @@ when routing is uniform and grows as one expert takes the load; only P carries g
 decides once per sample and level (the paper's router reads spatially averaged features), so a "token" of the
 Switch formula is a sample.
 
+Router confidence penalty (Pereyra et al. 2017, "Regularizing neural networks by penalizing confident output
+distributions", applied to the gate): per level ln M minus the mean entropy of the samples' router
+probabilities, summed over levels. Load balancing spreads the load over the batch, so some samples must route to
+weak experts; this term only keeps each sample's gate from saturating on one expert.
+
 Subset self-distillation: the prediction from a modality subset (the training step's second branch) is trained
 towards the full-set prediction of the same step, detached: T^2 * KL(softmax(Y_full / T) || softmax(Y_subset / T))
 per labelled pixel (Hinton et al. 2015, "Distilling the knowledge in a neural network"; T^2 keeps the gradient
@@ -86,6 +91,16 @@ def router_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(probs.float(), probs.float()).sum(dim=1).mean()
 
 
+def router_confidence_penalty(probs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The confidence penalty of Pereyra et al. (2017) on the routers: per level ln M minus the mean router
+    entropy (0 for uniform routing, ln M for one-hot), summed over levels; probs {level: [B, M]} -> 0-dim float32.
+    Unlike load balancing it asks no sample to route to another expert, only each sample's gate to stay soft."""
+    total = torch.zeros((), device=next(iter(probs.values())).device)
+    for p in probs.values():
+        total = total + math.log(p.shape[1]) - router_entropy(p)
+    return total
+
+
 def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig
                   ) -> dict[str, torch.Tensor]:
     """{'sam', 'aux' (with an aux head), 'loss'}: Eq. 14 of one prediction."""
@@ -106,7 +121,8 @@ def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLES
 
 def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
     """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}, plus
-    'balance' (load-balancing loss, when `loss.router_balance_weight` > 0 and the output has routers), and for an
+    'balance' (load-balancing loss, when `loss.router_balance_weight` > 0 and the output has routers),
+    'confidence' (the routers' confidence penalty, when `loss.router_entropy_weight` > 0), and for an
     output with `subsets` predictions 'subset' (their mean Eq. 14 loss, weight `loss.subset_weight`) and 'distill'
     (their mean KL to this output, when `loss.distill_weight` > 0).
 
@@ -123,6 +139,9 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     if terms.router_balance_weight > 0 and output.router_probs:
         result["balance"] = load_balancing_loss(output.router_probs, output.routing)
         total = total + terms.router_balance_weight * result["balance"]
+    if terms.router_entropy_weight > 0 and output.router_probs:
+        result["confidence"] = router_confidence_penalty(output.router_probs)
+        total = total + terms.router_entropy_weight * result["confidence"]
     if output.subsets:
         # a subset prediction with `valid` is scored on those samples only (a sample lacking every modality of
         # the subset has nothing to predict from)
@@ -142,4 +161,4 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
 
 
 __all__ = ["ohem_cross_entropy", "load_balancing_loss", "routed_fraction", "distillation_loss", "router_entropy",
-           "total_loss"]
+           "router_confidence_penalty", "total_loss"]

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from mlesam_core.losses import distillation_loss, load_balancing_loss, ohem_cross_entropy, router_entropy, total_loss
+from mlesam_core.losses import (
+    distillation_loss,
+    load_balancing_loss,
+    ohem_cross_entropy,
+    router_confidence_penalty,
+    router_entropy,
+    total_loss,
+)
 from mlesam_core.model.base import SegmentationOutput
 from mlesam_core.model.config import LossConfig, MLESAMConfig
 
@@ -116,9 +123,23 @@ def test_router_entropy_is_the_mean_entropy_in_nats_with_zero_log_zero_as_zero()
     assert router_entropy(probs).item() == pytest.approx(math.log(2) / 2, rel=1e-6)
 
 
+def test_router_confidence_penalty_is_ln_m_minus_the_mean_entropy_summed_over_levels():
+    # level a (M = 2): entropies ln 2 (uniform) and 0 (one-hot) -> ln 2 - ln 2 / 2
+    # level b (M = 3): p = (0.5, 0.25, 0.25): H = 0.5 ln 2 + 2 * 0.25 ln 4 = 1.5 ln 2 -> ln 3 - 1.5 ln 2
+    probs_a = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    probs_b = torch.tensor([[0.5, 0.25, 0.25]], requires_grad=True)
+    assert router_confidence_penalty({"a": probs_a}).item() == pytest.approx(math.log(2) / 2, rel=1e-6)
+    penalty = router_confidence_penalty({"a": probs_a, "b": probs_b})
+    assert penalty.item() == pytest.approx(math.log(2) / 2 + math.log(3) - 1.5 * math.log(2), rel=1e-6)
+    penalty.backward()  # d/dp (-H) = ln p + 1
+    torch.testing.assert_close(probs_b.grad, torch.log(torch.tensor([[0.5, 0.25, 0.25]])) + 1)
+    assert router_confidence_penalty({"a": torch.full((3, 4), 0.25)}).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weights():
     config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2, loss=LossConfig(
-        router_balance_weight=0.5, subset_weight=0.3, distill_weight=2.0, distill_temperature=1.0))
+        router_balance_weight=0.5, router_entropy_weight=0.7, subset_weight=0.3, distill_weight=2.0,
+        distill_temperature=1.0))
     labels = torch.tensor([[LABELS]])
     sam = _two_class_logits(PROBS, LABELS)
     aux = _two_class_logits([0.1] * 5, LABELS)
@@ -132,17 +153,19 @@ def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weight
                                 router_probs=probs, subsets=[subset, other])
     terms = total_loss(output, labels, config)
     assert terms["balance"].item() == pytest.approx(2 * 0.9, rel=1e-6)
+    assert terms["confidence"].item() == pytest.approx(
+        math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1), rel=1e-6)
     subset_losses = [(1 + 0.4) * -math.log(0.1), total_loss(other, labels, config)["loss"].item()]
     assert terms["subset"].item() == pytest.approx(sum(subset_losses) / 2, rel=1e-6)
     assert terms["distill"].item() == pytest.approx(
         (distillation_loss(aux, sam + aux, labels) + distillation_loss(easy, sam + aux, labels)).item() / 2,
         rel=1e-6)
-    expected = (terms["sam"] + 0.4 * terms["aux"] + 0.5 * terms["balance"] + 0.3 * terms["subset"]
-                + 2.0 * terms["distill"])
+    expected = (terms["sam"] + 0.4 * terms["aux"] + 0.5 * terms["balance"] + 0.7 * terms["confidence"]
+                + 0.3 * terms["subset"] + 2.0 * terms["distill"])
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     # the paper's defaults add nothing
     plain = total_loss(output, labels, MLESAMConfig(modalities=("rgb", "depth"), num_classes=2))
-    assert "balance" not in plain and "distill" not in plain
+    assert "balance" not in plain and "confidence" not in plain and "distill" not in plain
     assert plain["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + terms["subset"]).item())
 
 
