@@ -18,15 +18,17 @@ def _last_train_record(out: Path) -> dict:
     return [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"][-1]
 
 
-def test_load_balancing_loss_raises_router_entropy_versus_the_same_run_without_it(tiny_config, tmp_path):
-    # without it the routers concentrate on one expert within a dozen steps at this learning rate
+@pytest.mark.parametrize(("key", "term"), [("router_balance_weight", "loss_balance"),
+                                         ("router_entropy_weight", "loss_confidence")])
+def test_router_regulariser_raises_router_entropy_versus_the_same_run_without_it(tiny_config, tmp_path, key, term):
+    # without one the routers concentrate on one expert within a dozen steps at this learning rate
     common = ("log_every_steps=12", "validation.every_steps=12")
     without = tiny_config(tmp_path / "without", *common, steps=12)
-    balanced = tiny_config(tmp_path / "with", *common, "model.loss.router_balance_weight=1.0", steps=12)
+    regularised_config = tiny_config(tmp_path / "with", *common, f"model.loss.{key}=1.0", steps=12)
     train(without, progress_bar=False)
-    train(balanced, progress_bar=False)
+    train(regularised_config, progress_bar=False)
     plain, regularised = _last_train_record(tmp_path / "without"), _last_train_record(tmp_path / "with")
-    assert "loss_balance" in regularised and "loss_balance" not in plain
+    assert term in regularised and term not in plain
     entropy = {name: sum(record[f"router_entropy_{level}"] for level in LEVELS)
                for name, record in (("without", plain), ("with", regularised))}
     assert entropy["with"] > entropy["without"] + 0.3, entropy
