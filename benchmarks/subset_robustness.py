@@ -429,8 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(b not in ("random", "standin") for b in backbones):
         parser.error("--backbones: random and/or standin")
     checkpoints = {"random": None, "standin": Path(args.standin) if args.standin else None}
-    if "standin" in backbones and (checkpoints["standin"] is None or not checkpoints["standin"].is_file()):
-        parser.error("--backbones standin needs --standin pointing at a checkpoint file")
+    standin = checkpoints["standin"]
+    if "standin" in backbones and standin is None:
+        parser.error("--backbones standin needs --standin (the checkpoint the stand-in runs used)")
+    # --finished-only trains nothing, so a fresh clone can report the committed stand-in runs without the file
+    if "standin" in backbones and not args.finished_only and standin is not None and not standin.is_file():
+        parser.error(f"--standin: no such checkpoint file: {standin}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
