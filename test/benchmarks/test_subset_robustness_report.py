@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fixtures import REPO_ROOT
 
 from benchmarks import subset_robustness as bench
@@ -68,3 +69,23 @@ def test_the_markdown_names_the_standin_checkpoint_of_each_run_that_recorded_it(
     assert (f"Checkpoint per run (sha256): `{'ab' * 6}`: mlesam/seed0; the other {unrecorded} runs used the file "
             "of an earlier report") in standin
     assert "Checkpoint per run" not in markdown.split("## Backbone: standin")[0]
+
+
+def test_finished_only_reports_the_standin_runs_without_the_checkpoint_file(tmp_path):
+    # a fresh clone has the committed runs but not the stand-in checkpoint they were trained on: reporting them
+    # trains nothing, so it must not need the file; training does, and says which file is missing
+    missing = tmp_path / "standin_tiny_supervised.pt"
+    common = ["--backbones", "random,standin", "--standin", str(missing), "--variants", "mlesam", "--seeds", "0",
+              "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--train", "2", "--val", "2",
+              "--size", "32", "--threads", "1"]
+    with pytest.raises(SystemExit) as refused:
+        bench.main(common)
+    assert refused.value.code == 2
+    assert bench.main([*common, "--restore", str(COMMITTED), "--resume", "--finished-only",
+                       "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "subset_robustness.json").read_text())
+    committed = json.loads(COMMITTED.read_text())
+    for backbone in ("random", "standin"):
+        assert report["backbones"][backbone]["variants"]["mlesam"]["per_seed"]["0"] == \
+            committed["backbones"][backbone]["variants"]["mlesam"]["per_seed"]["0"]
+    assert report["backbones"]["standin"]["checkpoint"] == str(missing)
