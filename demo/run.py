@@ -43,9 +43,10 @@ class DemoPlan:
     train_config: str = "config/train/synthetic_cpu.yaml"
     train_overrides: list[str] = field(default_factory=list)
     train_steps: int | None = None
-    # The paper's recipe plus plain modality dropout with this probability, so that the model learns to do without
-    # any one sensor. None: the train config's every-subset recipe, which on the demo's bag scores higher but trains
-    # about five times as long (docs/training.md, "Modality dropout in the demo")
+    # The paper's recipe (whatever the train config adds) plus plain modality dropout with this probability, so
+    # that the model learns to do without any one sensor. None: the train config's every-subset recipe, which on
+    # the demo's bag scores higher but trains about five times as long (docs/training.md, "Modality dropout in
+    # the demo")
     modality_dropout: float | None = 0.25
     sam2_checkpoint: Path | None = None
     retrain: bool = False
@@ -105,6 +106,7 @@ def run_demo(plan: DemoPlan) -> dict:
     from demo import report
     from mlesam_core.data import DeliverDataset
     from mlesam_core.data.classes import get_class_table
+    from training.config import paper_recipe_overrides
 
     total = 8
     log = StepLog()
@@ -129,7 +131,7 @@ def run_demo(plan: DemoPlan) -> dict:
     model_config = plan.train_dir / "model.yaml"
     overrides = [f"data.root={plan.data}", *plan.train_overrides]
     if plan.modality_dropout is not None:
-        overrides += [f"data.modality_dropout={{p: {plan.modality_dropout:g}}}", "model.partial_head={}"]
+        overrides += [*paper_recipe_overrides(), f"data.modality_dropout.p={plan.modality_dropout:g}"]
     if plan.train_steps is not None:
         overrides.append(f"optim.max_steps={plan.train_steps}")
     if plan.sam2_checkpoint is not None:

@@ -10,12 +10,15 @@ BASE_CONFIG = "config/train/synthetic_cpu.yaml"
 
 
 def _tiny_overrides(root: Path, out: Path, steps: int) -> list[str]:
+    from training.config import paper_recipe_overrides
+
     return [f"data.root={root}", f"out_dir={out}", "model.image_size=64", "optim.batch_size=2",
             f"optim.max_steps={steps}", "optim.schedule.warmup_steps=2", "data.workers=0", "data.max_train_samples=8",
             "data.max_val_samples=4", "validation.every_steps=3", "validation.batch_size=4", "log_every_steps=1",
             "device=cpu",
-            # the paper's recipe (no subset branches, no partial heads); the tests of those options set them on top
-            "data.modality_dropout={}", "model.partial_head={}"]
+            # the paper's recipe (no dropout, subset branches, extra loss terms or partial heads), whatever
+            # synthetic_cpu.yaml chooses; the tests of those options set them on top
+            *paper_recipe_overrides()]
 
 
 @pytest.fixture(scope="session")
