@@ -6,7 +6,7 @@ as sam2's own `SAM2Base` takes its built image encoder."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -263,21 +263,30 @@ class LoRASam2Model(nn.Module):
             logits = logits + self.config.output.aux_weight * aux
         return SegmentationOutput(logits=logits, sam_logits=sam, aux_logits=aux, routing=routing)
 
+    def member_pathways(self, mask_heads: nn.ModuleList, aux_heads: nn.ModuleList | None,
+                        features: ModalityFeatures, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Y_sam, Y_aux) of the j-th chunk of `features`, by its modality's own heads on its maps alone."""
+        m = features.ids[j]
+        ffp, ifp, sfm = (level[j] for level in features.levels)
+        sam = mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
+        aux = aux_heads[m]([ffp, ifp, sfm]) if aux_heads is not None else None
+        return sam, aux
+
     def average_members(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int],
-                        pathways: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
-                        routing_keys: Sequence[str], keep_members: bool) -> SegmentationOutput:
-        """Late fusion, SAM-LoRA's rule: the (Y_sam, Y_aux) that `pathways(j)` gives for the j-th chunk of
-        `features`, averaged over each sample's present modalities. The average is linear, so averaging the
-        pathways before `combine` equals averaging the logits. `routing` holds the averaging weights [B, M] under
-        each of `routing_keys`; with `keep_members`, `members` also holds each modality's own output, valid where
-        that modality is present (what the members' losses train on)."""
+                        mask_heads: nn.ModuleList, aux_heads: nn.ModuleList | None, routing_keys: Sequence[str],
+                        keep_members: bool) -> SegmentationOutput:
+        """Late fusion, SAM-LoRA's rule: each modality's (Y_sam, Y_aux) by its own heads (`member_pathways`),
+        averaged over each sample's present modalities. The average is linear, so averaging the pathways before
+        `combine` equals averaging the logits. `routing` holds the averaging weights [B, M] under each of
+        `routing_keys`; with `keep_members`, `members` also holds each modality's own output, valid where that
+        modality is present (what the members' losses train on)."""
         weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
         routing = {key: weights for key in routing_keys}
         sam: torch.Tensor | None = None
         aux: torch.Tensor | None = None
         members: list[SegmentationOutput] | None = [] if keep_members else None
         for j, m in enumerate(features.ids):
-            sam_m, aux_m = pathways(j)
+            sam_m, aux_m = self.member_pathways(mask_heads, aux_heads, features, j)
             w = weights[:, m, None, None, None]
             sam = w.to(sam_m.dtype) * sam_m if sam is None else sam + w.to(sam_m.dtype) * sam_m
             if aux_m is not None:

@@ -183,18 +183,10 @@ class MLESAM(LoRASam2Model):
             levels = [level.detach() for level in features.levels]
         return ModalityFeatures(levels, features.ids, features.index)
 
-    def _member_pathways(self, features: ModalityFeatures, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(Y_sam, Y_aux) of the per-modality head of the j-th chunk of `features`, on that modality's maps alone."""
-        assert self.partial_mask_heads is not None
-        m = features.ids[j]
-        ffp, ifp, sfm = (level[j] for level in features.levels)
-        sam = self.partial_mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
-        aux = self.partial_aux_heads[m]([ffp, ifp, sfm]) if self.partial_aux_heads is not None else None
-        return sam, aux
-
     def _decode_member(self, features: ModalityFeatures, j: int, size: tuple[int, int]) -> SegmentationOutput:
         """The j-th chunk's modality alone, by its per-modality head (routing: all weight on that modality)."""
-        sam, aux = self._member_pathways(features, j)
+        assert self.partial_mask_heads is not None
+        sam, aux = self.member_pathways(self.partial_mask_heads, self.partial_aux_heads, features, j)
         alone = torch.zeros(sam.shape[0], len(self.modalities), device=sam.device)
         alone[:, features.ids[j]] = 1.0
         return self.combine(sam, aux, size, {level: alone for level in LEVELS})
@@ -203,7 +195,8 @@ class MLESAM(LoRASam2Model):
                         size: tuple[int, int]) -> SegmentationOutput:
         """Late fusion: the per-modality heads' logits averaged over each sample's present modalities (SAM-LoRA's
         rule; routing = the averaging weights at every level)."""
-        return self.average_members(features, present, size, lambda j: self._member_pathways(features, j),
+        assert self.partial_mask_heads is not None
+        return self.average_members(features, present, size, self.partial_mask_heads, self.partial_aux_heads,
                                     LEVELS, keep_members=False)
 
     def _presence_cases(self, complete: torch.Tensor, active: Sequence[int] | None) -> tuple[bool, bool]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mlesam_core.model.aux_head import AuxHead
-from mlesam_core.model.base import LoRASam2Model, ModalityFeatures, SegmentationOutput
+from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
 
 if TYPE_CHECKING:
     from sam2.modeling.sam.mask_decoder import MaskDecoder
@@ -43,16 +43,8 @@ class SAMLoRA(LoRASam2Model):
         features = self._encode(images, present, active)
         size = (images.shape[-2], images.shape[-1])
         # one decoder per modality: this baseline is M separate models
-        return self.average_members(features, present, size, lambda j: self._member_pathways(features, j),
-                                    ("logits",), keep_members=self.training)
-
-    def _member_pathways(self, features: ModalityFeatures, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(Y_sam, Y_aux) of the j-th chunk's modality, by its own heads on its maps alone."""
-        m = features.ids[j]
-        ffp, ifp, sfm = (level[j] for level in features.levels)
-        sam = self.mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
-        aux = self.aux_heads[m]([ffp, ifp, sfm]) if self.aux_heads is not None else None
-        return sam, aux
+        return self.average_members(features, present, size, self.mask_heads, self.aux_heads, ("logits",),
+                                    keep_members=self.training)
 
 
 __all__ = ["SAMLoRA"]
