@@ -1,4 +1,5 @@
-"""How a per-frame process (the ROS node, bag replay) keeps the host memory it frees for the next frame.
+"""How a per-frame process (the ROS node, bag replay; training and evaluation, per step) keeps the host memory it
+frees for the next frame.
 
 Each frame allocates and frees the same large arrays (decoded images, the HHA encoding's temporaries, the logits
 upsampled to the sensor size). glibc's malloc serves blocks of 128 KiB and more with a fresh `mmap` and hands
@@ -6,8 +7,8 @@ them back to the kernel on `free`, and trims the heap top: every frame then pays
 gave back. `retain_freed_memory` tells malloc to serve large blocks from the heap and keep what is freed, and
 puts every thread on the main heap (threads that start afterwards), so a steady stream of same-sized frames
 reuses the same memory (`python -m benchmarks.host_memory` measures the node's per-frame work both ways;
-figures in docs/robot.md). The price: the process keeps its peak heap size instead of returning freed memory
-to the system.
+figures in docs/robot.md; `python -m benchmarks.recipe_step` a training step, docs/training.md). The price:
+the process keeps its peak heap size instead of returning freed memory to the system.
 
 Call it once at process start, before threads start; the environment variable MLESAM_HOST_MEMORY=default skips
 it. On a C library without `mallopt` (not glibc) it does nothing.

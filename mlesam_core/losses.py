@@ -4,7 +4,7 @@ that make one model work on every modality subset (each off by default, weights 
 OHEM: per-pixel cross-entropy (ignore index excluded); keep the pixels whose loss exceeds -log(keep_prob)
 (true-class probability below keep_prob); if fewer than min_kept = floor(N_valid * min_kept_fraction) qualify,
 keep the min_kept largest losses instead; average over the kept pixels. Written without host syncs (the
-min_kept-th largest loss is read from a sorted copy on the device), so it is cheap inside a GPU training step.
+min_kept-th largest loss is read from a device-side top-k), so it is cheap inside a GPU training step.
 
 Load balancing (Switch Transformer, Fedus et al. 2022, Eq. 4-6): per fusion level, M * sum_i f_i * P_i with
 f_i the fraction of the batch's samples routed to expert i (a sample's routing split evenly over its kept
@@ -46,7 +46,10 @@ def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     threshold = -math.log(keep_prob)
     hard = valid & (loss > threshold)
     min_kept = (valid.sum() * min_kept_fraction).floor().long()  # a 0-dim tensor: no sync
-    ranked = torch.where(valid, loss, -1.0).sort(descending=True).values
+    # min_kept <= floor(numel * fraction) (+1 against float rounding), a host-side bound: the largest that many
+    # losses hold the min_kept-th, and a partial top-k costs a fraction of a full sort
+    bound = min(loss.numel(), math.floor(loss.numel() * min_kept_fraction) + 1)
+    ranked = torch.where(valid, loss.detach(), -1.0).topk(bound).values
     kth = ranked[(min_kept - 1).clamp(min=0)]
     kept = hard | (valid & (hard.sum() < min_kept) & (loss >= kth))
     return (loss * kept).sum() / kept.sum().clamp(min=1)

@@ -30,6 +30,7 @@ from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import get_class_table
 from mlesam_core.data.collate import ModalityCollate
 from mlesam_core.evaluation import EvaluationResult, all_subsets, evaluate, subset_name
+from mlesam_core.host_memory import retain_freed_memory
 from training.cli_errors import EXIT_BAD_INPUT, EXPECTED_ERRORS, error_line
 from training.config import TrainConfig, load_train_config, resolve_path
 from training.data import build_dataset, check_data_against_model, unwrap_dataset
@@ -157,8 +158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Command-line entry point; returns the exit status. `own_process`: this process runs the command alone
+    (`python -m`, torchrun), so it may set process-wide policy (the host allocator's, `mlesam_core.host_memory`)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_random_init:
         overrides.append("allow_random_init=true")
     try:
+        if own_process:
+            retain_freed_memory()  # each batch's large buffers reused, not page-faulted in again
         config = load_train_config(args.config, overrides)
         request = EvalRequest(Path(args.adapters), args.split, "full", args.noise, args.noise_on, args.by_case,
                               args.batch_size, args.max_samples, args.examples, config.seed, not args.no_progress,
@@ -207,4 +211,4 @@ def _write_evaluation(args: argparse.Namespace, config: TrainConfig, result: Eva
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

@@ -40,10 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Command-line entry point; returns the exit status. `own_process`: this process runs the command alone
+    (`python -m`, torchrun), so it may set process-wide policy (the host allocator's, `mlesam_core.host_memory`)."""
     args = parse_args(argv)
     configure_logging()
+    from mlesam_core.host_memory import retain_freed_memory
     from training.cli_errors import EXIT_BAD_INPUT, EXPECTED_ERRORS, error_line
     from training.config import load_train_config
     from training.distributed import cleanup
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     try:
+        if own_process:
+            retain_freed_memory()  # each step's large buffers reused, not page-faulted in again
         config = load_train_config(args.config, overrides)
         resume = None
         if args.resume is not None:
@@ -73,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

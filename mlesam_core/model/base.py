@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -50,6 +50,15 @@ class ModalityFeatures:
     levels: list[torch.Tensor]  # [M', B, 256, h, w] per level, stride 4 to 16
     ids: list[int]  # modality id of each of the M' chunks
     index: torch.Tensor | None  # the same ids on the device; None when they are all M modalities in order
+    _chunks: list[tuple[torch.Tensor, ...]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def chunk(self, j: int) -> tuple[torch.Tensor, ...]:
+        """The j-th chunk's maps [B, 256, h, w] at every level. Views of one `unbind` per level, kept for the
+        other chunks: in backward their gradients meet in one stack, where indexing each chunk would allocate and
+        zero-fill a gradient of the whole level per chunk."""
+        if self._chunks is None:
+            self._chunks = [level.unbind(0) for level in self.levels]
+        return tuple(chunks[j] for chunks in self._chunks)
 
 
 class LoRASam2Model(nn.Module):
@@ -267,7 +276,7 @@ class LoRASam2Model(nn.Module):
                         features: ModalityFeatures, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Y_sam, Y_aux) of the j-th chunk of `features`, by its modality's own heads on its maps alone."""
         m = features.ids[j]
-        ffp, ifp, sfm = (level[j] for level in features.levels)
+        ffp, ifp, sfm = features.chunk(j)
         sam = mask_heads[m](self.sam_decoder, sfm, ifp, ffp)
         aux = aux_heads[m]([ffp, ifp, sfm]) if aux_heads is not None else None
         return sam, aux

@@ -52,6 +52,29 @@ def test_ohem_on_easy_pixels_keeps_n_valid_over_16():
     assert loss.item() == pytest.approx((-math.log(0.9) - math.log(0.85)) / 2, rel=1e-6)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 1.0 / 16.0, 0.3, 1.0])
+def test_ohem_matches_the_definition_on_random_maps(fraction):
+    # the definition with a full sort in numpy, against the device-side top-k: random maps with ignored pixels,
+    # cold logits (many hard pixels) and hot ones (few), so both branches of the rule are taken
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(3)
+    for scale in (0.5, 8.0):
+        logits = torch.randn(2, 5, 9, 7, generator=generator) * scale
+        labels = torch.randint(0, 5, (2, 9, 7), generator=generator)
+        labels[torch.rand(2, 9, 7, generator=generator) < 0.2] = 255
+        log_probs = torch.log_softmax(logits.double(), dim=1).numpy()
+        flat_labels = labels.numpy().ravel()
+        picked = np.take_along_axis(log_probs, np.where(labels.numpy() == 255, 0, labels.numpy())[:, None], 1)
+        losses = -picked.ravel()[flat_labels != 255]
+        hard = losses[losses > -math.log(0.7)]
+        min_kept = math.floor(len(losses) * fraction)
+        kept = hard if len(hard) >= min_kept else np.sort(losses)[::-1][:min_kept]
+        expected = kept.mean() if len(kept) else 0.0
+        loss = ohem_cross_entropy(logits, labels, min_kept_fraction=fraction)
+        assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
 def test_ohem_of_an_all_ignored_map_is_zero_and_finite():
     logits = torch.randn(1, 3, 4, 4, requires_grad=True)
     loss = ohem_cross_entropy(logits, torch.full((1, 4, 4), 255))
