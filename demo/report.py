@@ -329,7 +329,7 @@ def write_markdown(summary: dict, out: Path) -> Path:
         lines.append(f"- {step['name']} ({step['seconds']:.0f} s): `{step['command']}`")
     if summary.get("training"):
         train = summary["training"]
-        lines += ["", f"Training: {train.get('steps')} steps, best validation mIoU "
+        lines += ["", f"Training: {train.get('recipe')}, {train.get('steps')} steps, best validation mIoU "
                       f"{_fmt(train.get('best_val_miou'))} (absent classes = 0) on the procedural val split."]
     lines += ["", "## Files", "", "- `frames.png`: RGB | depth | prediction | ground truth for chosen frames",
               "- `frames.gif`: every frame", "- `timeline.png`: router weights, sensor status and frame mIoU over time",

@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from demo.run import DemoPlan, run_demo
 
@@ -47,6 +48,10 @@ def test_demo_runs_end_to_end_and_reports_the_dropout(tmp_path, capsys):
     assert [s["name"] for s in on_disk["steps"]][:2] == ["procedural scenes (DELIVER layout)",
                                                           "training a small MLE-SAM on this CPU"]
     assert on_disk["training"]["steps"] == 4
+    # the default trains issue 14's every-subset recipe: heads per sensor on experts of their own
+    assert on_disk["training"]["recipe"] == "the every-subset recipe of config/train/synthetic_cpu.yaml"
+    trained = yaml.safe_load((plan.train_dir / "model.yaml").read_text())
+    assert trained["partial_head"]["enabled"] and trained["partial_head"]["heads"] == "per_modality"
     markdown = (out / "summary.md").read_text()
     assert "depth_dropout_2-4s: during the dropout" in markdown
     recorded = on_disk["recorded_style"]  # the same frames as robot drivers record them, replayed too
