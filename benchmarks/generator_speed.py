@@ -4,9 +4,9 @@
         [--out benchmarks/results/generator_speed.json]
 
 The process pins itself to one core and limits every thread pool (OpenMP/BLAS, OpenCV) to one thread before
-numpy and OpenCV load, tunes the allocator as the generator does (`keep_freed_memory`), then renders and writes
-`scenes` samples (all five conditions and failure cases, as `python -m mlesam_core.data.synthetic` does) into a
-temporary folder after two warm-up samples. Reports
+numpy and OpenCV load, keeps freed host memory as the generator does (`mlesam_core.host_memory`), then renders
+and writes `scenes` samples (all five conditions and failure cases, as `python -m mlesam_core.data.synthetic`
+does) into a temporary folder after two warm-up samples. Reports
 scenes per second by wall clock and by process CPU time (less sensitive to other jobs on a shared machine),
 the split between rendering and writing, and the load average around the run.
 """
@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from benchmarks import RESULTS_DIR
-from mlesam_core.data.synthetic.allocator import keep_freed_memory
 from mlesam_core.data.synthetic.generate import render_sample, write_sample
+from mlesam_core.host_memory import retain_freed_memory
 
 
 def measure(size: int, scenes: int, seed: int, png_compression: int) -> dict:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     core = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {core})
     cv2.setNumThreads(1)
-    tuned = keep_freed_memory()
+    tuned = retain_freed_memory()
     load_before = os.getloadavg()
     totals = measure(args.size, args.scenes, args.seed, args.png_compression)
     load_after = os.getloadavg()

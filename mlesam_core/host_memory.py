@@ -1,5 +1,5 @@
-"""How a per-frame process (the ROS node, bag replay; training and evaluation, per step) keeps the host memory it
-frees for the next frame.
+"""How a per-frame process (the ROS node, bag replay; training and evaluation per step, the scene generator per
+sample) keeps the host memory it frees for the next frame.
 
 Each frame allocates and frees the same large arrays (decoded images, the HHA encoding's temporaries, the logits
 upsampled to the sensor size). glibc's malloc serves blocks of 128 KiB and more with a fresh `mmap` and hands

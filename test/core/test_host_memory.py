@@ -65,12 +65,14 @@ def test_the_replay_refuses_a_bad_policy_and_a_missing_bag_before_loading_a_mode
     assert "loading model" not in missing.stderr
 
 
-def test_training_and_evaluation_commands_refuse_a_bad_policy_in_one_line(tmp_path):
-    # `python -m training.train|evaluate` set the policy for their own process (a test calling main() does not)
+def test_training_evaluation_and_generator_commands_refuse_a_bad_policy_in_one_line(tmp_path):
+    # `python -m training.train|evaluate` and the scene generator set the policy for their own process (a test
+    # calling main() or generate_dataset does not)
     env = {**os.environ, "MLESAM_HOST_MEMORY": "sometimes"}
     for command in (["training.train", "--config", "config/train/synthetic_cpu.yaml", "--out", str(tmp_path / "run")],
                     ["training.evaluate", "--config", "config/train/synthetic_cpu.yaml", "--adapters",
-                     str(tmp_path / "none.safetensors")]):
+                     str(tmp_path / "none.safetensors")],
+                    ["mlesam_core.data.synthetic", "--out", str(tmp_path / "run"), "--size", "32", "--train", "1"]):
         done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, (command, done.stderr)
         assert "MLESAM_HOST_MEMORY: must be one of retain, default, got 'sometimes'" in done.stderr

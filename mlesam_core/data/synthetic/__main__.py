@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from mlesam_core.data.synthetic.generate import generate_dataset
+from mlesam_core.host_memory import retain_freed_memory
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> None:
                              "slower to write)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        retain_freed_memory()  # checks MLESAM_HOST_MEMORY before anything is written
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
     generate_dataset(args.out, args.size, {"train": args.train, "val": args.val, "test": args.test}, args.seed,
                      args.workers, args.png_compression)
 

@@ -26,7 +26,6 @@ from mlesam_core.data.deliver import (
     encode_deliver_label,
 )
 from mlesam_core.data.image_io import write_image
-from mlesam_core.data.synthetic.allocator import keep_freed_memory
 from mlesam_core.data.synthetic.atmosphere import apply_fog, rain_streaks
 from mlesam_core.data.synthetic.camera import camera_image
 from mlesam_core.data.synthetic.conditions import Condition, sample_condition
@@ -37,6 +36,7 @@ from mlesam_core.data.synthetic.lidar_sensor import LidarSpec, lidar_image, lida
 from mlesam_core.data.synthetic.lighting import shade
 from mlesam_core.data.synthetic.raycast import GBuffer, cast_frames
 from mlesam_core.data.synthetic.surfaces import surface_maps, surface_tables
+from mlesam_core.host_memory import retain_freed_memory
 from mlesam_core.sensors import depth_to_hha
 from mlesam_core.sensors.depth import DEPTH_PNG_SCALE, DepthEncoding
 
@@ -153,8 +153,9 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
                      workers: int = 1, png_compression: int = 0, tune_allocator: bool = True) -> Path:
     """Write `counts[split]` samples per split under `out` in the DELIVER layout, plus generator.json.
 
-    `tune_allocator` keeps freed buffers in this process's heap (`allocator.keep_freed_memory`); worker processes
-    are always tuned. Pass False to leave a long-lived calling process as it is.
+    `tune_allocator` keeps freed buffers in this process's heap (`mlesam_core.host_memory`: a sample allocates and
+    frees hundreds of 0.1-1 MB arrays); worker processes always keep them. Pass False to leave a long-lived calling
+    process as it is.
 
     PNGs are stored uncompressed by default (`png_compression` 0): zlib costs a noticeable share of the generation
     time for several times smaller files (`python -m benchmarks.generator_speed --png-compression 1` measures it).
@@ -172,11 +173,11 @@ def generate_dataset(out: str | Path, size: int = 256, counts: dict[str, int] | 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     if tune_allocator:
-        keep_freed_memory()
+        retain_freed_memory()
     tasks = [(split, i, size, seed, str(root), png_compression) for split, n in counts.items() for i in range(n)]
     progress = tqdm(total=len(tasks), desc="procedural scenes", unit="scene", disable=len(tasks) < 20)
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=keep_freed_memory) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=retain_freed_memory) as pool:
             for _ in pool.map(_render_and_write, tasks, chunksize=4):
                 progress.update()
     else:
