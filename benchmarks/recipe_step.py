@@ -7,8 +7,8 @@ policies: the question behind "can the demo train the chosen recipe?".
 Each policy of `mlesam_core.host_memory` (glibc's default, `retain`) runs in a fresh process (the policy holds
 from process start), the policies alternating `--repeats` times. A process builds the config's model twice, on
 its own recipe (the config file's) and on the paper's (`training.config.paper_recipe_overrides`), and times full
-optimiser steps as training/loop.py runs them without data loading (forward with every modality present, the
-total loss, backward, AdamW), the two recipes' steps alternating so that machine noise falls on both. Random
+optimiser steps as training/loop.py runs them without data loading (`benchmarks.train_step.optimiser_step`), the
+two recipes' steps alternating so that machine noise falls on both. Random
 frozen weights and a fixed random batch of the config's batch size and image size. Reports per policy the
 median over runs of each recipe's p50 step, the recipe ratio (chosen / paper) and the policy ratio
 (default / retain).
@@ -34,11 +34,13 @@ RECIPES = ("chosen", "paper")
 
 def measure(config_path: str, steps: int, warmup: int, threads: int) -> dict[str, Any]:
     """This process's p50 step (ms) of each recipe, and which policy it runs under."""
+    from functools import partial
+
     import torch
 
     from benchmarks import speed_common
+    from benchmarks.train_step import optimiser_step
     from mlesam_core.host_memory import retain_freed_memory
-    from mlesam_core.losses import total_loss
     from mlesam_core.model import build_model
     from training.config import load_train_config, paper_recipe_overrides
 
@@ -48,26 +50,13 @@ def measure(config_path: str, steps: int, warmup: int, threads: int) -> dict[str
     runners = {}
     for recipe in RECIPES:
         config = load_train_config(config_path, paper_recipe_overrides() if recipe == "paper" else [])
-        model_config, batch = config.model, config.optim.batch_size
-        model = build_model(model_config, init_seed=0).train()
-        m, size = len(model_config.modalities), model_config.image_size
-        generator = torch.Generator().manual_seed(0)
-        images = torch.randn(batch, m, 3, size, size, generator=generator)
-        present = torch.ones(batch, m, dtype=torch.bool)
-        labels = torch.randint(0, model_config.num_classes, (batch, size, size), generator=generator)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step(model=model, images=images, present=present, labels=labels, optimizer=optimizer,
-                 model_config=model_config) -> None:
-            total_loss(model(images, present), labels, model_config)["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        runners[recipe] = step
+        model = build_model(config.model, init_seed=0).train()
+        step, optimizer = optimiser_step(model, config.optim.batch_size, config.model.image_size, device, "fp32")
+        runners[recipe] = partial(step, optimizer)
     seconds: dict[str, list[float]] = {recipe: [] for recipe in RECIPES}
     for i in range(warmup + steps):
-        for recipe, step in runners.items():
-            elapsed, _ = speed_common.timed(step, device)
+        for recipe, run in runners.items():
+            elapsed, _ = speed_common.timed(run, device)
             if i >= warmup:
                 seconds[recipe].append(elapsed)
     return {"host_memory": "retain" if applied else "default",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import warnings
 import weakref
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,24 +44,33 @@ CUDA_DEFAULTS = {"config": "hiera_b+", "size": 1024, "batch": 6, "precision": "b
 CPU_DEFAULTS = {"config": "hiera_t", "size": 256, "batch": 2, "precision": "fp32", "warmup": 1, "steps": 2}
 
 
-def run_variant(model: torch.nn.Module, checkpointing: bool, args: argparse.Namespace,
-                device: torch.device) -> dict[str, Any]:
-    """Time `warmup + steps` optimiser steps with activation checkpointing on or off; peak memory of them all."""
-    model.activation_checkpointing = checkpointing
+def optimiser_step(model: torch.nn.Module, batch: int, size: int, device: torch.device, precision: str
+                   ) -> tuple[Callable[[torch.optim.Optimizer], None], torch.optim.Optimizer]:
+    """(step, optimizer): one training step as training/loop.py runs it without data loading (autocast forward of
+    every modality present, the total loss, backward, AdamW step, zero_grad) on a fixed random batch. The step
+    takes the optimizer as its argument, so that deleting the returned one frees its state."""
     m = len(model.modalities)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, m, 3, args.size, args.size, generator=generator).to(device)
-    present = torch.ones(args.batch, m, dtype=torch.bool, device=device)
-    labels = torch.randint(0, model.config.num_classes, (args.batch, args.size, args.size),
-                           generator=generator).to(device)
+    images = torch.randn(batch, m, 3, size, size, generator=generator).to(device)
+    present = torch.ones(batch, m, dtype=torch.bool, device=device)
+    labels = torch.randint(0, model.config.num_classes, (batch, size, size), generator=generator).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(optimizer: torch.optim.Optimizer) -> None:
-        with autocast(device, args.precision):
+        with autocast(device, precision):
             loss = total_loss(model(images, present), labels, model.config)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return step, optimizer
+
+
+def run_variant(model: torch.nn.Module, checkpointing: bool, args: argparse.Namespace,
+                device: torch.device) -> dict[str, Any]:
+    """Time `warmup + steps` optimiser steps with activation checkpointing on or off; peak memory of them all."""
+    model.activation_checkpointing = checkpointing
+    step, optimizer = optimiser_step(model, args.batch, args.size, device, args.precision)
 
     seconds: list[float] = []
     result: dict[str, Any] = {"activation_checkpointing": checkpointing}
@@ -80,7 +90,8 @@ def run_variant(model: torch.nn.Module, checkpointing: bool, args: argparse.Name
         result["step"] = speed_common.milliseconds(seconds)
         step_s = result["step"]["p50_ms"] / 1000.0
         result["samples_per_s"] = round(args.batch / step_s, 3)  # multi-modal samples (the paper's batch unit)
-        result["images_per_s"] = round(args.batch * m / step_s, 3)  # modality images through the encoder
+        # modality images through the encoder
+        result["images_per_s"] = round(args.batch * len(model.modalities) / step_s, 3)
     return result
 
 

@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         retain_freed_memory()  # checks MLESAM_HOST_MEMORY before anything is written
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
+    # this process keeps freed memory already (above); the workers set it themselves
     generate_dataset(args.out, args.size, {"train": args.train, "val": args.val, "test": args.test}, args.seed,
-                     args.workers, args.png_compression)
+                     args.workers, args.png_compression, tune_allocator=False)
 
 
 if __name__ == "__main__":
