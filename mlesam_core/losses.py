@@ -125,7 +125,7 @@ def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLES
 def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
     """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}, plus
     'balance' (load-balancing loss, when `loss.router_balance_weight` > 0 and the output has routers),
-    'confidence' (the routers' confidence penalty, when `loss.router_entropy_weight` > 0), and for an
+    'confidence' (the routers' confidence penalty, when `loss.router_confidence_weight` > 0), and for an
     output with `subsets` predictions 'subset' (their mean Eq. 14 loss, weight `loss.subset_weight`) and 'distill'
     (their mean KL to this output, when `loss.distill_weight` > 0).
 
@@ -142,9 +142,9 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     if terms.router_balance_weight > 0 and output.router_probs:
         result["balance"] = load_balancing_loss(output.router_probs, output.routing)
         total = total + terms.router_balance_weight * result["balance"]
-    if terms.router_entropy_weight > 0 and output.router_probs:
+    if terms.router_confidence_weight > 0 and output.router_probs:
         result["confidence"] = router_confidence_penalty(output.router_probs)
-        total = total + terms.router_entropy_weight * result["confidence"]
+        total = total + terms.router_confidence_weight * result["confidence"]
     if output.subsets:
         # a subset prediction with `valid` is scored on those samples only (a sample lacking every modality of
         # the subset has nothing to predict from)

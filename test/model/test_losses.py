@@ -161,7 +161,7 @@ def test_router_confidence_penalty_is_ln_m_minus_the_mean_entropy_summed_over_le
 
 def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weights():
     config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2, loss=LossConfig(
-        router_balance_weight=0.5, router_entropy_weight=0.7, subset_weight=0.3, distill_weight=2.0,
+        router_balance_weight=0.5, router_confidence_weight=0.7, subset_weight=0.3, distill_weight=2.0,
         distill_temperature=1.0))
     labels = torch.tensor([[LABELS]])
     sam = _two_class_logits(PROBS, LABELS)

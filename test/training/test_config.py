@@ -36,7 +36,7 @@ def test_paper_recipe_overrides_restore_the_paper_on_every_shipped_config(name):
     dropout, loss, router = config.data.modality_dropout, config.model.loss, config.model.router
     assert (dropout.p, dropout.mode, dropout.branches, dropout.singles, dropout.start_step) == (0, "replace", 1,
                                                                                                False, 0)
-    assert (loss.router_balance_weight, loss.router_entropy_weight, loss.distill_weight) == (0, 0, 0)
+    assert (loss.router_balance_weight, loss.router_confidence_weight, loss.distill_weight) == (0, 0, 0)
     assert (router.noise_std, router.temperature) == (0, 1)
     assert not config.model.partial_head.enabled
     shipped = load_train_config(f"config/train/{name}.yaml")

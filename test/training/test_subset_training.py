@@ -19,7 +19,7 @@ def _last_train_record(out: Path) -> dict:
 
 
 @pytest.mark.parametrize(("key", "term"), [("router_balance_weight", "loss_balance"),
-                                         ("router_entropy_weight", "loss_confidence")])
+                                         ("router_confidence_weight", "loss_confidence")])
 def test_router_regulariser_raises_router_entropy_versus_the_same_run_without_it(tiny_config, tmp_path, key, term):
     # without one the routers concentrate on one expert within a dozen steps at this learning rate
     common = ("log_every_steps=12", "validation.every_steps=12")
