@@ -31,6 +31,7 @@ SAM2's real weights.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -228,9 +229,15 @@ def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
               "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
     encoder.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the file's bytes are the backbone's identity (adapters and benchmark runs record its sha256), so they
+    # hold nothing that changes from build to build: no wall time, and torch.save writes into a buffer, not
+    # into the temporary file, whose name (it holds the process id) would become the archive's inner folder
+    buffer = io.BytesIO()
+    torch.save({"model": sam.state_dict(),
+                "pretraining": {k: v for k, v in record.items() if k not in ("loss_curve", "train_seconds")}},
+               buffer)
     with atomic_path(out) as tmp:
-        torch.save({"model": sam.state_dict(), "pretraining": {k: v for k, v in record.items()
-                                                               if k != "loss_curve"}}, tmp)
+        tmp.write_bytes(buffer.getvalue())
     log.info("wrote %s (%.1f MB) after %.1f min", out, out.stat().st_size / 2**20, seconds / 60)
     return record
 

@@ -97,3 +97,20 @@ def test_mim_loss_is_the_mean_l1_over_masked_pixels_only():
 def test_linear_probe_of_the_random_encoder_scores_the_val_split(small_model_yaml, synthetic_deliver_root):
     scores = probe_frozen_features(str(small_model_yaml), None, synthetic_deliver_root, "rgb", steps=3, workers=0)
     assert 0 <= scores["miou"] <= scores["miou_present_classes"] <= 1 and 0 < scores["pixel_accuracy"] <= 1
+
+
+def test_a_rebuild_with_the_same_command_writes_the_same_file(small_model_yaml, tmp_path):
+    """Benchmark runs and adapter files name the stand-in by its file's sha256, so rebuilding it with the same
+    command must give the same bytes: the first build generates its scenes, the second finds them on disk."""
+    from mlesam_core.model.backbone_id import file_sha256
+
+    def build(name: str) -> str:
+        out = tmp_path / name
+        assert main(["--out", str(out), "--objective", "supervised", "--model", str(small_model_yaml),
+                     "--data", str(tmp_path / "pretrain"), "--scenes", "4", "--steps", "2", "--batch-size", "2",
+                     "--warmup-steps", "1", "--workers", "1", "--threads", "1"]) == 0
+        return file_sha256(out)
+
+    first = build("first.pt")
+    assert (tmp_path / "pretrain" / "generator.json").is_file()
+    assert build("second.pt") == first
