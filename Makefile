@@ -13,7 +13,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # ROS tests and the demo) spinning threads stall each other by orders of magnitude (README, "Performance").
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test lint demo clean-venv ros-tools colcon-build colcon-test lint-ament
+.PHONY: setup test lint demo standin clean-venv ros-tools colcon-build colcon-test lint-ament
 
 setup: $(STAMP)
 
@@ -47,7 +47,12 @@ lint: setup
 	@$(MAKE) --no-print-directory lint-ament
 
 demo: setup
-	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),)
+	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),) $(if $(STANDIN),--standin,)
+
+# the shipped stand-in encoder as an official-format SAM2 checkpoint (what the stand-in benchmarks load)
+standin: setup
+	@$(PY) -m training.pretrain_backbone --from-encoder training/assets/standin_tiny_supervised.encoder.pt \
+		--out runs/standin/standin_tiny_supervised.pt
 
 clean-venv:
 	rm -rf $(VENV) $(ROS_TOOLS_VENV)

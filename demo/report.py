@@ -286,7 +286,7 @@ def _miou_cells(scores: dict) -> str:
 def write_markdown(summary: dict, out: Path) -> Path:
     """summary.md: the numbers a reader wants first, then where everything is."""
     lines = ["# MLE-SAM demo results", ""]
-    if summary["backbone"]["random_init"]:
+    if summary["backbone"]["random_init"] or summary["backbone"].get("standin"):
         lines += [f"> **{summary['backbone']['note']}**", ""]
     replay, groups = summary["replay"], summary["groups"]
     lines += ["## Segmentation quality (procedural validation scenes)", "",

@@ -29,6 +29,12 @@ RANDOM_INIT_NOTE = (
     "pipeline works and learns; they say nothing about the accuracy of MLE-SAM with real SAM2 weights. To run "
     "with the official weights: download sam2.1_hiera_tiny.pt from Meta's SAM 2.1 release and run "
     "`make demo SAM2_CHECKPOINT=/path/to/sam2.1_hiera_tiny.pt` (Hiera-T at 256 px: much slower on a CPU).")
+STANDIN_NOTE = (
+    "The frozen SAM2 image encoder is the project's STAND-IN (--standin): the tiny Hiera pretrained on procedural "
+    "RGB scenes of this generator with these 25 classes (other scenes than the demo's), shipped as "
+    "training/assets/ (benchmarks/results/standin_backbone.md). It is an RGB-pretrained encoder, the regime the "
+    "paper adapts, but not SAM2: it learnt this generator's classes, where SAM2 learnt class-agnostic masks on "
+    "real images, so the numbers say nothing about MLE-SAM with real SAM2 weights either.")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class DemoPlan:
     # several times faster and scores lower (docs/training.md, "The demo's training recipe")
     modality_dropout: float | None = None
     sam2_checkpoint: Path | None = None
+    standin: bool = False  # the shipped stand-in encoder instead of a random one (tiny config, 128 px)
     retrain: bool = False
     rate: float = 10.0
     drop: str = "depth@3.0-6.0"
@@ -60,6 +67,16 @@ class DemoPlan:
         if self.modality_dropout is None:
             return f"the every-subset recipe of {self.train_config}"
         return f"the paper's recipe plus modality dropout p = {self.modality_dropout:g}"
+
+    @property
+    def standin_checkpoint(self) -> Path:
+        """Where the demo writes the official-format checkpoint of the shipped stand-in encoder."""
+        return self.out / "standin_tiny_supervised.pt"
+
+    @property
+    def backbone(self) -> Path | None:
+        """The SAM2 checkpoint that training and replay load (None: the seeded random backbone)."""
+        return self.standin_checkpoint if self.standin else self.sam2_checkpoint
 
     @property
     def data(self) -> Path:
@@ -118,11 +135,17 @@ def run_demo(plan: DemoPlan) -> dict:
     total = 8
     log = StepLog()
     plan.out.mkdir(parents=True, exist_ok=True)
-    random_init = plan.sam2_checkpoint is None
+    random_init = plan.backbone is None
     print("MLE-SAM demo: procedural scenes -> training -> ROS 2 bag with a dropped and a corrupt sensor -> "
           f"replay through the node's pipeline -> {plan.out}/")
     if random_init:
         print(f"\nNOTE: {RANDOM_INIT_NOTE}")
+    if plan.standin:
+        from training.pretrain_backbone import SHIPPED_ENCODER, expand_encoder
+
+        print(f"\nNOTE: {STANDIN_NOTE}")
+        if not plan.standin_checkpoint.is_file():
+            expand_encoder(REPO_ROOT / SHIPPED_ENCODER, plan.standin_checkpoint)
 
     stamp_file = plan.data / "demo_scenes.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == scenes_stamp(plan):
@@ -144,6 +167,8 @@ def run_demo(plan: DemoPlan) -> dict:
     if plan.sam2_checkpoint is not None:
         overrides += ["model.config=config/model/mlesam_hiera_t.yaml", "model.image_size=256",
                       f"sam2_checkpoint={plan.sam2_checkpoint}", "allow_random_init=false"]
+    if plan.standin:  # the stand-in is the tiny Hiera of the train config's own model config
+        overrides += [f"sam2_checkpoint={plan.backbone}", "allow_random_init=false"]
     train_command = _python("training.train", "--config", plan.train_config, "--out", str(plan.train_dir),
                             *overrides)
     train_stamp = plan.train_dir / "demo_training.json"
@@ -169,7 +194,7 @@ def run_demo(plan: DemoPlan) -> dict:
     replays = {"dropout": plan.out / "replay", "clean": plan.out / "replay_clean"}
     replay_args = ["--set", f"model.config={model_config}", "--set", f"model.adapters={adapters}"]
     replay_args += (["--allow-random-init"] if random_init else
-                    ["--set", f"model.sam2_checkpoint={plan.sam2_checkpoint}"])
+                    ["--set", f"model.sam2_checkpoint={plan.backbone}"])
     for index, (name, title) in enumerate((("dropout", "replay through the node's pipeline"),
                                            ("clean", "replay of the clean bag")), start=5):
         shutil.rmtree(replays[name], ignore_errors=True)
@@ -200,8 +225,10 @@ def run_demo(plan: DemoPlan) -> dict:
                                      table, plan.out)
     timeline = report.write_timeline(dropout, record, conditions, plan.out)
     summary = {
-        "backbone": {"random_init": random_init, "sam2_checkpoint": str(plan.sam2_checkpoint or ""),
-                     "note": RANDOM_INIT_NOTE if random_init else "official SAM2 weights"},
+        "backbone": {"random_init": random_init, "standin": plan.standin,
+                     "sam2_checkpoint": str(plan.backbone or ""),
+                     "note": (RANDOM_INIT_NOTE if random_init else STANDIN_NOTE if plan.standin
+                              else "official SAM2 weights")},
         "groups": report.comparisons(dropout, clean, record, table),
         "replay": dropout.summary,
         "bag": record,
@@ -246,6 +273,8 @@ def _print_ending(summary: dict, paths: Sequence[Path]) -> None:
                   f"{group['same_frames_all_sensors']['miou']['all_classes']:.3f} on the same frames with all sensors")
     if summary["backbone"]["random_init"]:
         print("  (random SAM2 backbone: see the note at the top of summary.md)")
+    elif summary["backbone"].get("standin"):
+        print("  (the stand-in backbone, not SAM2: see the note at the top of summary.md)")
     print("Look at:")
     for path in paths:
         print(f"  {path}")
@@ -257,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="results folder")
     parser.add_argument("--sam2-checkpoint", type=Path, default=os.environ.get("SAM2_CHECKPOINT") or None,
                         help="official sam2.1_hiera_tiny.pt (default: $SAM2_CHECKPOINT; none = random backbone)")
+    parser.add_argument("--standin", action="store_true",
+                        help="freeze the shipped stand-in encoder (RGB-pretrained on procedural scenes, "
+                             "benchmarks/results/standin_backbone.md) instead of a random one")
     parser.add_argument("--retrain", action="store_true", help="train again even if adapters exist in --out")
     parser.add_argument("--train-steps", type=int, help="optimiser steps (default: the train config's)")
     recipe = parser.add_mutually_exclusive_group()
@@ -274,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.sam2_checkpoint is not None and not args.sam2_checkpoint.is_file():
         parser.error(f"--sam2-checkpoint: no such file: {args.sam2_checkpoint}")
-    plan = DemoPlan(out=args.out.resolve(), sam2_checkpoint=args.sam2_checkpoint, retrain=args.retrain,
+    if args.standin and args.sam2_checkpoint is not None:
+        parser.error("--standin and --sam2-checkpoint (or $SAM2_CHECKPOINT) name two backbones: give one")
+    plan = DemoPlan(out=args.out.resolve(), sam2_checkpoint=args.sam2_checkpoint, standin=args.standin,
+                    retrain=args.retrain,
                     train_steps=args.train_steps, modality_dropout=args.modality_dropout,
                     train_scenes=args.train_scenes, val_scenes=args.val_scenes,
                     train_overrides=args.train_overrides)

@@ -19,7 +19,13 @@ trunk + FPN neck) of `--model`'s SAM2 config on RGB only, on procedural scenes f
 Everything else of SAM2 (prompt encoder, mask decoder, memory modules) keeps the seeded random initialisation
 of `model.random_init_seed`, exactly what a random-backbone run builds, so comparing the two backbones compares
 the encoders alone. The output is `{"model": state_dict, "pretraining": {...}}`: `load_sam2_weights` and
-`sam2.build_sam.build_sam2(config, ckpt_path=...)` read its `model` entry as they read Meta's files.
+`sam2.build_sam.build_sam2(config, ckpt_path=...)` read its `model` entry as they read Meta's files. Beside it
+goes `NAME.encoder.pt`, the image encoder alone (a tenth of the size): `--from-encoder NAME.encoder.pt --out F`
+writes the official checkpoint from it again, byte for byte, which is how the repository ships its stand-in
+(`training/assets/`, benchmarks/results/standin_backbone.md):
+
+    python -m training.pretrain_backbone --from-encoder training/assets/standin_tiny_supervised.encoder.pt \
+        --out runs/standin/standin_tiny_supervised.pt
 
 `--probe-modalities` then measures the frozen features: a linear classifier (1x1 conv on the three FPN maps,
 upsampled to stride 4 and concatenated) trained on `--probe-data`'s train split and scored on its val split
@@ -37,6 +43,7 @@ import logging
 import math
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +69,9 @@ log = logging.getLogger("training.pretrain_backbone")
 
 Objective = Literal["mim", "supervised"]
 DEFAULT_MODEL = "config/model/mlesam_tiny.yaml"
+ENCODER_KEY = "image_encoder"  # the entry of an encoder-only file
+# the shipped stand-in: the encoder of benchmarks/results/standin_backbone.md's supervised build
+SHIPPED_ENCODER = "training/assets/standin_tiny_supervised.encoder.pt"
 
 
 @dataclass
@@ -229,17 +239,56 @@ def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
               "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
     encoder.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    # the file's bytes are the backbone's identity (adapters and benchmark runs record its sha256), so they
-    # hold nothing that changes from build to build: no wall time, and torch.save writes into a buffer, not
-    # into the temporary file, whose name (it holds the process id) would become the archive's inner folder
+    metadata = {k: v for k, v in record.items() if k not in ("loss_curve", "train_seconds")}
+    _write_reproducibly({"model": sam.state_dict(), "pretraining": metadata}, out)
+    encoder_file = encoder_path(out)
+    _write_reproducibly({ENCODER_KEY: encoder.state_dict(), "pretraining": metadata}, encoder_file)
+    log.info("wrote %s (%.1f MB; the encoder alone: %s, %.1f MB) after %.1f min", out, out.stat().st_size / 2**20,
+             encoder_file, encoder_file.stat().st_size / 2**20, seconds / 60)
+    return record
+
+
+def encoder_path(checkpoint: Path) -> Path:
+    """Where `pretrain` writes the encoder-only file of `checkpoint`: beside it, `NAME.encoder.pt`."""
+    return checkpoint.with_name(checkpoint.stem + ".encoder.pt")
+
+
+def _write_reproducibly(payload: dict[str, Any], out: Path) -> None:
+    # a stand-in file's bytes are its backbone identity (adapters and benchmark runs record its sha256), so
+    # they hold nothing that changes from build to build: no wall time, and torch.save writes into a buffer,
+    # not into the temporary file, whose name (it holds the process id) would become the archive's folder
+    # and pickle shares one memo entry among equal strings that are one object, so the keys are interned: a
+    # payload read back from a file then pickles as the one that was built
     buffer = io.BytesIO()
-    torch.save({"model": sam.state_dict(),
-                "pretraining": {k: v for k, v in record.items() if k not in ("loss_curve", "train_seconds")}},
-               buffer)
+    torch.save(_interned_keys(payload), buffer)
     with atomic_path(out) as tmp:
         tmp.write_bytes(buffer.getvalue())
-    log.info("wrote %s (%.1f MB) after %.1f min", out, out.stat().st_size / 2**20, seconds / 60)
-    return record
+
+
+def _interned_keys(value: Any) -> Any:
+    if isinstance(value, dict) and not isinstance(value, OrderedDict):  # a state dict keeps its class
+        return {sys.intern(k) if isinstance(k, str) else k: _interned_keys(v) for k, v in value.items()}
+    return value
+
+
+def expand_encoder(encoder_file: Path, out: Path) -> None:
+    """Write the official-format SAM2 checkpoint of a `NAME.encoder.pt` file: the seeded random SAM2 of the
+    model config it was trained with, its image encoder replaced. Byte for byte the checkpoint `pretrain` wrote
+    beside that file, so the small file is enough to ship (the rest of SAM2 is the seeded initialisation)."""
+    payload = torch.load(encoder_file, map_location="cpu", weights_only=True)
+    key = ENCODER_KEY
+    keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+    if keys != sorted([key, "pretraining"]) or "settings" not in payload["pretraining"]:
+        raise ValueError(f"{encoder_file}: not an encoder file of python -m training.pretrain_backbone "
+                         f"(holds {keys}; expected {key!r} and 'pretraining')")
+    model = payload["pretraining"]["settings"]["model"]
+    sam = build_sam2_model(load_model_config(resolve_path(model)))
+    missing, unexpected = sam.image_encoder.load_state_dict(payload[key], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{encoder_file}: its encoder does not fit {model}'s SAM2 image encoder "
+                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    _write_reproducibly({"model": sam.state_dict(), "pretraining": payload["pretraining"]}, out)
+    log.info("wrote %s from %s", out, encoder_file)
 
 
 def probe_frozen_features(model: str, checkpoint: Path | None, data: Path, modality: str, steps: int = 400,
@@ -326,8 +375,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-random", action=argparse.BooleanOptionalAction, default=True,
                         help="also probe the seeded random encoder, the baseline (default: yes)")
     parser.add_argument("--probe-checkpoints", help="comma list of checkpoints to probe instead of pretraining")
+    parser.add_argument("--from-encoder", metavar="ENCODER_FILE",
+                        help="instead of pretraining, write --out (official format) from an encoder-only file that "
+                        f"pretraining wrote beside its checkpoint, e.g. the shipped {SHIPPED_ENCODER}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.from_encoder:
+        source = Path(args.from_encoder)
+        if not source.is_file():
+            parser.error(f"--from-encoder: no such file: {source}")
+        try:
+            expand_encoder(source, Path(args.out))
+        except ValueError as exc:
+            parser.error(str(exc))
+        return 0
     try:
         settings = PretrainSettings(**{k: getattr(args, k) for k in asdict(defaults)})
     except ValueError as exc:

@@ -65,3 +65,24 @@ def test_demo_runs_end_to_end_and_reports_the_dropout(tmp_path, capsys):
     again = run_demo(plan)
     assert [s["seconds"] for s in again["steps"][:2]] == [0.0, 0.0]
     assert again["groups"]["all_frames"]["miou"] == on_disk["groups"]["all_frames"]["miou"]
+
+
+def test_demo_on_the_shipped_standin_backbone(tmp_path, capsys):
+    from safetensors import safe_open
+
+    from mlesam_core.model.backbone_id import checkpoint_backbone_id
+
+    plan = DemoPlan(out=tmp_path / "demo_out", standin=True, train_scenes=16, val_scenes=4, train_steps=2,
+                    rate=2.0, drop="depth@0.5-1.0", corrupt="lidar@0.25",
+                    train_overrides=["optim.batch_size=4", "validation.batch_size=4"])
+    summary = run_demo(plan)
+    printed = capsys.readouterr().out
+    assert "STAND-IN" in printed and "RANDOMLY INITIALISED" not in printed
+    assert summary["backbone"] == {"random_init": False, "standin": True,
+                                   "sam2_checkpoint": str(plan.standin_checkpoint),
+                                   "note": summary["backbone"]["note"]}
+    # training froze that file's encoder, and the replay accepted the adapters on it (same backbone identity)
+    with safe_open(str(plan.train_dir / "adapters.safetensors"), "pt") as adapters:
+        assert adapters.metadata()["backbone"] == checkpoint_backbone_id(plan.standin_checkpoint)
+    assert summary["replay"]["frames_out"] == 4
+    assert "STAND-IN" in (plan.out / "summary.md").read_text()

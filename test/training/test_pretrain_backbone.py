@@ -114,3 +114,22 @@ def test_a_rebuild_with_the_same_command_writes_the_same_file(small_model_yaml, 
     first = build("first.pt")
     assert (tmp_path / "pretrain" / "generator.json").is_file()
     assert build("second.pt") == first
+
+    # the encoder-only file written beside it (what the repository ships) expands to the same bytes again
+    encoder_file = tmp_path / "first.encoder.pt"
+    assert set(torch.load(encoder_file, map_location="cpu", weights_only=True)) == {"image_encoder", "pretraining"}
+    assert encoder_file.stat().st_size < (tmp_path / "first.pt").stat().st_size
+    assert main(["--from-encoder", str(encoder_file), "--out", str(tmp_path / "expanded.pt")]) == 0
+    assert file_sha256(tmp_path / "expanded.pt") == first
+
+
+def test_from_encoder_refuses_a_file_that_is_no_encoder_file(tmp_path, capsys):
+    not_encoder = tmp_path / "sam2.pt"
+    torch.save({"model": {}}, not_encoder)
+    with pytest.raises(SystemExit):
+        main(["--from-encoder", str(not_encoder), "--out", str(tmp_path / "out.pt")])
+    assert f"{not_encoder}: not an encoder file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--from-encoder", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "out.pt")])
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()
