@@ -133,3 +133,19 @@ def test_from_encoder_refuses_a_file_that_is_no_encoder_file(tmp_path, capsys):
         main(["--from-encoder", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "out.pt")])
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_the_shipped_encoder_expands_to_the_checkpoint_of_the_committed_standin_runs(tmp_path):
+    """The stand-in report's runs record their checkpoint's sha256: the shipped encoder file must give that file
+    back, so anyone can rerun them on the same weights."""
+    from fixtures import REPO_ROOT
+
+    from mlesam_core.model.backbone_id import file_sha256
+    from training.pretrain_backbone import SHIPPED_ENCODER
+
+    report = json.loads((REPO_ROOT / "benchmarks/results/subset_robustness_standin.json").read_text())
+    recorded = {figures["checkpoint_sha256"] for variant in report["backbones"]["standin"]["variants"].values()
+                for figures in variant["per_seed"].values()}
+    out = tmp_path / "standin.pt"
+    assert main(["--from-encoder", str(REPO_ROOT / SHIPPED_ENCODER), "--out", str(out)]) == 0
+    assert recorded == {file_sha256(out)}
