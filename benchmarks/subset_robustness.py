@@ -158,6 +158,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                [*MEMBERS, "model.loss.router_confidence_weight=0.1"]),
     "partial_members_conf001": ("partial_members_conf01 with a tenth of the weight (0.01)",
                                 [*MEMBERS, "model.loss.router_confidence_weight=0.01"]),
+    "partial_members_conf0005": ("partial_members_conf01 with a twentieth of the weight (0.005)",
+                                 [*MEMBERS, "model.loss.router_confidence_weight=0.005"]),
     "partial_members_t4": ("partial_members, the full set's router logits divided by a temperature of 4 (the "
                            "router's logits then move a quarter as fast per optimiser step)",
                            [*MEMBERS, "model.router.temperature=4.0"]),
