@@ -164,10 +164,9 @@ def run_demo(plan: DemoPlan) -> dict:
         overrides += [*paper_recipe_overrides(), f"data.modality_dropout.p={plan.modality_dropout:g}"]
     if plan.train_steps is not None:
         overrides.append(f"optim.max_steps={plan.train_steps}")
-    if plan.sam2_checkpoint is not None:
-        overrides += ["model.config=config/model/mlesam_hiera_t.yaml", "model.image_size=256",
-                      f"sam2_checkpoint={plan.sam2_checkpoint}", "allow_random_init=false"]
-    if plan.standin:  # the stand-in is the tiny Hiera of the train config's own model config
+    if plan.sam2_checkpoint is not None:  # Meta's Hiera-T; the stand-in is the train config's own tiny Hiera
+        overrides += ["model.config=config/model/mlesam_hiera_t.yaml", "model.image_size=256"]
+    if plan.backbone is not None:
         overrides += [f"sam2_checkpoint={plan.backbone}", "allow_random_init=false"]
     train_command = _python("training.train", "--config", plan.train_config, "--out", str(plan.train_dir),
                             *overrides)

@@ -238,7 +238,6 @@ def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
     record = {"settings": asdict(settings), "train_seconds": round(seconds, 1), "loss_curve": curve,
               "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
     encoder.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {k: v for k, v in record.items() if k not in ("loss_curve", "train_seconds")}
     _write_reproducibly({"model": sam.state_dict(), "pretraining": metadata}, out)
     encoder_file = encoder_path(out)
@@ -276,14 +275,13 @@ def expand_encoder(encoder_file: Path, out: Path) -> None:
     model config it was trained with, its image encoder replaced. Byte for byte the checkpoint `pretrain` wrote
     beside that file, so the small file is enough to ship (the rest of SAM2 is the seeded initialisation)."""
     payload = torch.load(encoder_file, map_location="cpu", weights_only=True)
-    key = ENCODER_KEY
     keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-    if keys != sorted([key, "pretraining"]) or "settings" not in payload["pretraining"]:
+    if keys != sorted([ENCODER_KEY, "pretraining"]) or "settings" not in payload["pretraining"]:
         raise ValueError(f"{encoder_file}: not an encoder file of python -m training.pretrain_backbone "
-                         f"(holds {keys}; expected {key!r} and 'pretraining')")
+                         f"(holds {keys}; expected {ENCODER_KEY!r} and 'pretraining')")
     model = payload["pretraining"]["settings"]["model"]
     sam = build_sam2_model(load_model_config(resolve_path(model)))
-    missing, unexpected = sam.image_encoder.load_state_dict(payload[key], strict=False)
+    missing, unexpected = sam.image_encoder.load_state_dict(payload[ENCODER_KEY], strict=False)
     if missing or unexpected:
         raise ValueError(f"{encoder_file}: its encoder does not fit {model}'s SAM2 image encoder "
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
