@@ -35,7 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -315,14 +315,25 @@ class RestartWithWaitPolicy(Exception):  # noqa: N818 - a request, not an error
     """The node must restart its process with OMP_WAIT_POLICY set to `args[0]` (before torch loads)."""
 
 
-class _Shutdown(Exception):  # noqa: N818 - raised by the signal handler
-    """SIGINT or SIGTERM arrived."""
+class _StopRequest:
+    """Set by SIGINT/SIGTERM; the spin loop in `main` polls it.
+
+    The handler only records the signal: an exception raised from a Python signal handler lands wherever the main
+    thread is, and inside rclpy's pybind11 calls (taking a message converts it through Python) pybind11 turns it
+    into "RuntimeError: Unable to convert call argument" and the node dies with a traceback.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        for ignored in (signal.SIGINT, signal.SIGTERM):  # a second signal while stopping is not an error
+            signal.signal(ignored, signal.SIG_IGN)
+        self.signal_name = signal.Signals(signum).name
 
 
-def _shutdown_on_signal(signum: int, frame: Any) -> None:
-    for ignored in (signal.SIGINT, signal.SIGTERM):  # a second signal while stopping is not an error
-        signal.signal(ignored, signal.SIG_IGN)
-    raise _Shutdown(signal.Signals(signum).name)
+# How long the spin loop waits for work before it looks at the stop request again: the delay of a clean stop.
+_STOP_POLL_S = 0.1
 
 
 def main(args: list[str] | None = None) -> int:
@@ -338,15 +349,19 @@ def main(args: list[str] | None = None) -> int:
         print(f"[{NODE_NAME}] cannot start: {exc}", file=sys.stderr)
         return 2
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _shutdown_on_signal)
-    signal.signal(signal.SIGTERM, _shutdown_on_signal)
+    stop_request = _StopRequest()
+    signal.signal(signal.SIGINT, stop_request)
+    signal.signal(signal.SIGTERM, stop_request)
     node = None
     code = 0
     restart = None
+    executor = SingleThreadedExecutor()
     try:
         node = SegmentationNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, _Shutdown):
+        executor.add_node(node)
+        while stop_request.signal_name is None and rclpy.ok():
+            executor.spin_once(timeout_sec=_STOP_POLL_S)
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RestartWithWaitPolicy as request:
         restart = request.args[0]
@@ -356,7 +371,9 @@ def main(args: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node.stop()
+            executor.remove_node(node)
             node.destroy_node()
+        executor.shutdown()
         if rclpy.ok():
             rclpy.shutdown()
     if restart is not None:  # the same command line, torch loading with the wanted policy

@@ -412,6 +412,29 @@ def test_a_signal_while_frames_are_inferred_stops_the_node_cleanly(rclpy_session
         assert problem not in text
 
 
+def test_the_stop_signal_handler_records_the_signal_and_raises_nothing():
+    # Raised from a handler, an exception lands wherever the main thread is; inside rclpy's take_message pybind11
+    # turned it into "RuntimeError: Unable to convert call argument" and the node died with a traceback.
+    import os
+
+    from mlesam_ros.node import _StopRequest
+
+    request = _StopRequest()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGTERM, request)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs at the next bytecode boundary of the main thread
+            if request.signal_name is not None:
+                break
+            time.sleep(0.01)
+        assert request.signal_name == "SIGTERM"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a second signal while stopping is ignored
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_sim_time_bag_loop_answers_every_camera_frame_once_and_uses_every_sensor_after_the_jump(
         rclpy_session, loopback_dds_env, tmp_path):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
