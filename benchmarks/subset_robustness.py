@@ -160,6 +160,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                 [*MEMBERS, "model.loss.router_confidence_weight=0.01"]),
     "partial_members_conf0005": ("partial_members_conf01 with a twentieth of the weight (0.005)",
                                  [*MEMBERS, "model.loss.router_confidence_weight=0.005"]),
+    "partial_members_ceiling09": ("partial_members, a routing ceiling on the full set's routers: a hinge (weight 1) "
+                                  "on any expert's batch-mean weight over 0.9, so only a collapsing level is "
+                                  "pushed back (GShard's expert capacity, made soft)",
+                                  [*MEMBERS, "model.loss.router_ceiling_weight=1.0"]),
     "partial_members_t4": ("partial_members, the full set's router logits divided by a temperature of 4 (the "
                            "router's logits then move a quarter as fast per optimiser step)",
                            [*MEMBERS, "model.router.temperature=4.0"]),

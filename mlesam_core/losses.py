@@ -104,6 +104,20 @@ def router_confidence_penalty(probs: dict[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
+def router_ceiling_penalty(routing: dict[str, torch.Tensor], ceiling: float) -> torch.Tensor:
+    """Per level and expert, how far the batch's mean routing weight exceeds `ceiling` (a hinge), summed; routing
+    {level: [B, M]} kept top-k weights (as `SegmentationOutput.routing`) -> 0-dim float32.
+
+    A soft form of the expert capacity of GShard (Lepikhin et al., 2021) and the Switch Transformer (Fedus et al.,
+    2022), which cap the share of a batch one expert may take: it is 0 while no expert takes more than `ceiling`
+    of a level, so it leaves a level the router spreads alone and acts only on one collapsing onto an expert.
+    An absent modality's weight is 0, so modality dropout lowers the mean it measures."""
+    total = torch.zeros((), device=next(iter(routing.values())).device)
+    for weights in routing.values():
+        total = total + (weights.float().mean(dim=0) - ceiling).clamp_min(0).sum()
+    return total
+
+
 def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig
                   ) -> dict[str, torch.Tensor]:
     """{'sam', 'aux' (with an aux head), 'loss'}: Eq. 14 of one prediction."""
@@ -125,7 +139,8 @@ def _pathway_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLES
 def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMConfig) -> dict[str, torch.Tensor]:
     """{'loss': weighted total, 'sam': OHEM(Y_sam), 'aux': OHEM(Y_aux) (absent without an aux head)}, plus
     'balance' (load-balancing loss, when `loss.router_balance_weight` > 0 and the output has routers),
-    'confidence' (the routers' confidence penalty, when `loss.router_confidence_weight` > 0), and for an
+    'confidence' (the routers' confidence penalty, when `loss.router_confidence_weight` > 0), 'ceiling' (the
+    routing ceiling's hinge, when `loss.router_ceiling_weight` > 0), and for an
     output with `subsets` predictions 'subset' (their mean Eq. 14 loss, weight `loss.subset_weight`) and 'distill'
     (their mean KL to this output, when `loss.distill_weight` > 0).
 
@@ -145,6 +160,9 @@ def total_loss(output: SegmentationOutput, labels: torch.Tensor, config: MLESAMC
     if terms.router_confidence_weight > 0 and output.router_probs:
         result["confidence"] = router_confidence_penalty(output.router_probs)
         total = total + terms.router_confidence_weight * result["confidence"]
+    if terms.router_ceiling_weight > 0 and output.router_probs:
+        result["ceiling"] = router_ceiling_penalty(output.routing, terms.router_ceiling)
+        total = total + terms.router_ceiling_weight * result["ceiling"]
     if output.subsets:
         # a subset prediction with `valid` is scored on those samples only (a sample lacking every modality of
         # the subset has nothing to predict from)

@@ -207,8 +207,8 @@ def same_model(section: dict[str, Any], model: MLESAMConfig) -> bool:
 
 # the options beyond the paper (each default is the paper's behaviour): model.loss and model.router keys, and
 # every key of model.partial_head
-BEYOND_PAPER_LOSS = ("router_balance_weight", "router_confidence_weight", "subset_weight", "distill_weight",
-                     "distill_temperature")
+BEYOND_PAPER_LOSS = ("router_balance_weight", "router_confidence_weight", "router_ceiling_weight", "router_ceiling",
+                     "subset_weight", "distill_weight", "distill_temperature")
 BEYOND_PAPER_ROUTER = ("temperature", "noise_std")
 
 

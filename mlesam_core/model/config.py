@@ -23,9 +23,9 @@ MAX_PRESENCE_MODALITIES = 8
 RUNTIME_KEYS = frozenset({
     "image_size", "activation_checkpointing", "random_init_seed", "lora.grouped", "lora.dropout",
     "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
-    "router.noise_std", "loss.router_balance_weight", "loss.router_confidence_weight", "loss.subset_weight",
-    "loss.distill_weight", "loss.distill_temperature", "partial_head.encoder_gradients",
-    "partial_head.learn_full_set", "partial_head.single_sensor_gradients",
+    "router.noise_std", "loss.router_balance_weight", "loss.router_confidence_weight", "loss.router_ceiling_weight",
+    "loss.router_ceiling", "loss.subset_weight", "loss.distill_weight", "loss.distill_temperature",
+    "partial_head.encoder_gradients", "partial_head.learn_full_set", "partial_head.single_sensor_gradients",
 })
 
 
@@ -216,6 +216,7 @@ class LossConfig:
     """L = sam_weight * OHEM(Y_sam) + aux_weight * OHEM(Y_aux) (Eq. 14; the paper gives no weights), plus terms
     beyond the paper, all off by default (`mlesam_core.losses`): router_balance_weight x the Switch-Transformer
     load-balancing loss; router_confidence_weight x the routers' confidence penalty (ln M - entropy per level);
+    router_ceiling_weight x the hinge by which an expert's batch-mean routing weight exceeds router_ceiling;
     and, when training adds a modality-subset branch (`data.modality_dropout.mode: branch`), subset_weight x the
     subset prediction's own Eq. 14 loss + distill_weight x the temperature-scaled KL from the full-set prediction
     (detached) to the subset's."""
@@ -226,6 +227,8 @@ class LossConfig:
     ohem_min_kept_fraction: float = 1.0 / 16.0  # ... but at least this fraction of the valid pixels
     router_balance_weight: float = 0.0
     router_confidence_weight: float = 0.0
+    router_ceiling_weight: float = 0.0
+    router_ceiling: float = 0.9  # the largest batch-mean routing weight of one expert the ceiling leaves alone
     subset_weight: float = 1.0
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
@@ -234,8 +237,10 @@ class LossConfig:
         check(0.0 < self.ohem_keep_prob <= 1.0, "ohem_keep_prob", f"must lie in (0, 1], got {self.ohem_keep_prob}")
         check(0.0 <= self.ohem_min_kept_fraction <= 1.0, "ohem_min_kept_fraction",
               f"must lie in [0, 1], got {self.ohem_min_kept_fraction}")
-        for name in ("router_balance_weight", "router_confidence_weight", "subset_weight", "distill_weight"):
+        for name in ("router_balance_weight", "router_confidence_weight", "router_ceiling_weight", "subset_weight",
+                     "distill_weight"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(0.0 < self.router_ceiling <= 1.0, "router_ceiling", f"must lie in (0, 1], got {self.router_ceiling}")
         check(self.distill_temperature > 0, "distill_temperature", f"must be positive, got {self.distill_temperature}")
 
 

@@ -11,6 +11,7 @@ from mlesam_core.losses import (
     distillation_loss,
     load_balancing_loss,
     ohem_cross_entropy,
+    router_ceiling_penalty,
     router_confidence_penalty,
     router_entropy,
     total_loss,
@@ -157,6 +158,42 @@ def test_router_confidence_penalty_is_ln_m_minus_the_mean_entropy_summed_over_le
     penalty.backward()  # d/dp (-H) = ln p + 1
     torch.testing.assert_close(probs_b.grad, torch.log(torch.tensor([[0.5, 0.25, 0.25]])) + 1)
     assert router_confidence_penalty({"a": torch.full((3, 4), 0.25)}).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_router_ceiling_penalty_is_the_hinge_of_each_experts_batch_mean_weight_over_the_ceiling():
+    # level a: batch means (0.95, 0.05, 0.0) -> only expert 0 exceeds 0.9, by 0.05
+    # level b: batch means (0.6, 0.4) -> nothing over the ceiling; the penalty leaves it alone
+    routing_a = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]], requires_grad=True)
+    routing_b = torch.tensor([[0.7, 0.3], [0.5, 0.5]], requires_grad=True)
+    penalty = router_ceiling_penalty({"a": routing_a, "b": routing_b}, ceiling=0.9)
+    assert penalty.item() == pytest.approx(0.05, abs=1e-6)
+    penalty.backward()  # d/dw of mean over 2 samples: 1/2 on the expert over the ceiling, 0 elsewhere
+    torch.testing.assert_close(routing_a.grad, torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+    torch.testing.assert_close(routing_b.grad, torch.zeros(2, 2))
+    # two experts over a lower ceiling add up: (0.95 - 0.5) + 0 + (0.6 - 0.5)
+    assert router_ceiling_penalty({"a": routing_a, "b": routing_b}, ceiling=0.5).item() == pytest.approx(0.55)
+
+
+def test_total_loss_adds_the_routing_ceiling_with_its_weight_and_ceiling():
+    config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2,
+                          loss=LossConfig(router_ceiling_weight=2.0, router_ceiling=0.8))
+    labels = torch.tensor([[LABELS]])
+    sam = _two_class_logits(PROBS, LABELS)
+    aux = _two_class_logits([0.1] * 5, LABELS)
+    output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux,
+                                routing={"sfm": torch.tensor([[1.0, 0.0], [0.9, 0.1]])},
+                                router_probs={"sfm": torch.tensor([[0.98, 0.02], [0.9, 0.1]])})
+    terms = total_loss(output, labels, config)
+    assert terms["ceiling"].item() == pytest.approx(0.95 - 0.8, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + 2.0 * 0.15).item(), rel=1e-5)
+    assert "ceiling" not in total_loss(output, labels, MLESAMConfig(modalities=("rgb", "depth"), num_classes=2))
+
+
+def test_router_ceiling_must_lie_in_the_unit_interval_naming_the_key():
+    with pytest.raises(ValueError, match="router_ceiling"):
+        LossConfig(router_ceiling=1.5)
+    with pytest.raises(ValueError, match="router_ceiling_weight"):
+        LossConfig(router_ceiling_weight=-1.0)
 
 
 def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weights():

@@ -34,6 +34,22 @@ def test_router_regulariser_raises_router_entropy_versus_the_same_run_without_it
     assert entropy["with"] > entropy["without"] + 0.3, entropy
 
 
+def test_routing_ceiling_lowers_the_largest_routing_weight_versus_the_same_run_without_it(tiny_config, tmp_path):
+    common = ("log_every_steps=12", "validation.every_steps=12")
+    without = tiny_config(tmp_path / "without", *common, steps=12)
+    capped = tiny_config(tmp_path / "with", *common, "model.loss.router_ceiling_weight=1.0",
+                         "model.loss.router_ceiling=0.6", steps=12)
+    train(without, progress_bar=False)
+    train(capped, progress_bar=False)
+    plain, regularised = _last_train_record(tmp_path / "without"), _last_train_record(tmp_path / "with")
+    assert "loss_ceiling" in regularised and "loss_ceiling" not in plain
+
+    def largest(record):
+        return max(record[f"router_weight_{level}_{m}"] for level in LEVELS for m in ("rgb", "depth", "event", "lidar"))
+
+    assert largest(regularised) < largest(plain) - 0.1, (largest(plain), largest(regularised))
+
+
 def test_subset_branch_trains_and_logs_every_loss_term_and_router_statistic(tiny_config, tmp_path):
     config = tiny_config(tmp_path / "branch", "data.modality_dropout.p=1.0", "data.modality_dropout.sampler=subset",
                          "data.modality_dropout.mode=branch", "data.modality_dropout.branches=2",
