@@ -179,7 +179,10 @@ class LoRASam2Model(nn.Module):
 
     def _active_index(self, ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """`ids` as a LongTensor on `device`, made once per subset: no host-to-device copy per call, and a
-        fixed tensor that CUDA-graph capture can bake in."""
+        fixed tensor that CUDA-graph capture can bake in. While traced (torch.export, torch.compile) the ids become
+        a constant of the graph instead: a tensor cached from inside a trace would be a fake one."""
+        if torch.compiler.is_compiling():
+            return torch.tensor(ids, dtype=torch.long, device=device)
         key = (ids, device)
         if key not in self._index_cache:
             with torch.inference_mode(False):  # a normal tensor: autograd may save it (eval mode with gradients)

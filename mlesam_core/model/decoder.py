@@ -52,21 +52,14 @@ class PromptFreeSamDecoder(nn.Module):
                 self.obj_score_token = mask_decoder.obj_score_token
             self.iou_token = mask_decoder.iou_token
         self.embed_dim = mask_decoder.transformer_dim
-        self._pe_cache: dict[tuple[int, int, str, int, int], torch.Tensor] = {}
 
     def dense_pe(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """SAM2's dense positional encoding [D, h, w] for the feature size, computed once per size and device
-        (the pe_layer is frozen; the key includes its Gaussian matrix's version, so loading weights recomputes)."""
-        matrix = self.pe_layer.get_buffer("positional_encoding_gaussian_matrix")
-        key = (h, w, str(device), matrix.data_ptr(), matrix._version)
-        pe = self._pe_cache.get(key)
-        if pe is None:
-            # a normal tensor even when first asked for under inference_mode (training may reuse it), fp32 for
-            # sin/cos of large arguments
-            with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
-                pe = self.pe_layer((h, w))
-            self._pe_cache = {key: pe}  # one size at a time (the node and training use a fixed size)
-        return pe
+        """SAM2's dense positional encoding [D, h, w] for the feature size, from the frozen pe_layer on every call:
+        a few sin/cos over an h x w grid, negligible beside the transformer, and nothing to invalidate when weights
+        load or to break graph export (a cache would have to key on the buffer's identity). fp32 also under
+        autocast, for sin/cos of large arguments."""
+        with torch.autocast(device.type, enabled=False):
+            return self.pe_layer((h, w))
 
     def leading_tokens(self) -> torch.Tensor:
         """SAM2's own output tokens kept in front of the class tokens ([0, D] when disabled)."""
