@@ -10,10 +10,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Idle OpenMP threads sleep instead of spinning: on a small shared CPU (2 cores here, several processes in the
-# ROS tests and the demo) spinning threads stall each other by orders of magnitude (README, "Performance").
+# ROS tests and the demo) spinning threads stall each other by orders of magnitude (docs/robot.md, "Threading").
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test lint demo standin clean-venv ros-tools colcon-build colcon-test lint-ament
+.PHONY: setup test lint demo demo-weights standin clean-venv ros-tools colcon-build colcon-test lint-ament
 
 setup: $(STAMP)
 
@@ -46,8 +46,17 @@ lint: setup
 	@$(VENV)/bin/mypy
 	@$(MAKE) --no-print-directory lint-ament
 
+# `make demo` replays with the shipped demo weights (demo/assets/, checked against their record); TRAIN=1 trains
+# them here first (about 20 minutes on 2 cores); SAM2_CHECKPOINT=sam2.1_hiera_tiny.pt trains on Meta's encoder.
 demo: setup
-	@$(PY) -m demo $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),) $(if $(STANDIN),--standin,)
+	@$(PY) -m demo $(if $(TRAIN),--train,) $(if $(SAM2_CHECKPOINT),--sam2-checkpoint $(SAM2_CHECKPOINT),)
+
+# the shipped demo weights: adapters for the stand-in encoder, trained on the demo's procedural training scenes,
+# and their record (command, sha256, config, steps, seed, validation scores). DEMO_WEIGHTS_STEPS: a shorter run;
+# DEMO_WEIGHTS_OUT: another folder than demo/assets.
+demo-weights: setup
+	@$(PY) -m demo.weights $(if $(DEMO_WEIGHTS_STEPS),--steps $(DEMO_WEIGHTS_STEPS),) \
+		$(if $(DEMO_WEIGHTS_OUT),--out $(DEMO_WEIGHTS_OUT),)
 
 # the shipped stand-in encoder as an official-format SAM2 checkpoint (what the stand-in benchmarks load)
 standin: setup

@@ -1,5 +1,7 @@
 """`python -m demo`: see demo/run.py."""
 
+import sys
+
 from demo.run import main
 
-main()
+sys.exit(main())

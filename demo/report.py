@@ -286,8 +286,7 @@ def _miou_cells(scores: dict) -> str:
 def write_markdown(summary: dict, out: Path) -> Path:
     """summary.md: the numbers a reader wants first, then where everything is."""
     lines = ["# MLE-SAM demo results", ""]
-    if summary["backbone"]["random_init"] or summary["backbone"].get("standin"):
-        lines += [f"> **{summary['backbone']['note']}**", ""]
+    lines += [f"> **{summary['backbone']['note']}**", ""]
     replay, groups = summary["replay"], summary["groups"]
     lines += ["## Segmentation quality (procedural validation scenes)", "",
               "| frames | mIoU (absent classes = 0) | mIoU (present classes) | frames |", "|---|---|---|---|",
@@ -327,10 +326,10 @@ def write_markdown(summary: dict, out: Path) -> Path:
     lines += ["", "## How it was made", ""]
     for step in summary["steps"]:
         lines.append(f"- {step['name']} ({step['seconds']:.0f} s): `{step['command']}`")
-    if summary.get("training"):
-        train = summary["training"]
-        lines += ["", f"Training: {train.get('recipe')}, {train.get('steps')} steps, best validation mIoU "
-                      f"{_fmt(train.get('best_val_miou'))} (absent classes = 0) on the procedural val split."]
+    train = summary["training"]
+    lines += ["", f"Adapters ({train['source']}): `{train['command']}`, {train['steps']} steps, validation mIoU "
+                  f"{_fmt(train['final_val_miou'])} at the end, best {_fmt(train['best_val_miou'])} (absent classes "
+                  f"= 0, procedural val split)."]
     lines += ["", "## Files", "", "- `frames.png`: RGB | depth | prediction | ground truth for chosen frames",
               "- `frames.gif`: every frame", "- `timeline.png`: router weights, sensor status and frame mIoU over time",
               "- `replay/bag`: the node's output topics (version-8 bag, sqlite3)", "- `summary.json`: everything above"]
