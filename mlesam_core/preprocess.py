@@ -18,12 +18,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlesam_core.modalities import channel_sources, check_image_shape, get_modality
+from mlesam_core.modalities import ChannelSources, channel_sources, check_image_shape, get_modality
 
 
 def resize_mode(modality: str) -> Literal["bilinear", "nearest"]:
     """How `modality` is resampled: nearest for sparse modalities (a point is moved, never smeared)."""
     return "nearest" if get_modality(modality).kind == "sparse" else "bilinear"
+
+
+def beyond_model_size(size: tuple[int, int], model_size: tuple[int, int]) -> bool:
+    """Whether an image of `size` (H, W) has more pixels than the model's input: such an image is worth resizing
+    to the model's size before any per-pixel work (everything beyond it is averaged away by the model's resize),
+    and its labels come back upsampled from the model's size."""
+    return size[0] * size[1] > model_size[0] * model_size[1]
 
 
 def resize_for_model(x: torch.Tensor, size: tuple[int, int], mode: Literal["bilinear", "nearest"]) -> torch.Tensor:
@@ -36,9 +43,11 @@ def resize_for_model(x: torch.Tensor, size: tuple[int, int], mode: Literal["bili
 
 
 def normalize_into(x: torch.Tensor, modality: str, mean: torch.Tensor, std: torch.Tensor,
-                   out: torch.Tensor) -> torch.Tensor:
-    """[C, S, S] model-size image (0-255) -> `out` [3, S, S]: channels mapped, value/255, (v - mean) / std."""
-    sources = channel_sources(x.shape[0], modality)
+                   out: torch.Tensor, sources: ChannelSources | None = None) -> torch.Tensor:
+    """[C, S, S] model-size image (0-255) -> `out` [3, S, S]: channels mapped, value/255, (v - mean) / std.
+    `sources`: the channel mapping when the caller has already checked it (`channel_sources`)."""
+    if sources is None:
+        sources = channel_sources(x.shape[0], modality)
     if sources == (0, 1, 2):
         torch.div(x[:3], 255.0, out=out)
     elif sources == (0, 0, 0):
@@ -89,14 +98,17 @@ class ModelInputTransform:
         """Modality `index`'s [C, H, W] image resized to the model size (float32, native channels)."""
         return resize_for_model(x, self.size, self.modes[index])
 
-    def normalize_into(self, index: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def normalize_into(self, index: int, x: torch.Tensor, out: torch.Tensor,
+                       sources: ChannelSources | None = None) -> torch.Tensor:
         """Modality `index`'s model-size image [C, S, S] -> `out` [3, S, S] (mapped and normalised)."""
-        return normalize_into(x, self.modalities[index], self.mean[index], self.std[index], out)
+        return normalize_into(x, self.modalities[index], self.mean[index], self.std[index], out, sources)
 
-    def write(self, index: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """`resize` then `normalize_into` (what the Segmenter does per modality)."""
-        return self.normalize_into(index, self.resize(index, x), out)
+    def write(self, index: int, x: torch.Tensor, out: torch.Tensor,
+              sources: ChannelSources | None = None) -> torch.Tensor:
+        """`resize` then `normalize_into` (what the Segmenter does per modality, with the channel mapping it
+        checked)."""
+        return self.normalize_into(index, self.resize(index, x), out, sources)
 
 
-__all__ = ["resize_mode", "resize_for_model", "normalize_into", "normalization", "check_image",
+__all__ = ["resize_mode", "beyond_model_size", "resize_for_model", "normalize_into", "normalization", "check_image",
            "ModelInputTransform"]

@@ -35,7 +35,8 @@ class BagError(ValueError):
 def typestore() -> Any:
     """The message definitions used for every bag: Humble's (identical to Jazzy's for our types) plus
     event_camera_msgs/msg/EventPacket from its .msg text (no ROS distribution ships it in rosbags)."""
-    from mlesam_ros.events import EVENT_PACKET_MSG, EVENT_PACKET_TYPE
+    from mlesam_ros.events import EVENT_PACKET_MSG
+    from mlesam_ros.params import EVENT_PACKET_TYPE
 
     store = get_typestore(Stores.ROS2_HUMBLE)
     store.register(get_types_from_msg(EVENT_PACKET_MSG, EVENT_PACKET_TYPE))

@@ -36,7 +36,6 @@ from mlesam_ros.messages import stamp_to_ns
 
 logger = logging.getLogger(__name__)
 
-EVENT_PACKET_TYPE = "event_camera_msgs/msg/EventPacket"
 # event_camera_msgs' EventPacket.msg (ROS 2), registered in the rosbags typestore for bags and tests
 EVENT_PACKET_MSG = """\
 std_msgs/Header header
@@ -335,5 +334,5 @@ def split_evt3(stream: bytes, first_events: np.ndarray) -> list[tuple[bytes, int
             for a, b in zip(cuts, ends, strict=True) if b > a]
 
 
-__all__ = ["EVENT_PACKET_TYPE", "EVENT_PACKET_MSG", "REANCHOR_NS", "ENCODINGS", "EventDecodeError", "EventWindow",
+__all__ = ["EVENT_PACKET_MSG", "REANCHOR_NS", "ENCODINGS", "EventDecodeError", "EventWindow",
            "EventStream", "LibcaerCmpDecoder", "encode_mono", "encode_evt3", "evt3_events_before", "split_evt3"]

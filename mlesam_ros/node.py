@@ -246,7 +246,7 @@ class SegmentationNode(Node):
         if tf2_ros is not None:
             self._tf_buffer = tf2_ros.Buffer()
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-            self.pipeline.decoder.transforms = Tf2Lookup(self._tf_buffer)
+            self.pipeline.set_transform_lookup(Tf2Lookup(self._tf_buffer))
             self.get_logger().info("camera <- LiDAR from tf2_ros (/tf, /tf_static); lidar.cam_from_lidar until a "
                                    "transform arrives")
             return
@@ -273,7 +273,7 @@ class SegmentationNode(Node):
     def _post(self, frame: SyncedFrame) -> None:
         """Put a frame in the mailbox, replacing one the worker has not taken yet."""
         if self._mailbox.put(frame):
-            self.pipeline.health.replaced()
+            self.pipeline.frame_replaced()
 
     def _work(self, config: SegmentConfig) -> None:
         """The inference thread: load the model, then segment and publish each frame the mailbox hands over."""
@@ -299,7 +299,7 @@ class SegmentationNode(Node):
 
     def _publish_diagnostics(self) -> None:
         header = self.kit.header(self.get_clock().now().nanoseconds, "")
-        entries = self.pipeline.health.entries(time.monotonic())
+        entries = self.pipeline.diagnostics(time.monotonic())
         self.diagnostics_pub.publish(self.kit.diagnostic_array(entries, header))
 
     def stop(self) -> None:

@@ -43,10 +43,10 @@ def output_messages(kit: MessageKit, pipeline: SegmentationPipeline, result: Fra
         messages["labels_color"] = kit.image(pipeline.class_table.colorize(result.labels), "rgb8", result.header)
     if "confidence" in names and result.confidence is not None:
         messages["confidence"] = kit.image(result.confidence, "32FC1", result.header)
-    if "routing" in names:
-        matrix, levels = pipeline.routing_matrix(result)
+    if "routing" in names and result.routing is not None:
+        routing = result.routing
         messages["routing"] = kit.multi_array(
-            matrix, [f"level={','.join(levels)}", f"modality={','.join(pipeline.config.modalities)}"])
+            routing.weights, [f"level={','.join(routing.levels)}", f"modality={','.join(routing.modalities)}"])
     return messages
 
 

@@ -24,6 +24,13 @@ from mlesam_ros.sync import SensorTiming
 NODE_NAME = "mlesam_segmenter"
 # parameters rclpy declares on every node (Humble, Jazzy): valid in a params file, no part of SegmentConfig
 ROS_NODE_PARAMETERS = ("use_sim_time", "start_type_description_service")
+# parameters of earlier versions -> what to write instead: a file that still sets one is refused with this
+REMOVED_PARAMETERS = {
+    "lidar.input": "the LiDAR input is chosen as every sensor's: sensors.lidar.type (sensor_msgs/msg/PointCloud2 for "
+                   "a point cloud; empty or sensor_msgs/msg/Image for a projected image) and sensors.lidar.topic",
+    "lidar.points_topic": "write the PointCloud2 topic as sensors.lidar.topic, with sensors.lidar.type: "
+                          "sensor_msgs/msg/PointCloud2",
+}
 # LiDAR frame (x forward, y left, z up) -> camera optical frame (x right, y down, z forward), same origin.
 LIDAR_TO_OPTICAL = (0.0, -1.0, 0.0, 0.0,
                     0.0, 0.0, -1.0, 0.0,
@@ -65,7 +72,7 @@ class SensorConfig(SensorTiming):
     type: str = doc_field("", f"message type on the topic: {IMAGE_TYPE}, {COMPRESSED_TYPE} (image_transport "
                               f"compressed or compressedDepth), {POINTCLOUD_TYPE} (lidar) or {EVENT_PACKET_TYPE} "
                               f"(event); empty = from the topic (.../compressed, .../compressedDepth: "
-                              f"CompressedImage), else Image (lidar: as lidar.input says)")
+                              f"CompressedImage), else Image")
 
 
 def accepted_types(sensor: str) -> tuple[str, ...]:
@@ -107,10 +114,8 @@ class DepthParams:
 
 @dataclass
 class LidarParams:
-    """LiDAR input: a projected image, or a PointCloud2 projected here."""
+    """How a LiDAR PointCloud2 (sensors.lidar.type) is projected into the camera."""
 
-    input: Literal["image", "points"] = doc_field("image", "image: projected LiDAR image topic; points: PointCloud2")
-    points_topic: str = doc_field("/lidar/points", "PointCloud2 topic (input: points)")
     cam_from_lidar: tuple[float, ...] = doc_field(LIDAR_TO_OPTICAL, "4x4 camera<-LiDAR extrinsic, row-major")
 
     def __post_init__(self) -> None:
@@ -123,9 +128,12 @@ class EventParams:
 
     window: float = doc_field(0.03, "a frame at t renders the events with time in (t - window, t] (seconds; "
                                     "MUSES: 30 ms)")
+    count_scale: float = doc_field(32.0, "event-frame value per event, as in the frames the model was trained on: "
+                                         "32 for the procedural (DELIVER-format) data, 1 for MUSES (plain counts)")
 
     def __post_init__(self) -> None:
         check(self.window > 0, "window", f"must be > 0 seconds, got {self.window}")
+        check(self.count_scale > 0, "count_scale", f"must be > 0, got {self.count_scale}")
 
 
 @dataclass
@@ -136,7 +144,9 @@ class CameraParams:
                                     "image_transport's convention, camera_info next to the primary's image topic "
                                     "(/camera/image_raw and /camera/image_raw/compressed: /camera/camera_info)")
     intrinsics: tuple[float, ...] = doc_field((), "3x3 K row-major; empty = from camera_info")
-    image_size: tuple[int, ...] = doc_field((), "expected [H, W] of every input; empty = camera_info, else driver's")
+    image_size: tuple[int, ...] = doc_field((), "expected [H, W] of every input (a driving image of another size is "
+                                                "refused), and the size of a frame a PointCloud2 drives; empty = "
+                                                "each frame's driving image's size")
 
     def __post_init__(self) -> None:
         check(len(self.intrinsics) in (0, 9), "intrinsics", f"needs 9 values or none, got {len(self.intrinsics)}")
@@ -215,9 +225,7 @@ class SegmentConfig:
         return (self.primary,) + tuple(m for m in self.modalities if m != self.primary)
 
     def input_topic(self, sensor: str) -> str:
-        """The topic a sensor's messages come from (the PointCloud2 topic for LiDAR points)."""
-        if sensor == "lidar" and self.lidar.input == "points" and not self.sensors[sensor].type:
-            return self.lidar.points_topic
+        """The topic a sensor's messages come from: `sensors.<sensor>.topic`."""
         return self.sensors[sensor].topic
 
     def input_type(self, sensor: str) -> str:
@@ -225,8 +233,6 @@ class SegmentConfig:
         configured = self.sensors[sensor].type
         if configured:
             return configured
-        if sensor == "lidar" and self.lidar.input == "points":
-            return POINTCLOUD_TYPE
         topic = self.input_topic(sensor)
         return COMPRESSED_TYPE if image_transport_base(topic) != topic else IMAGE_TYPE
 
@@ -256,15 +262,39 @@ def load_segment_config(path: str | Path | None = None, overrides: Sequence[str]
     node parameters (use_sim_time) are accepted and left out."""
     data = parameters_section(load_yaml(path), str(path)) if path is not None else {}
     data = {key: value for key, value in data.items() if key not in ROS_NODE_PARAMETERS}
+    removed = removed_parameters_error(_dotted_names(data), str(path) if path else "")
+    if removed is not None:
+        raise removed
     return from_dict(SegmentConfig, apply_overrides(data, overrides), source=str(path) if path else None)
+
+
+def removed_parameters_error(names: Iterable[str], source: str = "") -> ConfigError | None:
+    """The error for parameters of earlier versions among `names` (REMOVED_PARAMETERS), saying what to write
+    instead; None when there are none."""
+    removed = [name for name in names if name in REMOVED_PARAMETERS]
+    if not removed:
+        return None
+    return ConfigError(f"{source + ': ' if source else ''}"
+                       + "; ".join(f"{name}: no longer a parameter: {REMOVED_PARAMETERS[name]}" for name in removed))
+
+
+def _dotted_names(data: Any, prefix: str = "") -> Iterator[str]:
+    """The dotted key of every leaf and mapping in a nested parameters mapping."""
+    for key, value in data.items() if isinstance(data, dict) else ():
+        yield f"{prefix}{key}"
+        yield from _dotted_names(value, f"{prefix}{key}.")
 
 
 def unknown_parameters_error(unknown: Iterable[str], known: Iterable[str]) -> ConfigError:
     """The error for parameter names the node does not declare (typos such as `primay`, `sensor.rgb.topic`), each
-    with the nearest declared name."""
+    with the nearest declared name; parameters of earlier versions are named with what replaces them."""
+    unknown = sorted(unknown)
+    removed = removed_parameters_error(unknown)
+    if removed is not None:
+        return removed
     known = sorted(known)
     described = []
-    for name in sorted(unknown):
+    for name in unknown:
         near = difflib.get_close_matches(name, known, n=1)
         described.append(f"{name} (did you mean {near[0]}?)" if near else name)
     return ConfigError(f"{described[0].split(' ')[0]}: unknown parameter{'s' if len(described) > 1 else ''} of "
@@ -298,8 +328,8 @@ def nest(flat: dict[str, Any]) -> dict:
     return nested
 
 
-__all__ = ["NODE_NAME", "ROS_NODE_PARAMETERS", "LIDAR_TO_OPTICAL", "IMAGE_TYPE", "COMPRESSED_TYPE", "POINTCLOUD_TYPE",
-           "EVENT_PACKET_TYPE", "accepted_types", "image_transport_base", "ModelParams", "SensorConfig", "SyncParams",
-           "DepthParams", "LidarParams", "EventParams", "CameraParams", "OutputParams", "QosParams", "SegmentConfig",
-           "resolve_path", "parameters_section", "load_segment_config", "unknown_parameters_error", "iter_parameters",
-           "nest"]
+__all__ = ["NODE_NAME", "ROS_NODE_PARAMETERS", "REMOVED_PARAMETERS", "LIDAR_TO_OPTICAL", "IMAGE_TYPE",
+           "COMPRESSED_TYPE", "POINTCLOUD_TYPE", "EVENT_PACKET_TYPE", "accepted_types", "image_transport_base",
+           "ModelParams", "SensorConfig", "SyncParams", "DepthParams", "LidarParams", "EventParams", "CameraParams",
+           "OutputParams", "QosParams", "SegmentConfig", "resolve_path", "parameters_section", "load_segment_config",
+           "removed_parameters_error", "unknown_parameters_error", "iter_parameters", "nest"]

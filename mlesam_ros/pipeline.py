@@ -1,10 +1,15 @@
 """The ROS-free segmentation pipeline: messages -> synchronised frames -> model inputs -> Segmenter -> results.
 
-The node and the replay both run it: `add` takes each sensor message (cheap: synchronisation only) and
-returns the frames that became complete; `process` (heavy: decoding and inference) turns one frame into a
-`FrameResult`. A message that cannot be used (wrong encoding or size, invalid depth, empty cloud, stamp
-going backwards) is logged, throttled, with its topic and problem, and that modality is absent for the
-frame; inference runs on whatever is present. Nothing here raises on bad input.
+The node and the replay both run it: `add` takes each sensor message (cheap: its type is read once, event packets
+are decoded in arrival order, the rest is synchronisation) and returns the frames that became complete, each
+with its event windows cut; `process` (heavy: decoding and inference) turns one frame into a `FrameResult`.
+A message that cannot be used (wrong encoding or size, invalid depth, empty cloud, stamp going backwards) is
+logged, throttled, with its topic and problem, and that modality is absent for the frame; inference runs on
+whatever is present. Nothing here raises on bad input. The node talks to it through its methods only.
+
+Sizes: the driving image's size is the frame's; a frame with more pixels than the model's input is decoded at
+the model's size (`model_inputs.FrameSize`) and its labels come back upsampled (nearest) to the frame's size. What
+each sensor's size costs is logged on its first frame at that size.
 """
 
 from __future__ import annotations
@@ -13,26 +18,29 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import ClassTable, get_class_table
-from mlesam_core.sensors import event_count_scale
-from mlesam_ros.events import EVENT_PACKET_TYPE, EventDecodeError, EventStream
-from mlesam_ros.health import HealthMonitor, ProblemLog
-from mlesam_ros.messages import header_seconds, message_type, stamp_to_ns
-from mlesam_ros.model_inputs import InputDecoder, InputError
-from mlesam_ros.params import NODE_NAME, SegmentConfig, resolve_path
+from mlesam_ros.events import EventDecodeError, EventStream
+from mlesam_ros.health import DiagnosticEntry, HealthMonitor, ProblemLog
+from mlesam_ros.messages import header_seconds, stamp_to_ns
+from mlesam_ros.model_inputs import FrameSize, InputDecoder, InputError, ModelImage, RawImage, SensorMessage
+from mlesam_ros.params import EVENT_PACKET_TYPE, NODE_NAME, POINTCLOUD_TYPE, SegmentConfig, resolve_path
 from mlesam_ros.sync import ApproximateSync, StampError, SyncedFrame
-from mlesam_ros.transforms import TransformTree
+from mlesam_ros.transforms import TransformLookup, TransformTree
 
 if TYPE_CHECKING:  # the predictor (torch, sam2) loads in load_segmenter, after the parameters were validated
-    from mlesam_core.predictor import Segmenter
+    from mlesam_core.predictor import RoutingWeights, Segmenter
 
 logger = logging.getLogger(__name__)
+
+Frame = SyncedFrame[SensorMessage]  # what `add` returns and `process` takes
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,17 +52,21 @@ class FrameResult:
     driver: str
     status: dict[str, str]  # per sensor: ok, stale, missing (from the synchroniser) or invalid (unusable)
     used: tuple[str, ...]  # modalities given to the model
-    labels: np.ndarray | None = None  # HxW uint8 class ids (model configs have at most 255 classes)
-    confidence: np.ndarray | None = None  # HxW float32 (computed only when the confidence output is on)
-    routing: dict[str, dict[str, float]] = field(default_factory=dict)  # level -> modality -> weight
+    labels: np.ndarray | None = None  # HxW uint8 class ids at the frame's size (at most 255 classes)
+    confidence: np.ndarray | None = None  # HxW float32 (computed only when asked for)
+    routing: RoutingWeights | None = None  # [levels, modalities] with their names, as the model gives them
     latency: float | None = None  # seconds spent in Segmenter.predict
     errors: dict[str, str] = field(default_factory=dict)  # sensor (or "inference") -> problem
 
 
 def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Segmenter:
-    """The `Segmenter` that `config.model` describes (model config path searched in `search` too). Call it on the
-    thread that will run inference: `model.threads` is set for the calling thread (torch's thread count is
-    per thread)."""
+    """The `Segmenter` that `config.model` describes (model config path searched in `search` too), warmed up on
+    every sensor subset of `config.modalities` (so none builds when a sensor drops out mid-run). Backend torch:
+    the model in PyTorch; onnxruntime: the exported graphs of `model.onnx_dir`, refused (ConfigError naming
+    model.onnx_dir and the mismatch) unless they were exported from that model config and adapters at its size,
+    with a graph for every subset. Call it on the thread that will run inference: `model.threads` is set for the
+    calling thread (torch's thread count is per thread)."""
+    from mlesam_core.evaluation import all_subsets
     from mlesam_core.predictor import Segmenter  # torch loads here, after the parameters were validated
 
     model = config.model
@@ -63,10 +75,29 @@ def load_segmenter(config: SegmentConfig, search: Sequence[Path] = ()) -> Segmen
     except ConfigError as exc:
         raise ConfigError(f"model.{exc}") from None
     path = resolve_path(model.config, search)
-    logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
-    return Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None, adapters=model.adapters or None,
-                                options=model, allow_random_init=model.allow_random_init,
-                                verify_adapters=model.verify_adapters)
+    subsets = all_subsets(config.modalities)
+    segmenter: Segmenter
+    if model.backend == "onnxruntime":
+        from mlesam_core.exported import ExportedSegmenter
+        from mlesam_core.model.config import load_model_config
+
+        onnx_dir = resolve_path(model.onnx_dir, search)
+        logger.info("loading exported graphs %s (model %s)", onnx_dir, path)
+        try:
+            segmenter = ExportedSegmenter.from_dir(onnx_dir, options=model, config=load_model_config(path),
+                                                   subsets=subsets, adapters=model.adapters or None)
+        except ConfigError as exc:  # named as the parameter: model.providers, else the export folder's problem
+            prefix = "model." if str(exc).startswith("providers:") else "model.onnx_dir: "
+            raise ConfigError(f"{prefix}{exc}") from None
+    else:
+        logger.info("loading model %s on %s (%s)", path, model.device, model.precision)
+        segmenter = Segmenter.from_files(path, sam2_checkpoint=model.sam2_checkpoint or None,
+                                         adapters=model.adapters or None, options=model,
+                                         allow_random_init=model.allow_random_init,
+                                         verify_adapters=model.verify_adapters)
+    logger.info("warming up %d sensor subsets", len(subsets))
+    segmenter.warm_up(subsets)
+    return segmenter
 
 
 def class_table_for(config: SegmentConfig, segmenter: Segmenter) -> ClassTable:
@@ -94,38 +125,83 @@ class SegmentationPipeline:
         self.segmenter = segmenter
         self.clock = clock
         self.class_table = class_table_for(config, segmenter)
-        self.sync = ApproximateSync(config.priority, {m: config.sensors[m] for m in config.modalities},
-                                    primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
-                                    buffer_size=config.sync.buffer_size)
-        self.decoder = InputDecoder(config, event_count_scale=event_count_scale(getattr(segmenter.config, "classes",
-                                                                                        None)))
+        self.sync: ApproximateSync[SensorMessage] = ApproximateSync(
+            config.priority, {m: config.sensors[m] for m in config.modalities},
+            primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
+            buffer_size=config.sync.buffer_size)
+        self.decoder = InputDecoder(config, segmenter.size)
         self.event_streams: dict[str, EventStream] = {}
         self.topics = {m: config.input_topic(m) for m in config.modalities}
         self.health = HealthMonitor(self.topics, {m: config.sensors[m].stale_after for m in config.modalities},
                                     node_name=NODE_NAME)
         self.problems = ProblemLog(log or logger, config.log_period)
+        self._sizes_told: set[tuple[str, tuple[int, int], tuple[int, int]]] = set()  # (sensor, its size, work)
+        if any(config.input_type(m) == EVENT_PACKET_TYPE for m in config.modalities):
+            self.problems.logger.info("event packets rendered at %g per event (events.count_scale)",
+                                      config.events.count_scale)
 
-    def add(self, sensor: str, msg: Any, received: float | None = None) -> list[SyncedFrame]:
+    # -------------------------------------------------------------------------------------------- messages
+    def add(self, sensor: str, msg: Any, received: float | None = None) -> list[Frame]:
         """Take one sensor message; returns the frames that are ready to `process`.
 
         An EventPacket is decoded here, in arrival order (the decoder's state runs across packets), and stands
         in the synchroniser at the time of its last event, so that a frame at t waits (up to max_delay) until
-        the events up to t have arrived; the frames returned carry each frame's `EventWindow` instead.
+        the events up to t have arrived; each frame returned carries the `EventWindow` of each event sensor.
         """
         now = self.clock() if received is None else received
         self.health.message(sensor, now)
+        message = SensorMessage.of(msg)
         stamp = header_seconds(msg)
-        if message_type(msg) == EVENT_PACKET_TYPE:
+        if message.type == EVENT_PACKET_TYPE:
             try:
                 stamp = self._event_stream(sensor).add(msg) / 1e9
             except EventDecodeError as exc:
                 self._problem(sensor, "input", str(exc), now)
                 return []
         try:
-            return self._with_event_windows(self.sync.add(sensor, stamp, msg, received=now))
+            return self._cut_event_windows(self.sync.add(sensor, stamp, message, received=now))
         except StampError as exc:
             self._problem(sensor, "stamp", str(exc), now)
             return []
+
+    def tick(self, now: float | None = None) -> list[Frame]:
+        """Frames that waited long enough on the arrival clock (call periodically when live)."""
+        return self._cut_event_windows(self.sync.tick(self.clock() if now is None else now))
+
+    def drain(self) -> list[Frame]:
+        """Every waiting frame (end of a bag)."""
+        return self._cut_event_windows(self.sync.drain())
+
+    def set_camera_info(self, msg: Any) -> None:
+        """Take the newest CameraInfo (one whose K cannot be used is logged, saying what is wrong with it)."""
+        try:
+            self.decoder.set_camera_info(msg)
+        except InputError as exc:
+            self.problems.warn(("camera_info", "k"), f"{self.config.camera_info_topic}: CameraInfo not used: {exc}",
+                               self.clock())
+
+    def set_transform_lookup(self, lookup: TransformLookup) -> None:
+        """Take camera <- LiDAR from `lookup` (the node's tf2_ros buffer) instead of the pipeline's own tree."""
+        self.decoder.transforms = lookup
+
+    def add_transforms(self, msg: Any) -> None:
+        """Take a tf2_msgs/TFMessage of static transforms (camera <- LiDAR for point clouds) into the pipeline's
+        own tree; an unusable transform is logged and skipped (ignored under `set_transform_lookup`)."""
+        tree = self.decoder.transforms
+        if not isinstance(tree, TransformTree):
+            return
+        try:
+            tree.add_message(msg)
+        except ValueError as exc:
+            self.problems.warn(("tf_static", "transform"), f"/tf_static: {exc}", self.clock())
+
+    def frame_replaced(self) -> None:
+        """Record that a waiting frame was replaced by a newer one while inference was busy."""
+        self.health.replaced()
+
+    def diagnostics(self, now: float) -> list[DiagnosticEntry]:
+        """Health of every sensor and of inference at `now` (the clock of `add`)."""
+        return self.health.entries(now)
 
     def _event_stream(self, sensor: str) -> EventStream:
         stream = self.event_streams.get(sensor)
@@ -136,76 +212,39 @@ class SegmentationPipeline:
             self.sync.never_drives(sensor)  # packets come at no frame rate: they are matched to frames only
         return stream
 
-    def _with_event_windows(self, frames: list[SyncedFrame]) -> list[SyncedFrame]:
-        """Each frame's EventPackets replaced by the events of its window (taken now: later packets move on)."""
+    def _cut_event_windows(self, frames: list[Frame]) -> list[Frame]:
+        """Each frame's matched EventPackets give way to the events of its window (cut now: later packets move
+        on), in `frame.events`. Event sensors never drive, so the window ends at the driving message's stamp."""
         for frame in frames:
             for sensor, stream in self.event_streams.items():
-                msg = frame.messages.get(sensor)
-                if msg is None or message_type(msg) != EVENT_PACKET_TYPE:
+                message = frame.messages.get(sensor)
+                if message is None or message.type != EVENT_PACKET_TYPE:
                     continue
-                driver = frame.messages[frame.driver]
-                end_ns = round(frame.stamp * 1e9) if frame.driver == sensor else stamp_to_ns(driver.header.stamp)
-                frame.messages[sensor] = stream.window(end_ns)
+                del frame.messages[sensor]
+                frame.events[sensor] = stream.window(stamp_to_ns(frame.messages[frame.driver].msg.header.stamp))
         return frames
 
-    def set_camera_info(self, msg: Any) -> None:
-        """Take the newest CameraInfo (ignored, with a log, when its K is unusable)."""
-        try:
-            self.decoder.set_camera_info(msg)
-        except InputError as exc:
-            self.problems.warn(("camera_info", "k"), f"{self.config.camera_info_topic}: {exc}", self.clock())
-
-    def add_transforms(self, msg: Any) -> None:
-        """Take a tf2_msgs/TFMessage of static transforms (camera <- LiDAR for point clouds); an unusable
-        transform is logged and skipped."""
-        tree = self.decoder.transforms
-        if not isinstance(tree, TransformTree):  # tf2_ros's buffer (the node) takes the transforms itself
-            return
-        try:
-            tree.add_message(msg)
-        except ValueError as exc:
-            self.problems.warn(("tf_static", "transform"), f"/tf_static: {exc}", self.clock())
-
-    def tick(self, now: float | None = None) -> list[SyncedFrame]:
-        """Frames that waited long enough on the arrival clock (call periodically when live)."""
-        return self._with_event_windows(self.sync.tick(self.clock() if now is None else now))
-
-    def drain(self) -> list[SyncedFrame]:
-        """Every waiting frame (end of a bag)."""
-        return self._with_event_windows(self.sync.drain())
-
-    def process(self, frame: SyncedFrame, now: float | None = None) -> FrameResult:
-        """Decode the frame's messages, run the model on the present modalities, record health."""
+    # ------------------------------------------------------------------------------------------- inference
+    def process(self, frame: Frame, now: float | None = None, confidence: bool | None = None) -> FrameResult:
+        """Decode the frame's inputs, run the model on the present modalities, record health. `confidence`:
+        whether to compute the confidence output (None: `outputs.confidence`; the node passes whether anybody
+        subscribes to it)."""
         now = self.clock() if now is None else now
-        size = self.decoder.reference_size()
         status: dict[str, str] = dict(frame.status)
-        images, errors = {}, {}
-        # the driver first: without camera_info or camera.image_size its decoded size is what the others must match
-        for sensor in (frame.driver, *(m for m in self.config.modalities if m != frame.driver)):
-            msg = frame.messages.get(sensor)
-            if msg is None:
-                continue
-            try:
-                images[sensor] = self.decoder.decode(sensor, msg, size)
-                size = size or tuple(images[sensor].shape[:2])
-            except InputError as exc:
-                status[sensor], errors[sensor] = "invalid", str(exc)
-                self._problem(sensor, "input", str(exc), now)
-            except Exception as exc:  # e.g. the HHA encoding on a GPU out of memory: that sensor only, logged
-                status[sensor], errors[sensor] = "invalid", f"decoding failed: {type(exc).__name__}: {exc}"
-                self._problem(sensor, "decode", errors[sensor], now)
-                self.problems.logger.debug("decoding %s failed on frame %.3f", sensor, frame.stamp, exc_info=True)
-        images = {m: images[m] for m in self.config.modalities if m in images}  # the configured order
+        errors: dict[str, str] = {}
+        size, images = self._decode(frame, status, errors, now)
         self.health.frame(status, frame.driver)
-        result = FrameResult(stamp=frame.stamp, header=frame.messages[frame.driver].header, driver=frame.driver,
+        result = FrameResult(stamp=frame.stamp, header=frame.messages[frame.driver].msg.header, driver=frame.driver,
                              status=status, used=tuple(images), errors=errors)
-        if not images:
+        if size is None or not images:
             result.errors["inference"] = "no usable input in this frame"
             self.health.inference(None, error=result.errors["inference"])
             return result
         start = time.perf_counter()
         try:
-            prediction = self.segmenter.predict(images, confidence=self.config.outputs.confidence)
+            prediction = self.segmenter.predict(
+                images, confidence=self.config.outputs.confidence if confidence is None else confidence,
+                size=size.sensor)
         except Exception as exc:  # a model failure must not take the node down; it is reported and logged
             result.errors["inference"] = f"{type(exc).__name__}: {exc}"
             self.health.inference(None, error=result.errors["inference"])
@@ -213,26 +252,92 @@ class SegmentationPipeline:
             return result
         result.latency = time.perf_counter() - start
         result.labels = prediction.labels
-        if prediction.confidence is not None:
-            result.confidence = np.asarray(prediction.confidence, dtype=np.float32)
-        result.routing = {level: {m: float(w) for m, w in weights.items()}
-                          for level, weights in prediction.routing.items()}
+        result.confidence = prediction.confidence
+        result.routing = prediction.routing
         self.health.inference(result.latency)
         return result
 
-    def routing_matrix(self, result: FrameResult) -> tuple[np.ndarray, tuple[str, ...]]:
-        """Routing weights as a [levels, modalities] array (configured modality order, absent = 0) and the
-        level names."""
-        levels = tuple(result.routing)
-        matrix = np.zeros((len(levels), len(self.config.modalities)), dtype=np.float32)
-        for i, level in enumerate(levels):
-            for j, modality in enumerate(self.config.modalities):
-                matrix[i, j] = result.routing[level].get(modality, 0.0)
-        return matrix, levels
+    def _decode(self, frame: Frame, status: dict[str, str], errors: dict[str, str],
+                now: float) -> tuple[FrameSize | None, dict[str, ModelImage]]:
+        """The frame's size and each usable input decoded at it (configured order); each unusable one is marked
+        invalid in `status` with its problem in `errors`. The driver is read first: its image sets the size."""
+        order = (frame.driver, *(m for m in self.config.modalities if m != frame.driver))
+        raws: dict[str, RawImage] = {}
+        for sensor in order:
+            message = frame.messages.get(sensor)
+            if message is not None and message.is_image:
+                raw = self._attempt(sensor, partial(self.decoder.read, sensor, message), status, errors, frame, now)
+                if raw is not None:
+                    raws[sensor] = raw
+        first = next(iter(raws), None)
+        source = (f"the driving {first} image" if first == frame.driver
+                  else f"the {first} image (the driving {frame.driver} unreadable)")
+        size: FrameSize | None = None
+        try:
+            size = self.decoder.frame_size(raws[first].size if first else None, source)
+        except InputError as exc:
+            for sensor in order:  # nothing without a size: every input that is still there says why
+                if sensor in frame.messages or sensor in frame.events:
+                    status[sensor], errors[sensor] = "invalid", str(exc)
+                    self._problem(sensor, "input", str(exc), now)
+            return None, {}
+        images: dict[str, ModelImage] = {}
+        for sensor in order:
+            decode = self._decoding(sensor, frame, raws, size)
+            image = None if decode is None else self._attempt(sensor, decode, status, errors, frame, now)
+            if image is not None:
+                images[sensor] = image
+        return size, {m: images[m] for m in self.config.modalities if m in images}
+
+    def _decoding(self, sensor: str, frame: Frame, raws: dict[str, RawImage],
+                  size: FrameSize) -> Callable[[], ModelImage] | None:
+        """How `sensor`'s input of `frame` becomes its model image at `size` (None: it has none to decode); tells
+        what its size costs on its first frame at that size."""
+        if sensor in raws:
+            self._tell_size(sensor, raws[sensor].size, size, "resized on input")
+            return partial(self.decoder.decode_image, sensor, raws[sensor], size)
+        if sensor in frame.events:
+            window = frame.events[sensor]
+            self._tell_size(sensor, window.sensor_size, size, "events rendered, then resized")
+            return partial(self.decoder.render_events, sensor, window, size)
+        message = frame.messages.get(sensor)
+        if message is not None and message.type == POINTCLOUD_TYPE:
+            return partial(self.decoder.project_cloud, message, size)
+        return None
+
+    def _attempt(self, sensor: str, step: Callable[[], T], status: dict[str, str], errors: dict[str, str],
+                 frame: Frame, now: float) -> T | None:
+        """One sensor's decoding step; a failure makes that sensor invalid for the frame, logged (None)."""
+        try:
+            return step()
+        except InputError as exc:
+            status[sensor], errors[sensor] = "invalid", str(exc)
+            self._problem(sensor, "input", str(exc), now)
+        except Exception as exc:  # e.g. the HHA encoding on a GPU out of memory: that sensor only, logged
+            status[sensor], errors[sensor] = "invalid", f"decoding failed: {type(exc).__name__}: {exc}"
+            self._problem(sensor, "decode", errors[sensor], now)
+            self.problems.logger.debug("decoding %s failed on frame %.3f", sensor, frame.stamp, exc_info=True)
+        return None
+
+    def _tell_size(self, sensor: str, own: tuple[int, int], size: FrameSize, resized: str) -> None:
+        """Log, once per sensor and size, what that size costs: resized to the model's size on input (labels
+        upsampled), or at the sensors' size (the model's device resizes; labels from the logits)."""
+        key = (sensor, own, size.work)
+        if key in self._sizes_told:
+            return
+        self._sizes_told.add(key)
+        model = f"{self.decoder.model_size[1]}x{self.decoder.model_size[0]}"
+        if size.resized:
+            how = (f"{resized} to the model's size (more pixels than the model's input: per-pixel work at "
+                   f"{model}, labels upsampled to {size.sensor[1]}x{size.sensor[0]}, nearest)")
+        else:
+            how = (f"decoded at {size.work[1]}x{size.work[0]}, resized on the model's device; labels from the "
+                   f"logits at {size.sensor[1]}x{size.sensor[0]}")
+        self.problems.logger.info("%s %dx%d -> model %s: %s", sensor, own[1], own[0], model, how)
 
     def _problem(self, sensor: str, kind: str, problem: str, now: float) -> None:
         self.health.error(sensor, problem, now)
         self.problems.warn((sensor, kind), f"{self.topics[sensor]} ({sensor}): {problem}; {sensor} absent", now)
 
 
-__all__ = ["FrameResult", "SegmentationPipeline", "load_segmenter", "class_table_for"]
+__all__ = ["Frame", "FrameResult", "SegmentationPipeline", "load_segmenter", "class_table_for"]

@@ -124,14 +124,15 @@ class Replay:
         record = self.frame_record(result, stamp_ns)
         self.frames_file.write(json.dumps(record) + "\n")
         if self.next_diagnostics is None or frame.stamp >= self.next_diagnostics:
-            entries = self.pipeline.health.entries(frame.stamp)
+            entries = self.pipeline.diagnostics(frame.stamp)
             self.writer.write(DIAGNOSTICS_TOPIC, stamp_ns, self.kit.diagnostic_array(entries, result.header))
             self.next_diagnostics = frame.stamp + self.config.diagnostics_period
 
     def frame_record(self, result: FrameResult, stamp_ns: int) -> dict:
         """The frames.jsonl line of one result (ground truth scored when it exists for the stamp)."""
         record = {"stamp": result.stamp, "stamp_ns": stamp_ns, "driver": result.driver, "status": result.status,
-                  "used": list(result.used), "routing": result.routing,
+                  "used": list(result.used),
+                  "routing": result.routing.as_dict() if result.routing is not None else {},
                   "latency_ms": None if result.latency is None else round(result.latency * 1000, 3),
                   "errors": result.errors}
         label = self.ground_truth.pop(stamp_ns, None)

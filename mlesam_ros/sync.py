@@ -32,13 +32,15 @@ import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from mlesam_core.config_io import check
+from mlesam_ros.events import EventWindow
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["ok", "stale", "missing"]
+M = TypeVar("M")  # what the synchroniser is given per message (the pipeline: a `SensorMessage`)
 
 
 @dataclass
@@ -62,14 +64,16 @@ class StampError(ValueError):
 
 
 @dataclass
-class SyncedFrame:
-    """One synchronised frame: the driving message plus, per other sensor, the message matched to it."""
+class SyncedFrame(Generic[M]):
+    """One synchronised frame: the driving message plus, per other sensor, the message matched to it; for an
+    event sensor, the events of the frame's window (cut when the frame is emitted: later packets move on)."""
 
     stamp: float  # header stamp of the driving message, seconds
     driver: str
-    messages: dict[str, Any]  # sensor -> message to use (sensors without one are absent)
+    messages: dict[str, M]  # sensor -> message to use (sensors without one are absent)
     status: dict[str, Status]  # every sensor
     offsets: dict[str, float]  # sensor -> stamp of the matched message - frame stamp (ok and stale only)
+    events: dict[str, EventWindow] = field(default_factory=dict)  # event sensor -> its window's events
 
 
 @dataclass
@@ -86,7 +90,7 @@ class _Waiting:
     received: float
 
 
-class ApproximateSync:
+class ApproximateSync(Generic[M]):
     """Primary-driven synchroniser: `add` messages with their header stamps, get `SyncedFrame`s back."""
 
     def __init__(self, sensors: Sequence[str], timing: Mapping[str, SensorTiming], primary_timeout: float = 0.3,
@@ -134,7 +138,7 @@ class ApproximateSync:
         self._last_emitted: float | None = None
         self._last_driver: str | None = None
 
-    def add(self, sensor: str, stamp: float, message: Any, received: float | None = None) -> list[SyncedFrame]:
+    def add(self, sensor: str, stamp: float, message: M, received: float | None = None) -> list[SyncedFrame[M]]:
         """Take one message (header stamp in seconds); return the frames that became complete.
 
         `received` is the caller's clock at arrival (for `tick`); it defaults to the stamp. Raises
@@ -145,7 +149,7 @@ class ApproximateSync:
         if sensor not in self.timing:
             raise ValueError(f"unknown sensor {sensor!r} (configured: {', '.join(self.sensors)})")
         received = stamp if received is None else received
-        frames: list[SyncedFrame] = []
+        frames: list[SyncedFrame[M]] = []
         timing = self.timing[sensor]
         latest = self._latest[sensor]
         if latest is not None and latest - stamp > timing.stale_after:
@@ -175,11 +179,11 @@ class ApproximateSync:
             bisect.insort(self._waiting, _Waiting(stamp, sensor, message, received), key=lambda w: w.stamp)
         return frames + self._emit()
 
-    def tick(self, received_now: float) -> list[SyncedFrame]:
+    def tick(self, received_now: float) -> list[SyncedFrame[M]]:
         """Emit frames that have waited the longest `max_delay` on the caller's clock (for silent sensors)."""
         return self._emit(received_now=received_now)
 
-    def drain(self) -> list[SyncedFrame]:
+    def drain(self) -> list[SyncedFrame[M]]:
         """Emit every waiting frame with what is present (end of input)."""
         return self._emit(force_all=True)
 
@@ -245,7 +249,7 @@ class ApproximateSync:
             return False
         return True
 
-    def _emit(self, received_now: float | None = None, force_all: bool = False) -> list[SyncedFrame]:
+    def _emit(self, received_now: float | None = None, force_all: bool = False) -> list[SyncedFrame[M]]:
         frames = []
         while self._waiting:
             head = self._waiting[0]
@@ -259,7 +263,7 @@ class ApproximateSync:
             self._last_driver = head.driver
         return frames
 
-    def _match(self, waiting: _Waiting) -> SyncedFrame:
+    def _match(self, waiting: _Waiting) -> SyncedFrame[M]:
         t = waiting.stamp
         messages = {waiting.driver: waiting.message}
         status: dict[str, Status] = {}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Event-frame value per event in the frames a model was trained on, by its data set (the model config's `classes`):
-# the procedural generator renders DELIVER-format event frames at 32 per event (8 events saturate the 8-bit
-# frame); MUSES' SDK renders plain counts. Rendering events for a trained model (the ROS node, the replay) takes
-# the scale from here, never from a second setting that could disagree with the training data.
+# Event-frame value per event in each data set's event frames: the procedural generator renders DELIVER-format
+# event frames at 32 per event (8 events saturate the 8-bit frame); MUSES' SDK renders plain counts. What a data
+# set's frames are made of (the generator, converting frames back to events); the ROS pipeline renders at its
+# explicit `events.count_scale` parameter, that of the data the model was trained on.
 EVENT_COUNT_SCALES = {"deliver": 32.0, "muses": 1.0}
 
 

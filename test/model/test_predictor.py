@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fixtures.model import tiny_config
 
 from mlesam_core import Prediction, Segmenter
@@ -29,9 +30,12 @@ def test_predict_any_subset_and_size_returns_input_sized_labels_and_confidence(t
         assert pred.labels.shape == (50, 70) and pred.labels.dtype == np.uint8
         assert pred.confidence.shape == (50, 70) and pred.confidence.dtype == np.float32
         assert (pred.labels < 25).all() and ((pred.confidence > 0) & (pred.confidence <= 1)).all()
-        for level, weights in pred.routing.items():
-            assert list(weights) == ["rgb", "depth", "event", "lidar"]
-            assert all(weights[m] == 0.0 for m in weights if m not in subset), level
+        routing = pred.routing
+        assert routing.modalities == ("rgb", "depth", "event", "lidar") and routing.levels == ("ffp", "ifp", "sfm")
+        assert routing.weights.shape == (3, 4) and routing.weights.dtype == np.float32
+        absent = [i for i, m in enumerate(routing.modalities) if m not in subset]
+        assert (routing.weights[:, absent] == 0.0).all()
+        assert routing.as_dict()["sfm"]["rgb"] == routing.weights[2, 0]
     big = tiny_segmenter.predict({"rgb": _inputs(h=240, w=320)["rgb"]})
     assert big.labels.shape == (240, 320)
 
@@ -42,7 +46,7 @@ def test_predict_without_confidence_gives_the_same_labels_and_routing(tiny_segme
     lean = tiny_segmenter.predict(inputs, confidence=False)
     assert lean.confidence is None
     np.testing.assert_array_equal(lean.labels, full.labels)
-    assert lean.routing == full.routing
+    np.testing.assert_array_equal(lean.routing.weights, full.routing.weights)
 
 
 def test_tensor_inputs_give_the_prediction_of_the_same_arrays(tiny_segmenter):
@@ -51,7 +55,7 @@ def test_tensor_inputs_give_the_prediction_of_the_same_arrays(tiny_segmenter):
     expected, got = tiny_segmenter.predict(arrays), tiny_segmenter.predict(tensors)
     np.testing.assert_array_equal(got.labels, expected.labels)
     np.testing.assert_array_equal(got.confidence, expected.confidence)
-    assert got.routing == expected.routing
+    np.testing.assert_array_equal(got.routing.weights, expected.routing.weights)
     mixed = tiny_segmenter.predict({"rgb": tensors["rgb"], "lidar": arrays["lidar"]})
     np.testing.assert_array_equal(mixed.labels, tiny_segmenter.predict({k: arrays[k] for k in ("rgb", "lidar")}).labels)
 
@@ -75,6 +79,48 @@ def test_prediction_matches_the_model_on_preprocessed_inputs(tiny_segmenter):
     with torch.no_grad():
         logits = tiny_segmenter.model(images, present).logits
     np.testing.assert_array_equal(pred.labels, logits.argmax(1)[0].numpy().astype(np.uint8))
+
+
+def test_at_the_model_size_labels_and_logits_are_those_of_the_previous_two_resize_path(tiny_segmenter):
+    """Demo-like frames (sensor size = model size, every sensor): the old path took the model's logits at the
+    model size and resized them again to the sensor size; the model now resizes once, straight to it."""
+    inputs = _inputs(*tiny_segmenter.size, seed=5)
+    prediction = tiny_segmenter.predict(inputs)
+    images, present, size = tiny_segmenter.preprocess(inputs)
+    with torch.inference_mode():
+        at_model_size = tiny_segmenter.model(images, present).logits
+        previous = F.interpolate(at_model_size, size=size, mode="bilinear", align_corners=False)
+        logits = tiny_segmenter.run_model(tiny_segmenter.stage(inputs), size).logits
+    torch.testing.assert_close(logits, previous, rtol=1e-5, atol=1e-6)
+    probability, labels = torch.softmax(previous, dim=1).max(dim=1)
+    np.testing.assert_array_equal(prediction.labels, labels[0].numpy().astype(np.uint8))
+    np.testing.assert_allclose(prediction.confidence, probability[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_labels_come_from_the_logits_resized_once_to_the_size_asked_for(tiny_segmenter):
+    inputs = _inputs(48, 64, seed=6)
+    images, present, _ = tiny_segmenter.preprocess(inputs)
+    with torch.inference_mode():
+        logits = tiny_segmenter.model(images, present, output_size=(30, 40)).logits
+    prediction = tiny_segmenter.predict(inputs, size=(30, 40))
+    assert prediction.labels.shape == prediction.confidence.shape == (30, 40)
+    np.testing.assert_array_equal(prediction.labels, logits.argmax(1)[0].numpy().astype(np.uint8))
+
+
+def test_a_size_beyond_the_models_input_gets_model_size_labels_upsampled_nearest(tiny_segmenter):
+    model_size = tiny_segmenter.size
+    inputs = _inputs(*model_size, seed=7)
+    at_model = tiny_segmenter.predict(inputs)
+    big = (3 * model_size[0], 4 * model_size[1])
+    upsampled = tiny_segmenter.predict(inputs, size=big)
+    assert upsampled.labels.shape == upsampled.confidence.shape == big
+    # every output pixel is a copy of the model-size pixel it lies in (nearest): no logits of 12x the pixels
+    rows, cols = np.arange(big[0]) * model_size[0] // big[0], np.arange(big[1]) * model_size[1] // big[1]
+    np.testing.assert_array_equal(upsampled.labels, at_model.labels[np.ix_(rows, cols)])
+    np.testing.assert_array_equal(upsampled.confidence, at_model.confidence[np.ix_(rows, cols)])
+    lean = tiny_segmenter.predict(inputs, size=big, confidence=False)
+    assert lean.confidence is None
+    np.testing.assert_array_equal(lean.labels, upsampled.labels)
 
 
 @pytest.mark.parametrize("inputs, message", [

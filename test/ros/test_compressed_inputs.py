@@ -50,19 +50,21 @@ def publisher_compressed_depth_32f(depth, depth_max=10.0, depth_quantization=100
     return "32FC1; compressedDepth png", struct.pack("<iff", 0, quant_a, quant_b) + png.tobytes(), inverse
 
 
-def decoder(*overrides):
-    from mlesam_ros.model_inputs import InputDecoder
+def decode(sensor, msg, size):
+    """`msg` decoded as the pipeline decodes `sensor` in a frame of `size` (tiny model: nothing is resized)."""
+    from mlesam_ros.model_inputs import InputDecoder, SensorMessage
 
-    config = load_segment_config(None, ["model.config=config/model/mlesam_tiny.yaml", "depth.encoding=depth",
-                                        *overrides])
-    return InputDecoder(config)
+    config = load_segment_config(None, ["model.config=config/model/mlesam_tiny.yaml", "depth.encoding=depth"])
+    decoder = InputDecoder(config, model_size=(128, 128))
+    frame = decoder.frame_size(size, "the test's size")
+    return decoder.decode_image(sensor, decoder.read(sensor, SensorMessage.of(msg)), frame)
 
 
 @pytest.mark.parametrize("codec", ["png", "jpeg"])
 def test_rgb8_sent_as_compressed_bgr8_decodes_to_the_original_rgb(codec, rosbags_kit, rclpy_kit):
     image = smooth_rgb()
     for kit in (rosbags_kit, rclpy_kit):
-        decoded = decoder().decode("rgb", published(kit, *publisher_compressed(image, codec)), (H, W))
+        decoded = decode("rgb", published(kit, *publisher_compressed(image, codec)), (H, W))
         if codec == "png":
             np.testing.assert_array_equal(decoded, image)
         else:  # lossy, but the channel order must be right: every channel within a few levels
@@ -73,20 +75,20 @@ def test_rgb8_sent_as_compressed_bgr8_decodes_to_the_original_rgb(codec, rosbags
 def test_bgr8_rgb16_mono8_and_old_style_formats_keep_their_colour_order(rosbags_kit):
     image = smooth_rgb(1)
     bgr_fmt, bgr_data = publisher_compressed(image[:, :, ::-1].copy(), "png", encoding="bgr8")
-    np.testing.assert_array_equal(decoder().decode("rgb", published(rosbags_kit, bgr_fmt, bgr_data), (H, W)), image)
+    np.testing.assert_array_equal(decode("rgb", published(rosbags_kit, bgr_fmt, bgr_data), (H, W)), image)
 
     wide = image.astype(np.uint16) * 257
     fmt, data = publisher_compressed(wide, "png", encoding="rgb16")
     assert fmt == "rgb16; png compressed bgr16"
-    np.testing.assert_array_equal(decoder().decode("rgb", published(rosbags_kit, fmt, data), (H, W)), image)
+    np.testing.assert_array_equal(decode("rgb", published(rosbags_kit, fmt, data), (H, W)), image)
 
     grey = image[:, :, 0].copy()
     ok, png = cv2.imencode(".png", grey)
-    decoded = decoder().decode("rgb", published(rosbags_kit, "mono8; png compressed ", png.tobytes()), (H, W))
+    decoded = decode("rgb", published(rosbags_kit, "mono8; png compressed ", png.tobytes()), (H, W))
     np.testing.assert_array_equal(decoded, np.repeat(grey[:, :, None], 3, axis=2))
 
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]))  # a driver's own JPEG: "jpeg"
-    decoded = decoder().decode("rgb", published(rosbags_kit, "jpeg", jpeg.tobytes()), (H, W))
+    decoded = decode("rgb", published(rosbags_kit, "jpeg", jpeg.tobytes()), (H, W))
     assert np.abs(decoded.astype(int) - image).max() <= 12
 
 
@@ -150,10 +152,9 @@ def test_a_compressed_depth_header_that_lies_is_refused(rosbags_kit):
     with pytest.raises(ImageConversionError, match=r"depthParam \(nan, 0.0\)"):
         compressed_to_array(published(rosbags_kit, "32FC1; compressedDepth png",
                                       struct.pack("<iff", 0, float("nan"), 0.0) + png16.tobytes()))
-    wrong_size = decoder()
-    with pytest.raises(InputError, match="does not match the expected"):
-        wrong_size.decode("depth", published(rosbags_kit, "16UC1; compressedDepth png",
-                                             struct.pack("<iff", 0, 0, 0) + png16.tobytes()), (H + 1, W))
+    with pytest.raises(InputError, match=f"size {W}x{H} differs from the frame's {W}x{H + 1}"):
+        decode("depth", published(rosbags_kit, "16UC1; compressedDepth png",
+                                  struct.pack("<iff", 0, 0, 0) + png16.tobytes()), (H + 1, W))
 
 
 def test_format_strings_parse_as_the_subscribers_read_them():

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+from mlesam_core.data.base import resize_to
 from mlesam_core.sensors import event_count_scale, render_event_frame
 from mlesam_ros.events import (
     REANCHOR_NS,
@@ -160,7 +161,7 @@ def test_each_camera_frame_gets_the_events_of_its_window_late_packets_included(t
                                         "modalities=[rgb,event]", "sensors.event.max_delay=0.02",
                                         "sensors.event.type=event_camera_msgs/msg/EventPacket"])
     pipeline = SegmentationPipeline(config, tiny_segmenter, clock=lambda: 0.0)
-    assert pipeline.decoder.event_count_scale == event_count_scale("deliver") == 32.0
+    assert pipeline.decoder.event_count_scale == config.events.count_scale == event_count_scale("deliver") == 32.0
     events = synthetic_events(0, 400_000, rate_per_s=100_000, seed=6)
     packets, _ = evt3_packets(rosbags_kit, events, slice_us=2000)
     size = (2 * SENSOR[0], 2 * SENSOR[1])  # the camera has twice the event sensor's resolution
@@ -177,10 +178,15 @@ def test_each_camera_frame_gets_the_events_of_its_window_late_packets_included(t
     for frame, (stamp, _) in zip(frames, camera, strict=True):
         x, y, p = expected_window(events, stamp, 30_000_000, BASE_NS)
         assert x.size > 1000
-        expected = render_event_frame(x, y, p, SENSOR, 32.0).repeat(2, axis=0).repeat(2, axis=1)[:, :, :2]
         result = pipeline.process(frame)
         assert result.used == ("rgb", "event") and result.labels.shape == size
-        np.testing.assert_array_equal(pipeline.decoder.decode("event", frame.messages["event"], size), expected)
+        assert "event" not in frame.messages  # the packets gave way to the frame's window
+        # the camera's 120x160 has more pixels than the tiny model's input: the frame is decoded at the model's size
+        work = pipeline.decoder.frame_size(size, "the camera").work
+        assert work == tiny_segmenter.size
+        expected = resize_to(render_event_frame(x, y, p, SENSOR, 32.0), work, "event")[:, :, :2]
+        np.testing.assert_array_equal(pipeline.decoder.render_events("event", frame.events["event"],
+                                                                     pipeline.decoder.frame_size(size, "")), expected)
     bad = rosbags_kit.event_packet("evt3", b"\x00\x80\x01", SENSOR, rosbags_kit.header(BASE_NS + 5 * 10**8, "e"))
     assert pipeline.add("event", bad, received=0.5) == []
     assert "/event/image_raw (event): evt3 packet of 3 bytes is cut mid-word" in caplog.text

@@ -90,12 +90,12 @@ def test_dropped_depth_keeps_segmenting_with_the_other_sensors(tiny_segmenter, r
     results = run(pipeline, rig, duration=1.0, silent=("depth",))
     assert len(results) == 10 and all(r.labels is not None for r in results)
     assert all(r.used == ("rgb", "event", "lidar") and r.status["depth"] == "missing" for r in results)
-    assert all(r.routing[level]["depth"] == 0.0 for r in results for level in r.routing)
+    assert all((r.routing.weights[:, r.routing.modalities.index("depth")] == 0.0).all() for r in results)
     level, message = pipeline.health.sensor_level("depth", 101.0)
     assert level == ERROR and message == "no message received"
 
 
-def test_only_present_modalities_reach_the_model(tiny_segmenter, rig):
+def test_only_present_modalities_reach_the_model(tiny_segmenter, rig, decode_message):
     pipeline = make_pipeline(tiny_segmenter)
     pipeline.set_camera_info(rig.camera_info())
     frames = [f for s in ("rgb", "depth", "event") for f in pipeline.add(s, rig.message(s, 1.0), received=1.0)]
@@ -103,10 +103,10 @@ def test_only_present_modalities_reach_the_model(tiny_segmenter, rig):
     [frame] = frames
     result = pipeline.process(frame)
     assert result.used == ("rgb", "depth", "event") and result.status["lidar"] == "missing"
-    expected = tiny_segmenter.predict({s: pipeline.decoder.decode(s, frame.messages[s], (H, W))
+    expected = tiny_segmenter.predict({s: decode_message(pipeline.decoder, s, frame.messages[s].msg, (H, W))
                                        for s in result.used})
     np.testing.assert_array_equal(result.labels, expected.labels)
-    assert all(weights["lidar"] == 0.0 for weights in result.routing.values())
+    assert (result.routing.weights[:, result.routing.modalities.index("lidar")] == 0.0).all()
 
 
 def _model_input(segmenter, modality, image):
@@ -125,13 +125,13 @@ def _model_input(segmenter, modality, image):
     ("rgb", np.full((H, W, 4), (1.5, 2.5, 3.5, 99.0), np.float32), "32FC4", (),
      np.full((H, W, 3), (1.5, 2.5, 3.5), np.float32)),
 ])
-def test_decoded_inputs_become_the_three_channel_model_input(tiny_segmenter, rig, modality, array, encoding,
-                                                              overrides, expected):
+def test_decoded_inputs_become_the_three_channel_model_input(tiny_segmenter, rig, decode_message, modality, array,
+                                                              encoding, overrides, expected):
     """The decoder leaves 1- and 2-channel images as they are (no host copy); what reaches the model is the
     3-channel mapping of the modality table."""
     pipeline = make_pipeline(tiny_segmenter, *overrides)
     pipeline.set_camera_info(rig.camera_info())
-    decoded = pipeline.decoder.decode(modality, rig.kit.image(array, encoding, rig.header(1.0)), (H, W))
+    decoded = decode_message(pipeline.decoder, modality, rig.kit.image(array, encoding, rig.header(1.0)), (H, W))
     assert decoded.shape[:2] == (H, W) and decoded.dtype == expected.dtype
     np.testing.assert_array_equal(_model_input(tiny_segmenter, modality, decoded),
                                   _model_input(tiny_segmenter, modality, expected))
@@ -139,7 +139,8 @@ def test_decoded_inputs_become_the_three_channel_model_input(tiny_segmenter, rig
 
 @pytest.mark.parametrize("bad, problem", [
     (lambda rig, t: rig.kit.image(np.zeros((H, W), np.uint8), "mono8", rig.header(t)), "2 or 3 channels"),
-    (lambda rig, t: rig.kit.image(np.zeros((H // 2, W, 2), np.uint8), "8UC2", rig.header(t)), "does not match"),
+    (lambda rig, t: rig.kit.image(np.zeros((H // 2, W, 2), np.uint8), "8UC2", rig.header(t)),
+     f"size {W}x{H // 2} differs from the frame's {W}x{H} (the driving rgb image)"),
     (lambda rig, t: rig.kit.image_from_fields(rig.header(t), height=H, width=W, encoding="8UC2", is_bigendian=0,
                                               step=2 * W, data=b"\x00" * 10), "data holds 10 bytes"),
 ])
@@ -184,7 +185,7 @@ def test_hha_depth_waits_for_intrinsics_and_depth_image_mode_does_not(tiny_segme
 
 
 def test_lidar_point_clouds_are_projected_and_empty_clouds_are_absent(tiny_segmenter, rig):
-    pipeline = make_pipeline(tiny_segmenter, "lidar.input=points")
+    pipeline = make_pipeline(tiny_segmenter, "sensors.lidar.type=sensor_msgs/msg/PointCloud2")
     n = 300
     points = np.zeros(n, dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32),
                                 ("intensity", np.float32)])
@@ -215,7 +216,7 @@ def test_silent_primary_hands_driving_to_depth(tiny_segmenter, rig):
     assert all(r.driver == "depth" and r.used == ("depth", "event", "lidar") for r in results)
 
 
-def test_model_compile_on_a_cpu_encodes_depth_with_the_compiled_hha(tiny_segmenter, rig):
+def test_model_compile_on_a_cpu_encodes_depth_with_the_compiled_hha(tiny_segmenter, rig, decode_message):
     from mlesam_core.sensors import CompiledHHA
 
     plain, compiled = make_pipeline(tiny_segmenter), make_pipeline(tiny_segmenter, "model.compile=true")
@@ -223,7 +224,7 @@ def test_model_compile_on_a_cpu_encodes_depth_with_the_compiled_hha(tiny_segment
     for pipeline in (plain, compiled):
         pipeline.set_camera_info(rig.camera_info())
     msg = rig.depth(1.0)
-    expected, got = plain.decoder.decode("depth", msg, (H, W)), compiled.decoder.decode("depth", msg, (H, W))
+    expected, got = (decode_message(pipeline.decoder, "depth", msg, (H, W)) for pipeline in (plain, compiled))
     assert np.abs(expected.astype(int) - got.astype(int)).max() <= 1
     assert compiled.decoder.hha._compiled is not None
 
@@ -233,11 +234,11 @@ def test_a_decoder_failure_costs_that_sensor_only(tiny_segmenter, rig, monkeypat
     depth_decoder = pipeline.decoder._decoders["depth"]
     calls = []
 
-    def fails_once(msg, size):
-        calls.append(msg)
+    def fails_once(array, encoding, frame):
+        calls.append(array)
         if len(calls) == 1:
             raise RuntimeError("CUDA out of memory")
-        return depth_decoder(msg, size)
+        return depth_decoder(array, encoding, frame)
 
     monkeypatch.setitem(pipeline.decoder._decoders, "depth", fails_once)
     with caplog.at_level(logging.WARNING):
@@ -251,7 +252,7 @@ def test_a_decoder_failure_costs_that_sensor_only(tiny_segmenter, rig, monkeypat
 def test_model_failure_is_reported_not_raised(tiny_segmenter, rig, monkeypatch, caplog):
     pipeline = make_pipeline(tiny_segmenter)
 
-    def broken(images, confidence=True):
+    def broken(images, confidence=True, size=None):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(pipeline.segmenter, "predict", broken)
@@ -259,7 +260,7 @@ def test_model_failure_is_reported_not_raised(tiny_segmenter, rig, monkeypatch, 
         results = run(pipeline, rig, duration=0.2)
     assert len(results) == 2 and all(r.labels is None for r in results)
     assert results[0].errors["inference"] == "RuntimeError: CUDA out of memory"
-    assert pipeline.health.entries(100.2)[-1].level == ERROR
+    assert pipeline.diagnostics(100.2)[-1].level == ERROR
 
 
 def test_outputs_carry_the_primary_header_palette_confidence_and_labelled_routing(tiny_segmenter, rig):
@@ -279,7 +280,8 @@ def test_outputs_carry_the_primary_header_palette_confidence_and_labelled_routin
     assert [d.size for d in routing.layout.dim] == [len(levels), 4]
     weights = routing.data.reshape(len(levels), 4)
     assert (weights[:, 2] == 0).all()  # event absent
-    assert weights[0, 0] == pytest.approx(result.routing[levels[0]]["rgb"])
+    np.testing.assert_array_equal(weights, result.routing.weights)
+    assert levels == list(result.routing.levels)
 
 
 def test_switched_off_outputs_are_not_built(tiny_segmenter, rig):
@@ -300,13 +302,13 @@ def test_confidence_is_not_computed_when_its_output_is_off(tiny_segmenter, rig):
 def test_health_reports_ok_sensors_and_the_inference_latency(tiny_segmenter, rig):
     pipeline = make_pipeline(tiny_segmenter)
     run(pipeline, rig, duration=1.0)
-    entries = {e.hardware_id: e for e in pipeline.health.entries(101.0)}
+    entries = {e.hardware_id: e for e in pipeline.diagnostics(101.0)}
     assert [entries[s].level for s in ("rgb", "depth", "event", "lidar")] == [OK] * 4
     assert float(entries["rgb"].values["rate_hz"]) == pytest.approx(10.0)
     assert entries["depth"].values["frames_ok"] == "10"
     assert entries["lidar"].values["messages_received"] == "10"  # against what was sent: drops on the way
     assert entries["inference"].level == OK and float(entries["inference"].values["latency_p50_ms"]) > 0
-    assert pipeline.health.entries(103.0)[0].level == ERROR  # 2 s later every sensor is silent
+    assert pipeline.diagnostics(103.0)[0].level == ERROR  # 2 s later every sensor is silent
 
 
 def test_modalities_the_model_lacks_are_refused(tiny_segmenter):

@@ -188,7 +188,8 @@ def write_muses_with_raw_sensors(root, frames=2, seed=0):
     return root
 
 
-def test_muses_raw_events_and_scans_become_packets_and_clouds_that_decode_to_the_loaders_images(tmp_path):
+def test_muses_raw_events_and_scans_become_packets_and_clouds_that_decode_to_the_loaders_images(tmp_path,
+                                                                                                 decode_message):
     from mlesam_core.data import MusesDataset
     from mlesam_ros.events import EventStream
     from mlesam_ros.model_inputs import InputDecoder
@@ -197,8 +198,9 @@ def test_muses_raw_events_and_scans_become_packets_and_clouds_that_decode_to_the
     bag = tmp_path / "muses_bag"
     convert("muses", root, "val", bag, as_recorded=True, codec="png")
     loader = MusesDataset(root, "val", ("frame", "event", "lidar"), from_raw=True)
-    config = load_segment_config(None, ["modalities=[frame,event,lidar]", "primary=frame"])
-    decoder = InputDecoder(config, event_count_scale=event_count_scale("muses"))
+    config = load_segment_config(None, ["modalities=[frame,event,lidar]", "primary=frame",
+                                        f"events.count_scale={event_count_scale('muses')}"])
+    decoder = InputDecoder(config, model_size=(1024, 1024))  # larger than the samples: nothing resized
     stream = EventStream(window=EVENT_WINDOW, retain=1.0)
     frames = {}
     for topic, _, msg in read_bag(bag):
@@ -214,11 +216,11 @@ def test_muses_raw_events_and_scans_become_packets_and_clouds_that_decode_to_the
     for index, (stamp, messages) in enumerate(sorted(frames.items())):
         sample = loader[index]
         size = sample["label"].shape
-        camera = decoder.decode("frame", messages[RECORDED_TOPICS["frame"]], size)
+        camera = decode_message(decoder, "frame", messages[RECORDED_TOPICS["frame"]], size)
         np.testing.assert_array_equal(camera, sample["images"]["frame"])
-        events = decoder.decode("event", stream.window(stamp), size)
+        events = decoder.render_events("event", stream.window(stamp), decoder.frame_size(size, "the sample"))
         assert events.sum() > 1000
         np.testing.assert_array_equal(events, sample["images"]["event"][:, :, :2])
-        lidar = decoder.decode("lidar", messages[RECORDED_TOPICS["lidar"]], size)
+        lidar = decode_message(decoder, "lidar", messages[RECORDED_TOPICS["lidar"]], size)
         assert (lidar[:, :, 0] > 0).sum() > 100
         np.testing.assert_array_equal(lidar, sample["images"]["lidar"])

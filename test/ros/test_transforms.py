@@ -94,7 +94,7 @@ def run_frame(pipeline, kit, lidar_msg, t=2.0):
     return [pipeline.process(f, now=t) for f in frames]
 
 
-def test_the_pipeline_projects_clouds_with_the_tf_static_chain(tiny_segmenter, rosbags_kit, caplog):
+def test_the_pipeline_projects_clouds_with_the_tf_static_chain(tiny_segmenter, rosbags_kit, caplog, decode_message):
     pipeline = lidar_pipeline(tiny_segmenter)
     pipeline.set_camera_info(rosbags_kit.camera_info(K, (H, W), rosbags_kit.header(0, "camera_optical_frame")))
     pipeline.add_transforms(rosbags_kit.tf_message(ROBOT_TF))
@@ -103,7 +103,7 @@ def test_the_pipeline_projects_clouds_with_the_tf_static_chain(tiny_segmenter, r
     expected = lidar_image_to_uint8(project_points(xyz, points["intensity"], OPTICAL_FROM_LIDAR, K, (H, W)))
     assert (expected[:, :, 0] > 0).sum() > 50
     with caplog.at_level(logging.INFO):
-        np.testing.assert_array_equal(pipeline.decoder.decode("lidar", msg, (H, W)), expected)
+        np.testing.assert_array_equal(decode_message(pipeline.decoder, "lidar", msg, (H, W)), expected)
     assert "LiDAR extrinsic from transforms (camera_optical_frame <- os_lidar)" in caplog.text
     [result] = run_frame(pipeline, rosbags_kit, msg)
     assert result.used == ("rgb", "lidar")
@@ -118,14 +118,15 @@ def test_a_cloud_whose_frame_has_no_transform_is_absent_and_logged(tiny_segmente
     assert "/ouster/points (lidar): no transform camera_optical_frame <- velodyne" in caplog.text
 
 
-def test_without_tf_static_the_parameter_is_used_and_the_log_says_so(tiny_segmenter, rosbags_kit, caplog):
+def test_without_tf_static_the_parameter_is_used_and_the_log_says_so(tiny_segmenter, rosbags_kit, caplog,
+                                                                     decode_message):
     pipeline = lidar_pipeline(tiny_segmenter)
     pipeline.set_camera_info(rosbags_kit.camera_info(K, (H, W), rosbags_kit.header(0, "camera_optical_frame")))
     msg, points = cloud(rosbags_kit, frame="lidar")
     points["x"] *= -1  # the parameter's LiDAR looks along +x
     msg, _ = rosbags_kit.pointcloud(points, msg.header), None
     with caplog.at_level(logging.INFO):
-        image = pipeline.decoder.decode("lidar", msg, (H, W))
+        image = decode_message(pipeline.decoder, "lidar", msg, (H, W))
     xyz = np.stack([points[a] for a in "xyz"], axis=1)
     expected = project_points(xyz, points["intensity"], np.asarray(LIDAR_TO_OPTICAL).reshape(4, 4), K, (H, W))
     np.testing.assert_array_equal(image, lidar_image_to_uint8(expected))
