@@ -9,27 +9,66 @@ A bag that cannot be read raises `BagError` naming the file and the problem: at 
 truncated storage), or part-way (damaged storage: everything before it has been yielded). Fewer messages than
 the storage's index lists (MCAP chunks skipped over damage) is damage too. A message that does not decode is
 skipped and reported (`damage`), the rest goes on.
+
+Writing survives a full disk: `BagWriter.checkpoint` makes what was written so far durable (sqlite3: a commit;
+rosbags otherwise keeps the whole bag in one transaction, and a failed write rolls all of it back; MCAP: the
+pending chunk written out and flushed). A write that fails raises `OutputWriteError` naming the file and the
+cause, and closing then drops what came after the last checkpoint and closes the bag properly, so that it reads
+back with every message up to there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
 
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import McapWriter, PendingChunk
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 logger = logging.getLogger(__name__)
 
 BAG_VERSION: Literal[8, 9] = 8
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+# what the storage layers raise when a file cannot be written: the OS (ENOSPC, EDQUOT, EIO, EFBIG) and sqlite3
+# ("database or disk is full")
+STORAGE_ERRORS = (OSError, sqlite3.Error)
 
 
 class BagError(ValueError):
     """A bag or one of its storage files cannot be read (further); the message names the file and the problem."""
+
+
+class OutputWriteError(RuntimeError):
+    """An output file cannot be written (further): a full disk, a quota, an I/O error. `path` is the file, `cause`
+    what the system said."""
+
+    def __init__(self, path: str | Path, error: BaseException) -> None:
+        """The failure to write `path`, raised by the storage layer as `error`."""
+        self.path = Path(path)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        self.cause = f"{reason} ({type(error).__name__})"
+        super().__init__(f"cannot write {self.path}: {self.cause}")
+
+
+@dataclass
+class _Checkpoint:
+    """What a BagWriter had written at its last checkpoint: rosbags' counters and, for MCAP, the file's state."""
+
+    connection_counts: dict[int, int]
+    topic_counts: dict[str, int]
+    min_timestamp: int
+    max_timestamp: int
+    mcap: tuple[int, int, dict[int, int], int, int] | None  # offset, chunks, channel counts, first and last time
 
 
 def typestore() -> Any:
@@ -44,7 +83,10 @@ def typestore() -> Any:
 
 
 class BagWriter:
-    """Writes messages to a new rosbag2 directory; connections are added on first use of a topic."""
+    """Writes messages to a new rosbag2 directory; connections are added on first use of a topic.
+
+    A failed write raises OutputWriteError; closing then keeps everything up to the last `checkpoint`.
+    """
 
     def __init__(self, path: str | Path, storage: str = "sqlite3", store: Any = None) -> None:
         """Create the bag at `path` (must not exist)."""
@@ -57,13 +99,26 @@ class BagWriter:
         self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+        self.failure: OutputWriteError | None = None
+        self._discard_pending = False
+        self._checkpoint: _Checkpoint | None = None
 
     def __enter__(self) -> BagWriter:
-        self._writer.open()
+        try:
+            self._writer.open()
+        except STORAGE_ERRORS as exc:
+            raise OutputWriteError(self.path, exc) from None
+        self.checkpoint()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._writer.close()
+        self.close()
+
+    @property
+    def storage_file(self) -> Path:
+        """The bag's storage file (.db3 or .mcap)."""
+        storage = self._writer.storage
+        return Path(storage.path) if storage is not None else self.path
 
     def set_custom_data(self, key: str, value: str) -> None:
         """Store a string in the bag metadata's custom_data."""
@@ -71,12 +126,90 @@ class BagWriter:
 
     def write(self, topic: str, stamp_ns: int, msg: Any) -> None:
         """Serialise `msg` (a typestore dataclass) on `topic` at log time `stamp_ns`."""
-        connection = self._connections.get(topic)
-        if connection is None:
-            connection = self._writer.add_connection(topic, msg.__msgtype__, typestore=self.store)
-            self._connections[topic] = connection
-        self._writer.write(connection, int(stamp_ns), self.store.serialize_cdr(msg, msg.__msgtype__))
+        if self.failure is not None:
+            raise self.failure
+        data = self.store.serialize_cdr(msg, msg.__msgtype__)
+        try:
+            connection = self._connections.get(topic)
+            if connection is None:
+                connection = self._writer.add_connection(topic, msg.__msgtype__, typestore=self.store)
+                self._connections[topic] = connection
+            self._writer.write(connection, int(stamp_ns), data)
+        except STORAGE_ERRORS as exc:
+            raise self._failed(exc) from None
         self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def checkpoint(self) -> None:
+        """Make everything written so far durable: a later failed write keeps it."""
+        if self.failure is not None:
+            raise self.failure
+        storage = self._storage()
+        try:
+            if isinstance(storage, Sqlite3Writer):
+                storage.conn.commit()
+            else:
+                if storage.chunk.bio.tell():
+                    storage.close_chunk()
+                storage.bio.flush()
+        except STORAGE_ERRORS as exc:
+            raise self._failed(exc) from None
+        writer = self._writer
+        mcap = None if isinstance(storage, Sqlite3Writer) else (
+            storage.bio.tell(), len(storage.chunks), dict(storage.channel_stats), storage.message_start_time,
+            storage.message_end_time)
+        self._checkpoint = _Checkpoint(dict(writer.counts), dict(self.counts), writer.min_timestamp,
+                                       writer.max_timestamp, mcap)
+
+    def discard_pending(self) -> None:
+        """Close without what was written after the last checkpoint (part of a frame another output failed on)."""
+        self._discard_pending = True
+
+    def close(self) -> None:
+        """Close the bag (metadata.yaml written); after a failed write, without what came after the last checkpoint.
+
+        Raises OutputWriteError when the bag cannot be closed even so; its storage file then still holds every
+        message up to the last checkpoint (readable directly, without metadata.yaml).
+        """
+        if self._writer.storage is None:
+            return
+        try:
+            if self.failure is not None or self._discard_pending:
+                self._roll_back()
+            self._writer.close()
+        except STORAGE_ERRORS as exc:
+            with suppress(Exception):  # only to release the file; the durable part is on disk already
+                self._writer.abort()
+            raise OutputWriteError(self.path, exc) from None
+
+    def _storage(self) -> Sqlite3Writer | McapWriter:
+        storage = self._writer.storage
+        assert isinstance(storage, (Sqlite3Writer, McapWriter)), "the bag is not open"
+        return storage
+
+    def _failed(self, error: BaseException) -> OutputWriteError:
+        self.failure = OutputWriteError(self.storage_file, error)
+        return self.failure
+
+    def _roll_back(self) -> None:
+        """Back to the last checkpoint: the storage file and the counters the metadata is written from."""
+        saved, writer, storage = self._checkpoint, self._writer, self._storage()
+        assert saved is not None  # taken when the bag was opened
+        if isinstance(storage, Sqlite3Writer):
+            storage.conn.rollback()
+        else:
+            assert saved.mcap is not None
+            offset, chunks, channel_counts, first, last = saved.mcap
+            with suppress(OSError):  # its buffer may still hold part of the failed chunk: cut off below
+                storage.bio.close()
+            os.truncate(storage.path, offset)
+            storage.bio = Path(storage.path).open("ab")  # noqa: SIM115 - the storage writer owns and closes it
+            del storage.chunks[chunks:]
+            storage.chunk = PendingChunk(2**63 - 1, 0, BytesIO(), defaultdict(list))
+            storage.channel_stats = {cid: channel_counts.get(cid, 0) for cid in storage.channel_stats}
+            storage.message_start_time, storage.message_end_time = first, last
+        writer.counts = {cid: saved.connection_counts.get(cid, 0) for cid in writer.counts}
+        writer.min_timestamp, writer.max_timestamp = saved.min_timestamp, saved.max_timestamp
+        self.counts = dict(saved.topic_counts)
 
 
 def _storage_files(path: Path) -> list[Path]:
@@ -202,5 +335,5 @@ def _directory_readable(path: Path, topics: set[str] | None) -> bool:
     return False
 
 
-__all__ = ["BAG_VERSION", "STORAGES", "BagError", "BagWriter", "TopicInfo", "typestore", "read_bag", "bag_topics",
-           "bag_message_count"]
+__all__ = ["BAG_VERSION", "STORAGES", "STORAGE_ERRORS", "BagError", "OutputWriteError", "BagWriter", "TopicInfo",
+           "typestore", "read_bag", "bag_topics", "bag_message_count"]

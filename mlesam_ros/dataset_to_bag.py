@@ -11,6 +11,13 @@ metres (or 16UC1 millimetres) when the raw `depth/` folder exists; labels as mon
 SENSOR@FRACTION` replaces that fraction of its messages (seeded) by ones with a wrong encoding or a wrong
 size, to exercise the node's dropped-sensor and bad-input handling. What was dropped and corrupted is
 recorded in the bag metadata's custom_data (key `mlesam.dataset_to_bag`).
+
+Every message on a topic is encoded the same way. A frame whose raw depth file is missing, does not decode or is
+not 16-bit at the label's size has no depth message at its stamp (a warning names the file; custom_data lists it
+under `skipped`): never the HHA image in its place. A data set file the loader cannot read (a missing modality
+folder, an undecodable image, a label with foreign ids) refuses the whole conversion, naming the file (exit 2).
+The bag is written under a temporary name beside `--out` and moved into place when complete, so a failed
+conversion leaves nothing at `--out`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import argparse
 import json
 import logging
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +36,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mlesam_core.data.deliver import RAW_DEPTH_FOLDER
 from mlesam_core.data.image_io import read_image
 from mlesam_core.modalities import dataset_modalities, get_modality
 from mlesam_core.sensors import LidarEncoding
 from mlesam_core.sensors.depth import DEPTH_PNG_SCALE
-from mlesam_ros.bag_io import STORAGES, BagWriter
+from mlesam_ros.bag_io import STORAGES, BagWriter, OutputWriteError
 from mlesam_ros.compressed import encode_compressed, encode_compressed_depth
 from mlesam_ros.events import encode_evt3, split_evt3
 from mlesam_ros.messages import MessageKit, stamp_to_ns
@@ -108,25 +118,31 @@ def open_dataset(fmt: str, root: str | Path, split: str, modalities: Sequence[st
 
 
 def raw_depth_reader(fmt: str, root: str | Path, split: str) -> Any:
-    """For DELIVER: a loader whose `path(i, "depth")` is the raw 16-bit depth file (None for other formats)."""
-    if fmt != "deliver":
+    """For DELIVER with a raw `depth/` folder: a loader whose `path(i, "depth")` is the raw 16-bit depth file, the
+    source of every depth message then (None: other formats, or no raw depth: depth goes out as HHA)."""
+    if fmt != "deliver" or not (Path(root) / RAW_DEPTH_FOLDER).is_dir():
         return None
     from mlesam_core.data import DeliverDataset
 
     return DeliverDataset(root, split, ("rgb",), depth_source="depth")
 
 
-def raw_depth_metres(raw_loader: Any, index: int, size: tuple[int, int]) -> np.ndarray | None:
-    """Raw depth of sample `index` in metres (0 = none), or None when there is no raw file of that size."""
-    if raw_loader is None:
-        return None
+class RawDepthError(ValueError):
+    """One frame's raw depth file cannot be converted like the others; the message names it and why."""
+
+
+def raw_depth_metres(raw_loader: Any, index: int, size: tuple[int, int]) -> np.ndarray:
+    """Raw depth of sample `index` in metres (0 = none); RawDepthError when its file is missing, does not decode,
+    or is not 16-bit at `size`."""
     path = raw_loader.path(index, "depth")
-    if not path.is_file():
-        return None
-    raw = read_image(path, any_depth=True)
+    try:
+        raw = read_image(path, any_depth=True)
+    except (FileNotFoundError, ValueError) as exc:
+        raise RawDepthError(str(exc)) from None
     raw = raw[:, :, 0] if raw.ndim == 3 else raw
     if raw.dtype != np.uint16 or raw.shape != tuple(size):
-        return None
+        raise RawDepthError(f"raw depth file {path}: {raw.dtype} {raw.shape[1]}x{raw.shape[0]}, the others are "
+                            f"uint16 {size[1]}x{size[0]}")
     return raw.astype(np.float32) / DEPTH_PNG_SCALE
 
 
@@ -316,7 +332,34 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
             storage: str = "sqlite3", drops: Sequence[DropWindow] = (), corruptions: Sequence[Corruption] = (),
             limit: int | None = None, depth_encoding: str = "32FC1", seed: int = 0,
             start: float = DEFAULT_START, as_recorded: bool = False, codec: str = "png") -> dict:
-    """Write the bag; returns the record stored in its custom_data (frames, topics, drops, corruptions)."""
+    """Write the bag; returns the record stored in its custom_data (frames, topics, drops, corruptions, skipped).
+
+    The bag is written beside `out` under a temporary name and moved to `out` once complete; on any failure
+    nothing is left at `out` (FileExistsError when `out` exists).
+    """
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"--out {out}: already exists (the converter writes a new bag)")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise OutputWriteError(out.parent, exc) from None
+    try:
+        record = _convert(fmt, root, split, staging / out.name, rate, storage, drops, corruptions, limit,
+                          depth_encoding, seed, start, as_recorded, codec)
+        try:
+            (staging / out.name).rename(out)
+        except OSError as exc:  # e.g. `out` made meanwhile
+            raise OutputWriteError(out, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def _convert(fmt: str, root: str | Path, split: str, out: Path, rate: float, storage: str,
+             drops: Sequence[DropWindow], corruptions: Sequence[Corruption], limit: int | None, depth_encoding: str,
+             seed: int, start: float, as_recorded: bool, codec: str) -> dict:
+    """`convert` into the bag directory `out` (which must not exist)."""
     modalities = dataset_modalities(fmt)
     for sensor in [*(d.sensor for d in drops), *(c.sensor for c in corruptions)]:
         if sensor not in modalities:
@@ -332,7 +375,7 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
     rng = np.random.default_rng(seed)
     fractions = {c.sensor: c.fraction for c in corruptions}
     record: dict = {"format": fmt, "split": split, "frames": count, "rate": rate, "start": start,
-                    "drops": [vars(d) for d in drops], "corrupted": {s: [] for s in fractions},
+                    "drops": [vars(d) for d in drops], "corrupted": {s: [] for s in fractions}, "skipped": [],
                     "as_recorded": {"codec": codec, "topics": RECORDED_TOPICS} if as_recorded else None}
     with BagWriter(out, storage) as writer:
         kit = MessageKit.rosbags(writer.store)
@@ -341,7 +384,7 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
             calibration = raw_muses.calibration if raw_muses is not None else None
             writer.write(TF_STATIC_TOPIC, int(round(start * 1e9)), recorded.tf_static(
                 int(round(start * 1e9)), None if calibration is None else calibration.lidar_to_rgb))
-        for index in tqdm(range(count), desc=f"{fmt} {split} -> {Path(out).name}", unit="frame"):
+        for index in tqdm(range(count), desc=f"{fmt} {split} -> {out.name}", unit="frame"):
             sample = dataset[index]
             offset = index / rate
             stamp_ns = int(round((start + offset) * 1e9))
@@ -361,9 +404,16 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
             for sensor in modalities:
                 if any(d.sensor == sensor and d.start <= offset < d.end for d in drops):
                     continue
+                metres = None
+                if sensor == "depth" and raw_loader is not None:
+                    try:
+                        metres = raw_depth_metres(raw_loader, index, label.shape)
+                    except RawDepthError as exc:  # the topic carries raw depth: no HHA in its place
+                        logger.warning("%s: no depth message at %.3f s (frame %d)", exc, offset, index)
+                        record["skipped"].append({"sensor": sensor, "stamp_ns": stamp_ns, "reason": str(exc)})
+                        continue
                 image = np.ascontiguousarray(sample["images"][sensor])
                 if recorded is not None and sensor in RECORDED_TOPICS:
-                    metres = raw_depth_metres(raw_loader, index, label.shape) if sensor == "depth" else None
                     raw = raw_muses.path(index, f"{sensor}_raw") if raw_muses is not None and sensor in (
                         "event", "lidar") else None
                     if sensor == "event":
@@ -398,7 +448,7 @@ def convert(fmt: str, root: str | Path, split: str, out: str | Path, rate: float
                     kind = ("encoding", "size")[int(rng.integers(2))]
                     msg = corrupt_message(kit, image, header, kind)
                     record["corrupted"][sensor].append({"stamp_ns": stamp_ns, "kind": kind})
-                elif sensor == "depth" and (metres := raw_depth_metres(raw_loader, index, label.shape)) is not None:
+                elif metres is not None:
                     msg = depth_message(kit, metres, depth_encoding, header)
                 elif image.dtype == np.uint8:
                     msg = kit.image(image, "rgb8", header)
@@ -441,8 +491,10 @@ def main(argv: list[str] | None = None) -> None:
                          drops=args.drop, corruptions=args.corrupt, limit=args.limit,
                          depth_encoding=args.depth_encoding, seed=args.seed, as_recorded=args.as_recorded,
                          codec=args.codec)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except FileExistsError as exc:
         parser.exit(2, f"error: {exc}\n")
+    except (ValueError, FileNotFoundError, RuntimeError, OutputWriteError) as exc:
+        parser.exit(2, f"error: {exc}; nothing was written to {args.out}\n")
     logger.info("wrote %d frames to %s: %s", record["frames"], args.out, record["topics"])
 
 

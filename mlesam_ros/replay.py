@@ -7,7 +7,7 @@ Messages are read in log-time order and synchronised on their header stamps (arr
 the synchroniser's waiting is in data time). OUT receives:
 
 - `bag/`: a version-8 bag with /mlesam/{labels,labels_color,confidence,routing}, /mlesam/class_names and
-  /diagnostics (every `diagnostics_period` of data time);
+  /diagnostics (every `diagnostics.period` of data time);
 - `frames.jsonl`: one line per frame: stamp, driver, per-sensor status, modalities used, routing weights per
   level, latency, errors and, with ground truth on /ground_truth/labels, the frame's confusion entries
   ([gt, pred, count]) and its mIoU;
@@ -15,9 +15,16 @@ the synchroniser's waiting is in data time). OUT receives:
   damage found in the bag.
 
 A bag that cannot be opened, has no messages on the sensor topics, or carries another message type on one of
-them is refused before the model loads (exit 2, naming the file and the problem). Damage found part-way keeps
-everything processed so far: the output bag is closed, the summary written with the damage, and the exit
-status is 2.
+them is refused before the model loads (exit 2, naming the file and the problem), and so is an output folder
+that cannot or must not be written: not creatable or not writable, a file, inside the input bag, holding the input
+where an output goes, or with a `bag/` already in it. Damage found part-way keeps everything processed so far: the
+output bag is closed, the summary written with the damage, and the exit status is 2.
+
+An output that cannot be written any more (a full disk, a quota) stops the replay at that frame: every frame before
+it stays, whole, in the closed output bag and in frames.jsonl (each frame is made durable once written: sqlite3
+commits, MCAP chunks flushed), summary.json says where and why it stopped (`stopped`), and the exit status is 2. A
+few MiB reserved in the output folder at the start are freed at that moment, so that the outputs can be closed even
+on a disk that filled up.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +46,16 @@ from tqdm import tqdm
 from mlesam_core.config_io import ConfigError
 from mlesam_core.host_memory import retain_freed_memory
 from mlesam_core.metrics import PROTOCOL_DESCRIPTIONS, ConfusionMatrix, confusion_matrix, scores_from_confusion
-from mlesam_ros.bag_io import STORAGES, BagError, BagWriter, TopicInfo, bag_message_count, bag_topics, read_bag
+from mlesam_ros.bag_io import (
+    STORAGES,
+    BagError,
+    BagWriter,
+    OutputWriteError,
+    TopicInfo,
+    bag_message_count,
+    bag_topics,
+    read_bag,
+)
 from mlesam_ros.image_conversion import image_msg_to_array
 from mlesam_ros.messages import MessageKit, stamp_to_ns
 from mlesam_ros.outputs import CLASS_NAMES_TOPIC, DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, class_names_json, output_messages
@@ -49,17 +68,84 @@ logger = logging.getLogger(__name__)
 GROUND_TRUTH_TOPIC = "/ground_truth/labels"
 TF_STATIC_TOPIC = "/tf_static"
 GROUND_TRUTH_KEPT = 64  # ground-truth labels waiting for their frame, at most (the oldest is dropped)
+OUTPUTS = ("bag", "frames.jsonl", "summary.json")  # what the replay writes into --out
+# room kept free in the output folder (a file deleted when a write fails): closing the bag (sqlite3's rollback
+# journal and metadata row, MCAP's summary section, metadata.yaml) and writing summary.json need a little space
+RESERVE_NAME = ".replay-reserve"
+RESERVE_BYTES = 4 * 2**20
+
+
+class OutputFolderError(ValueError):
+    """--out cannot or must not be written; the message names the path and why."""
+
+
+def prepare_output(bag: str | Path, out: str | Path) -> Path:
+    """Check and create the output folder before anything loads; OutputFolderError naming the path otherwise."""
+    out_path, bag_path = Path(out).resolve(), Path(bag).resolve()
+    if out_path == bag_path or bag_path in out_path.parents:
+        raise OutputFolderError(f"--out {out}: inside the input bag {bag}; the outputs would be written into the "
+                                f"input (choose a folder outside it)")
+    for name in OUTPUTS:
+        target = out_path / name
+        if target == bag_path or target in bag_path.parents:
+            raise OutputFolderError(f"--out {out}: the input bag {bag} is where the replay writes {name}; it would "
+                                    f"be overwritten (choose another --out)")
+    if out_path.exists() and not out_path.is_dir():
+        raise OutputFolderError(f"--out {out}: exists and is not a folder")
+    if (out_path / "bag").exists():
+        raise OutputFolderError(f"--out {out}: {Path(out) / 'bag'} already exists (an earlier replay's output?); "
+                                f"choose another --out or remove it")
+    try:
+        out_path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_path):
+            pass
+    except OSError as exc:
+        raise OutputFolderError(f"--out {out}: cannot write there ({exc.strerror or exc}: "
+                                f"{exc.filename or out_path})") from None
+    return out_path
+
+
+class FramesFile:
+    """frames.jsonl, one line a frame, each flushed; closed as of the last committed line."""
+
+    def __init__(self, path: Path) -> None:
+        """Create (or empty) `path`."""
+        self.path = path
+        try:
+            self.file = path.open("wb")
+        except OSError as exc:
+            raise OutputWriteError(path, exc) from None
+        self.committed = 0  # bytes of the lines of frames complete everywhere
+
+    def write(self, record: dict) -> None:
+        """Append `record` as a line and flush it to the file."""
+        try:
+            self.file.write((json.dumps(record) + "\n").encode())
+            self.file.flush()
+        except OSError as exc:
+            raise OutputWriteError(self.path, exc) from None
+
+    def commit(self) -> None:
+        """The lines written so far belong to frames that are complete everywhere."""
+        self.committed = self.file.tell()
+
+    def close(self) -> None:
+        """Close without what came after the last commit (a frame that failed part-way leaves no line)."""
+        with suppress(OSError):  # what it could not flush belongs to an uncommitted line: cut off below
+            self.file.close()
+        os.truncate(self.path, self.committed)
 
 
 class Replay:
     """Feeds bag messages through a SegmentationPipeline and records outputs, frames and totals."""
 
-    def __init__(self, pipeline: SegmentationPipeline, writer: BagWriter, frames_file: Any) -> None:
-        """Replay into `writer` (output bag) and `frames_file` (open text file for frames.jsonl)."""
+    def __init__(self, pipeline: SegmentationPipeline, writer: BagWriter, frames_file: FramesFile) -> None:
+        """Replay into `writer` (output bag) and `frames_file` (frames.jsonl)."""
         self.pipeline = pipeline
         self.config = pipeline.config
         self.writer = writer
         self.frames_file = frames_file
+        self.writing_stamp_ns: int | None = None  # the frame being written (where a failed write stopped)
         self.kit = MessageKit.rosbags(writer.store)
         self.sensor_of_topic = {pipeline.config.input_topic(m): m for m in pipeline.config.modalities}
         self.ground_truth: dict[int, np.ndarray] = {}
@@ -106,12 +192,27 @@ class Replay:
         self.pending = []
 
     def process(self, frame: SyncedFrame) -> None:
-        """Segment one frame, write its outputs and its frames.jsonl line."""
+        """Segment one frame, write its outputs, /diagnostics when due and its frames.jsonl line. The frame counts
+        once all of it is durable; a failed write (OutputWriteError) leaves no part of it in the outputs."""
         result = self.pipeline.process(frame, now=frame.stamp)
         stamp_ns = stamp_to_ns(result.header.stamp)
+        self.writing_stamp_ns = stamp_ns
         messages = output_messages(self.kit, self.pipeline, result)
         for name, msg in messages.items():
             self.writer.write("/" + OUTPUT_TOPICS[name], stamp_ns, msg)
+        diagnostics_due = self.next_diagnostics is None or frame.stamp >= self.next_diagnostics
+        if diagnostics_due:
+            entries = self.pipeline.diagnostics(frame.stamp)
+            self.writer.write(DIAGNOSTICS_TOPIC, stamp_ns, self.kit.diagnostic_array(entries, result.header))
+        record, label = self.frame_record(result, stamp_ns)
+        self.frames_file.write(record)
+        self.writer.checkpoint()
+        self.frames_file.commit()
+        self.writing_stamp_ns = None
+        if diagnostics_due:
+            self.next_diagnostics = frame.stamp + self.config.diagnostics.period
+        if label is not None and result.labels is not None:
+            self.confusion.update(result.labels, label)
         self.frames_out += bool(messages)
         self.frames_without_output += not messages
         self.drivers[result.driver] = self.drivers.get(result.driver, 0) + 1
@@ -121,33 +222,27 @@ class Replay:
             self.status_counts[sensor]["used"] += 1
         if result.latency is not None:
             self.latencies.append(result.latency)
-        record = self.frame_record(result, stamp_ns)
-        self.frames_file.write(json.dumps(record) + "\n")
-        if self.next_diagnostics is None or frame.stamp >= self.next_diagnostics:
-            entries = self.pipeline.diagnostics(frame.stamp)
-            self.writer.write(DIAGNOSTICS_TOPIC, stamp_ns, self.kit.diagnostic_array(entries, result.header))
-            self.next_diagnostics = frame.stamp + self.config.diagnostics_period
 
-    def frame_record(self, result: FrameResult, stamp_ns: int) -> dict:
-        """The frames.jsonl line of one result (ground truth scored when it exists for the stamp)."""
+    def frame_record(self, result: FrameResult, stamp_ns: int) -> tuple[dict, np.ndarray | None]:
+        """The frames.jsonl line of one result (ground truth scored when it exists for the stamp), and the ground
+        truth it was scored against (None: not scored)."""
         record = {"stamp": result.stamp, "stamp_ns": stamp_ns, "driver": result.driver, "status": result.status,
                   "used": list(result.used),
                   "routing": result.routing.as_dict() if result.routing is not None else {},
                   "latency_ms": None if result.latency is None else round(result.latency * 1000, 3),
                   "errors": result.errors}
         label = self.ground_truth.pop(stamp_ns, None)
-        if label is not None and result.labels is not None:
-            if label.shape != result.labels.shape:
-                record["errors"] = {**result.errors, "ground_truth": f"label size {label.shape} differs from "
-                                                                     f"output {result.labels.shape}"}
-            else:
-                matrix = confusion_matrix(result.labels, label, self.confusion.num_classes,
-                                          self.confusion.ignore_index).numpy()
-                self.confusion.update(result.labels, label)
-                gt, pred = np.nonzero(matrix)
-                record["confusion"] = [[int(g), int(p), int(matrix[g, p])] for g, p in zip(gt, pred, strict=True)]
-                record["miou_present_classes"] = scores_from_confusion(matrix).miou["present_classes"]
-        return record
+        if label is None or result.labels is None:
+            return record, None
+        if label.shape != result.labels.shape:
+            record["errors"] = {**result.errors, "ground_truth": f"label size {label.shape} differs from "
+                                                                 f"output {result.labels.shape}"}
+            return record, None
+        matrix = confusion_matrix(result.labels, label, self.confusion.num_classes, self.confusion.ignore_index).numpy()
+        gt, pred = np.nonzero(matrix)
+        record["confusion"] = [[int(g), int(p), int(matrix[g, p])] for g, p in zip(gt, pred, strict=True)]
+        record["miou_present_classes"] = scores_from_confusion(matrix).miou["present_classes"]
+        return record, label
 
     def summary(self, wall_seconds: float) -> dict:
         """Totals of the replay."""
@@ -193,37 +288,94 @@ def replay(bag: str | Path, out: str | Path, config: SegmentConfig, segmenter: A
     """Replay `bag` into the folder `out` (bag/, frames.jsonl, summary.json); returns the summary.
 
     Damage found part-way through the bag ends the reading; what was read is segmented and written, and the
-    summary lists the damage (`damage`, empty for an intact bag).
+    summary lists the damage (`damage`, empty for an intact bag). An output that cannot be written stops the replay
+    with every frame before it kept (`stopped`: where and why; None when it ran to the end).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(bag, out)
     pipeline = SegmentationPipeline(config, segmenter, clock=lambda: 0.0)
     start = time.perf_counter()
     damage: list[str] = []
-    with BagWriter(out / "bag", storage) as writer, (out / "frames.jsonl").open("w") as frames_file:
-        run = Replay(pipeline, writer, frames_file)
-        first_ns = None
-        try:  # static transforms hold for the whole bag, wherever they were recorded: read them first
-            for _, _, msg in read_bag(bag, {TF_STATIC_TOPIC}, damage=damage):
-                pipeline.add_transforms(msg)
-        except BagError as exc:  # the same damage stops the pass below, after the frames before it
-            logger.error("%s (reading %s)", exc, TF_STATIC_TOPIC)
+    failures: list[OutputWriteError] = []
+    reserve = out / RESERVE_NAME
+    try:
+        reserve.write_bytes(bytes(RESERVE_BYTES))
+    except OSError as exc:
+        reserve.unlink(missing_ok=True)
+        raise OutputFolderError(f"--out {out}: cannot reserve {RESERVE_BYTES // 2**20} MiB there "
+                                f"({exc.strerror or exc}); free some space") from None
+    writer = BagWriter(out / "bag", storage)
+    run: Replay | None = None
+    try:
+        frames_file = FramesFile(out / "frames.jsonl")
         try:
-            for topic, log_ns, msg in tqdm(read_bag(bag, run.topics, damage=damage), total=bag_message_count(bag),
-                                           unit="msg", desc=f"replay {Path(bag).name}"):
-                if first_ns is None:
-                    first_ns = log_ns
-                    writer.write("/" + CLASS_NAMES_TOPIC, log_ns,
-                                 run.kit.string(class_names_json(pipeline.class_table)))
-                run.feed(topic, log_ns, msg)
-        except BagError as exc:
-            logger.error("%s; keeping the %d frames read before it", exc, run.frames_out + len(run.pending))
-            damage.append(str(exc))
-        run.finish()
-    summary = {"bag": str(bag), "output_bag": str(out / "bag"), **run.summary(time.perf_counter() - start),
-               "damage": damage}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            with writer:  # closed in every case; after a failed write, as it was after the last whole frame
+                run = Replay(pipeline, writer, frames_file)
+                try:
+                    _replay_messages(run, bag, damage)
+                except OutputWriteError as exc:
+                    failures.append(exc)
+                    writer.discard_pending()  # the frame that failed, in whichever output
+                    reserve.unlink(missing_ok=True)  # room to close the outputs on a full disk
+        finally:
+            frames_file.close()
+    except OutputWriteError as exc:  # opening, or closing after all
+        failures.append(exc)
+    finally:
+        reserve.unlink(missing_ok=True)
+    summary: dict[str, Any] = {"bag": str(bag), "output_bag": str(out / "bag")}
+    if run is not None:
+        summary.update(run.summary(time.perf_counter() - start))
+    summary["damage"] = damage
+    summary["stopped"] = None
+    if failures:
+        first = failures[0]
+        summary["stopped"] = {
+            "error": str(first), "path": str(first.path), "cause": first.cause,
+            "frames_written": 0 if run is None else run.frames_out + run.frames_without_output,
+            "at_stamp_ns": None if run is None else run.writing_stamp_ns,
+            "not_closed": [str(f) for f in failures[1:]]}
+        logger.error("%s: the replay stopped; the frames before it are kept", first)
+    try:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    except OSError as exc:
+        summary["summary_error"] = str(OutputWriteError(out / "summary.json", exc))
     return summary
+
+
+def _replay_messages(run: Replay, bag: str | Path, damage: list[str]) -> None:
+    """Feed every input message of `bag` to `run` and segment what remains at the end (BagError: damage)."""
+    pipeline, writer = run.pipeline, run.writer
+    try:  # static transforms hold for the whole bag, wherever they were recorded: read them first
+        for _, _, msg in read_bag(bag, {TF_STATIC_TOPIC}, damage=damage):
+            pipeline.add_transforms(msg)
+    except BagError as exc:  # the same damage stops the pass below, after the frames before it
+        logger.error("%s (reading %s)", exc, TF_STATIC_TOPIC)
+    first = True
+    try:
+        for topic, log_ns, msg in tqdm(read_bag(bag, run.topics, damage=damage), total=bag_message_count(bag),
+                                       unit="msg", desc=f"replay {Path(bag).name}"):
+            if first:
+                first = False
+                writer.write("/" + CLASS_NAMES_TOPIC, log_ns, run.kit.string(class_names_json(pipeline.class_table)))
+            run.feed(topic, log_ns, msg)
+    except BagError as exc:
+        logger.error("%s; keeping the %d frames read before it", exc, run.frames_out + len(run.pending))
+        damage.append(str(exc))
+    run.finish()
+
+
+def stopped_message(summary: dict, out: str | Path) -> str:
+    """What the command line says when an output could not be written."""
+    stopped = summary["stopped"]
+    stamp = stopped["at_stamp_ns"]
+    at = "" if stamp is None else f" (stamp {stamp // 10**9}.{stamp % 10**9:09d})"
+    kept = (f"the {stopped['frames_written']} frames before it are in {out}: bag/ "
+            + ("(closed, readable)" if not stopped["not_closed"] else
+               f"(not closed: {'; '.join(stopped['not_closed'])}; its storage file holds them)")
+            + ", frames.jsonl and "
+            + ("summary.json" if "summary_error" not in summary else f"no summary.json ({summary['summary_error']})"))
+    return (f"error: {stopped['error']}; the replay stopped at frame {stopped['frames_written'] + 1}{at}; "
+            f"{kept}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -251,9 +403,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = load_segment_config(args.params, overrides)
         check_bag_topics(args.bag, config, bag_topics(args.bag))  # before the (slow) model load
+        prepare_output(args.bag, args.out)  # before the model load too
         summary = replay(args.bag, args.out, config, load_segmenter(config), storage=args.storage)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:  # BagError is a ValueError
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:  # BagError, OutputFolderError too
         parser.exit(2, f"error: {exc}\n")
+    if summary["stopped"]:
+        parser.exit(2, stopped_message(summary, args.out))
     logger.info("%d frames, %d with outputs; latency p50 %s ms; wrote %s", summary["frames"], summary["frames_out"],
                 summary["latency_ms"]["p50"], args.out)
     if summary["damage"]:

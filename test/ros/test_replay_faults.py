@@ -1,10 +1,12 @@
 """The replay on bags with real-stream faults, written here with rosbags: stamp jumps, stamps far from the log
-times, wrong message types, zero-byte, truncated and damaged storage, no metadata.yaml, empty bags."""
+times, wrong message types, zero-byte, truncated and damaged storage, no metadata.yaml, empty bags; and on outputs
+that fail: a disk full part-way, output folders that cannot or must not be written."""
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +256,147 @@ def test_two_replays_with_random_initialisation_give_the_same_labels(rosbags_kit
     assert len(labels[0]) == len(labels[1]) == 3
     for first, second in zip(*labels, strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+def full_disk(storage, monkeypatch, frame):
+    """Make the output bag's storage layer fail as a full disk does when frame `frame` (1-based) is written:
+    sqlite3 inserting its labels ("database or disk is full"); MCAP writing its chunk out, after part of it."""
+    import errno
+    import sqlite3
+
+    from rosbags.rosbag2.storage_mcap import McapWriter
+    from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
+
+    labels_written = {"count": 0}
+    if storage == "sqlite3":
+        insert = Sqlite3Writer.write
+
+        def failing_insert(self, connection, timestamp, data):
+            if connection.topic == "/mlesam/labels":
+                labels_written["count"] += 1
+                if labels_written["count"] == frame:
+                    raise sqlite3.OperationalError("database or disk is full")
+            return insert(self, connection, timestamp, data)
+
+        monkeypatch.setattr(Sqlite3Writer, "write", failing_insert)
+    else:
+        close_chunk = McapWriter.close_chunk
+
+        def failing_chunk(self):
+            if any(c.topic == "/mlesam/labels" and c.id in self.chunk.msgs for c in self.channels):
+                labels_written["count"] += 1
+                if labels_written["count"] == frame:
+                    self.bio.write(b"\x06" + bytes(100))  # part of the chunk record got out before the disk filled
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return close_chunk(self)
+
+        monkeypatch.setattr(McapWriter, "close_chunk", failing_chunk)
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_a_disk_full_at_frame_8_stops_with_the_7_frames_before_it_readable_and_exits_2(
+        rosbags_kit, tmp_path, params_file, capsys, monkeypatch, storage):
+    from rosbags.rosbag2 import Reader
+
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(12)])
+    full_disk(storage, monkeypatch, frame=8)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        replay_main(["--bag", str(bag), "--out", str(out), "--params", str(params_file), "--allow-random-init",
+                     "--storage", storage])
+    err = capsys.readouterr().err
+    storage_file = out / "bag" / f"bag.{'db3' if storage == 'sqlite3' else 'mcap'}"
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    cause = "database or disk is full" if storage == "sqlite3" else "No space left on device"
+    assert f"error: cannot write {storage_file}: {cause}" in err
+    assert ("stopped at frame 8 (stamp 1700000000.700000000)" in err
+            and f"the 7 frames before it are in {out}: bag/ (closed, readable), frames.jsonl and summary.json" in err)
+    with Reader(out / "bag") as reader:  # rosbags itself, through metadata.yaml: closed properly
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        label_stamps = [stamp for c, stamp, _ in reader.messages() if c.topic == "/mlesam/labels"]
+    assert label_stamps == [START_NS + i * PERIOD_NS for i in range(7)]
+    assert counts["/mlesam/labels"] == counts["/mlesam/confidence"] == 7  # no part of frame 8
+    frames = replayed_frames(out)
+    assert [f["stamp_ns"] for f in frames] == label_stamps
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 7 and summary["stopped"]["frames_written"] == 7
+    assert summary["stopped"]["path"] == str(storage_file) and cause in summary["stopped"]["cause"]
+    assert summary["stopped"]["at_stamp_ns"] == START_NS + 7 * PERIOD_NS and summary["stopped"]["not_closed"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["bag", "frames.jsonl", "summary.json"]  # the reserve is gone
+
+
+def test_frames_jsonl_failing_to_write_stops_the_replay_with_the_bag_and_lines_of_the_same_frames(
+        rosbags_kit, tiny_segmenter, tmp_path, monkeypatch):
+    import errno
+
+    from mlesam_ros import replay as replay_module
+
+    bag = write_bag(tmp_path / "bag", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(6)])
+    write = replay_module.FramesFile.write
+
+    def failing_write(self, record):
+        if record["stamp_ns"] == START_NS + 4 * PERIOD_NS:
+            self.file.write(b'{"stamp": 17')  # half a line reached the file
+            raise replay_module.OutputWriteError(self.path, OSError(errno.EDQUOT, "Disk quota exceeded"))
+        return write(self, record)
+
+    monkeypatch.setattr(replay_module.FramesFile, "write", failing_write)
+    summary, frames = run_replay(bag, tmp_path / "out", tiny_segmenter)
+    assert summary["stopped"]["cause"].startswith("Disk quota exceeded") and summary["stopped"]["frames_written"] == 4
+    labels = [m for t, _, m in read_bag(tmp_path / "out" / "bag") if t == "/mlesam/labels"]
+    stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in labels]
+    assert stamps == [f["stamp_ns"] for f in frames] == [START_NS + i * PERIOD_NS for i in range(4)]
+
+
+@pytest.fixture
+def model_load_refused(monkeypatch):
+    """load_segmenter replaced by one that records its call and fails: the calls (none, for a refused --out)."""
+    from mlesam_ros import replay as replay_module
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise FileNotFoundError("the model must not load in this test")
+
+    monkeypatch.setattr(replay_module, "load_segmenter", refuse)
+    return calls
+
+
+def unwritable_folder(tmp_path):
+    """A folder in which nothing can be created: read-only for a normal user; /sys for root, whom permissions do
+    not stop (sysfs refuses new entries to everyone)."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["the bag itself", "inside the bag", "an existing file", "under a file",
+                                  "unwritable", "holds a bag already", "holds the input as bag"])
+def test_a_bad_output_folder_is_refused_naming_it_before_the_model_loads(rosbags_kit, tmp_path, params_file, capsys,
+                                                                         model_load_refused, case):
+    bag = write_bag(tmp_path / "input", rosbags_kit, [START_NS + i * PERIOD_NS for i in range(3)])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    out = {"the bag itself": bag, "inside the bag": bag / "out", "an existing file": a_file,
+           "under a file": a_file / "out", "unwritable": unwritable_folder(tmp_path) / "out",
+           "holds a bag already": tmp_path / "earlier", "holds the input as bag": tmp_path / "outer"}[case]
+    if case == "holds a bag already":
+        (out / "bag").mkdir(parents=True)
+    if case == "holds the input as bag":
+        out.mkdir()
+        bag = bag.rename(out / "bag")
+    before = sorted((p.name, p.stat().st_size) for p in bag.iterdir())
+    code, err = run_main(bag, out, params_file, capsys)
+    assert code == 2 and "Traceback" not in err and model_load_refused == []
+    assert err.startswith(f"error: --out {out}: ")
+    assert {"the bag itself": "inside the input bag", "inside the bag": "inside the input bag",
+            "an existing file": "exists and is not a folder", "under a file": "cannot write there (Not a directory",
+            "unwritable": "cannot write there (", "holds a bag already": f"{out / 'bag'} already exists",
+            "holds the input as bag": "where the replay writes bag; it would be overwritten"}[case] in err
+    assert sorted((p.name, p.stat().st_size) for p in bag.iterdir()) == before  # the input untouched
