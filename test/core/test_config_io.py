@@ -57,3 +57,30 @@ def test_missing_required_key_and_missing_file(tmp_path):
         load_config(Model, data={})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Model, tmp_path / "absent.yaml")
+
+
+@dataclass
+class Timing:
+    period: float = 1.0
+    matrix: tuple[float, ...] = (1.0, 0.0)
+    count: int = 2
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"period": 1, "matrix": [0, 1]}, Timing(1.0, (0.0, 1.0))),  # integers where numbers are expected
+    ({"period": "2e-3"}, Timing(0.002)),  # PyYAML reads 2e-3 as text; ROS and the user mean a number
+])
+def test_integers_are_numbers(data, expected):
+    config = load_config(Timing, data=data)
+    assert config == expected and all(isinstance(v, float) for v in (config.period, *config.matrix))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"count": 2.0}, "count: expected an integer, got 2.0"),  # a number is not an integer
+    ({"count": True}, "count: expected an integer, got True"),
+    ({"period": True}, "period: expected a number, got True"),
+    ({"matrix": [1.0, "x"]}, "matrix[1]: expected a number, got 'x'"),
+])
+def test_numbers_are_not_integers_and_booleans_are_neither(data, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(Timing, data=data)
