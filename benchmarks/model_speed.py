@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import REPO_ROOT
-from mlesam_core.losses import total_loss
+from mlesam_core.losses import LossConfig, total_loss
 from mlesam_core.model import build_model
 
 CONFIGS = {"tiny": "config/model/mlesam_tiny.yaml", "hiera_t": "config/model/mlesam_hiera_t.yaml"}
@@ -60,7 +60,7 @@ def time_config(name: str, size: int, batch: int, repeats: int, statistic, clock
 
     def forward_backward() -> None:
         model.zero_grad(set_to_none=True)
-        total_loss(model(images, present), labels, model.config)["loss"].backward()
+        total_loss(model(images, present), labels, LossConfig(), model.config.ignore_index)["loss"].backward()
 
     samples: dict[str, dict[str, list[float]]] = {"grouped": {}, "loop": {}}
     for key, fn, train in (("encode_s", encode, False), ("forward_s", forward, False),

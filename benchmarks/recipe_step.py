@@ -51,7 +51,8 @@ def measure(config_path: str, steps: int, warmup: int, threads: int) -> dict[str
     for recipe in RECIPES:
         config = load_train_config(config_path, paper_recipe_overrides() if recipe == "paper" else [])
         model = build_model(config.model, init_seed=0).train()
-        step, optimizer = optimiser_step(model, config.optim.batch_size, config.model.image_size, device, "fp32")
+        step, optimizer = optimiser_step(model, config.optim.batch_size, config.model.image_size, device, "fp32",
+                                         config.loss)
         runners[recipe] = partial(step, optimizer)
     seconds: dict[str, list[float]] = {recipe: [] for recipe in RECIPES}
     for i in range(warmup + steps):

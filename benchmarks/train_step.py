@@ -22,7 +22,6 @@ pixel). It answers "does batch 6 at 1024² fit?" on a machine without the GPU; t
 from __future__ import annotations
 
 import argparse
-import warnings
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -36,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from benchmarks import RESULTS_DIR, speed_common
-from mlesam_core.losses import total_loss
+from mlesam_core.losses import LossConfig, total_loss
 from mlesam_core.model import build_model
 from mlesam_core.precision import autocast
 
@@ -44,11 +43,14 @@ CUDA_DEFAULTS = {"config": "hiera_b+", "size": 1024, "batch": 6, "precision": "b
 CPU_DEFAULTS = {"config": "hiera_t", "size": 256, "batch": 2, "precision": "fp32", "warmup": 1, "steps": 2}
 
 
-def optimiser_step(model: torch.nn.Module, batch: int, size: int, device: torch.device, precision: str
+def optimiser_step(model: torch.nn.Module, batch: int, size: int, device: torch.device, precision: str,
+                   loss_config: LossConfig | None = None
                    ) -> tuple[Callable[[torch.optim.Optimizer], None], torch.optim.Optimizer]:
     """(step, optimizer): one training step as training/loop.py runs it without data loading (autocast forward of
-    every modality present, the total loss, backward, AdamW step, zero_grad) on a fixed random batch. The step
-    takes the optimizer as its argument, so that deleting the returned one frees its state."""
+    every modality present, the total loss weighted by `loss_config` (default: the paper's), backward, AdamW
+    step, zero_grad) on a fixed random batch. The step takes the optimizer as its argument, so that deleting the
+    returned one frees its state."""
+    weights = LossConfig() if loss_config is None else loss_config
     m = len(model.modalities)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, m, 3, size, size, generator=generator).to(device)
@@ -58,7 +60,7 @@ def optimiser_step(model: torch.nn.Module, batch: int, size: int, device: torch.
 
     def step(optimizer: torch.optim.Optimizer) -> None:
         with autocast(device, precision):
-            loss = total_loss(model(images, present), labels, model.config)["loss"]
+            loss = total_loss(model(images, present), labels, weights, model.config.ignore_index)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -136,11 +138,10 @@ def estimate_peak_memory(args: argparse.Namespace, checkpointing: bool) -> dict[
                 if buffer is not None:
                     module._buffers[name] = mode.from_tensor(buffer)
     static = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    m, weights = len(model.modalities), model.config.loss
+    m, weights = len(model.modalities), LossConfig()
     tracker = LiveTensorBytes()
     after_forward = 0
-    with mode, tracker, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # caches keyed on data_ptr
+    with mode, tracker:
         images = torch.randn(args.batch, m, 3, args.size, args.size)
         present = torch.ones(args.batch, m, dtype=torch.bool)
         labels = torch.randint(0, model.config.num_classes, (args.batch, args.size, args.size))

@@ -25,6 +25,7 @@ from mlesam_core.precision import autocast
 from mlesam_core.preprocess import normalization
 
 if TYPE_CHECKING:
+    from mlesam_core.model.router import Routing
     from mlesam_core.predictor import Segmenter
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,12 @@ class EvaluationResult:
                         for level, total in levels.items()}
                 for group, levels in self.routing.items()}
 
-    def _add_routing(self, group: str, weights: dict[str, torch.Tensor]) -> None:
+    def _add_routing(self, group: str, routing: Routing, rows: slice = slice(None)) -> None:
         levels = self.routing.setdefault(group, {})
-        for level, w in weights.items():
-            levels[level] = levels.get(level, 0) + w.float().sum(dim=0).cpu()
-        self.routed_samples[group] = self.routed_samples.get(group, 0) + next(iter(weights.values())).shape[0]
+        weights = routing.weights[rows].float()
+        for index, level in enumerate(routing.levels):
+            levels[level] = levels.get(level, 0) + weights[:, index].sum(dim=0).cpu()
+        self.routed_samples[group] = self.routed_samples.get(group, 0) + weights.shape[0]
 
     def group_scores(self) -> dict[str, dict[str, SegmentationScores]]:
         """Scores per group kind ('condition', 'case') and value."""
@@ -162,7 +164,7 @@ def evaluate(model: torch.nn.Module | Segmenter, batches: Iterable[dict[str, Any
                     value = str(meta.get(kind) or "none")
                     cm = result.groups[kind].setdefault(value, ConfusionMatrix(num_classes, ignore_index, device))
                     cm.update(prediction[i], kept_labels[i])
-                    result._add_routing(f"{kind}={value}", {k: w[i:i + 1] for k, w in output.routing.items()})
+                    result._add_routing(f"{kind}={value}", output.routing, slice(i, i + 1))
             for i, position in enumerate(positions):
                 if position % stride or len(result.examples) >= max_examples:
                     continue

@@ -1,9 +1,10 @@
-"""The training configuration: model + data + optimisation in one YAML, typed and validated on load.
+"""The training configuration: model + loss + data + optimisation in one YAML, typed and validated on load.
 
 `model` is the model config (`mlesam_core.model.config.MLESAMConfig`, typed and validated when the train config
 loads, errors naming `model.<key>`); in the YAML its optional key `config` names a model YAML that the other keys
-override, e.g. ``model: {config: config/model/mlesam_tiny.yaml, fusion: avg}``. Relative paths are taken from the
-current directory, then from the repository root.
+override, e.g. ``model: {config: config/model/mlesam_tiny.yaml, fusion: avg}``. `loss` weights the loss terms
+(`mlesam_core.losses.LossConfig`): a training setting, not part of the model or its adapter files. Relative
+paths are taken from the current directory, then from the repository root.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlesam_core.config_io import ConfigError, apply_overrides, check, from_dict, load_yaml, resolve_path, to_dict
-from mlesam_core.model.config import LossConfig, MLESAMConfig, PartialHeadConfig, RouterConfig
+from mlesam_core.losses import LOSS_TERMS, PAPER_TERMS, LossConfig
+from mlesam_core.model.config import MLESAMConfig, RouterConfig, SensorHeadsConfig
 from mlesam_core.precision import TrainingPrecision
 
 
@@ -64,33 +66,20 @@ class OptimConfig:
 
 @dataclass
 class ModalityDropoutConfig:
-    """Randomly mark modalities absent during training, per sample (never all; never the protected one).
-    `mlesam_core.data.modality_dropout` describes the samplers and the schedule. `mode`: `replace` (the paper's
-    suggestion for Table VI, and the default) trains on the dropped subset instead of the full set; `branch`
-    keeps the full set and adds `branches` dropped subsets as further predictions of the same step, sharing the
-    encoder pass, trained with `model.loss.subset_weight` and distilled from the full set with
-    `model.loss.distill_*` (MLE-SAM only)."""
+    """Randomly mark modalities absent during training, per sample (never all; never the protected one), training
+    on the dropped subset instead of the full set (the paper's suggestion for Table VI).
+    `mlesam_core.data.modality_dropout` describes the samplers and the schedule."""
 
     p: float = 0.0
     protect: str | None = None
     sampler: Literal["independent", "subset", "single"] = "independent"
     start_step: int = 0  # p is 0 before this optimiser step ...
     ramp_steps: int = 0  # ... then rises linearly to p over this many steps (0: at once)
-    mode: Literal["replace", "branch"] = "replace"
-    branches: int = 1  # mode branch: subset predictions per step, each drawn independently
-    # mode branch: also one prediction per modality from that modality alone, every step (the modality-specific
-    # auxiliary regularisers of mmFormer, Zhang et al., MICCAI 2022); M more decodings per step
-    singles: bool = False
 
     def __post_init__(self) -> None:
-        check(self.branches >= 1, "branches", f"must be >= 1, got {self.branches}")
-        check(self.mode == "branch" or self.branches == 1, "branches", "more than one needs mode: branch")
-        check(self.mode == "branch" or not self.singles, "singles", "needs mode: branch")
         check(0 <= self.p <= 1, "p", f"must lie in [0, 1], got {self.p}")
         check(self.start_step >= 0, "start_step", f"must be >= 0, got {self.start_step}")
         check(self.ramp_steps >= 0, "ramp_steps", f"must be >= 0, got {self.ramp_steps}")
-        check(self.mode == "replace" or self.p > 0, "p", "must be positive with mode: branch (p = 0 leaves the "
-              "subset branch equal to the full set)")
 
 
 @dataclass
@@ -135,9 +124,12 @@ class ValidationConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs (activation checkpointing: `model.activation_checkpointing`)."""
+    """Everything one training run needs: the model's structure (`model`, what adapter files carry), the loss
+    weights (`loss`, `mlesam_core.losses.LossConfig`), data, optimisation (activation checkpointing:
+    `model.activation_checkpointing`)."""
 
     model: MLESAMConfig
+    loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -165,6 +157,7 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
     try:
         if isinstance(merged.get("model"), dict):
             merged["model"] = model_config_mapping(merged["model"])
+            check_moved_model_keys(merged["model"])
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}" if source is not None else str(exc)) from None
     return from_dict(TrainConfig, merged, source=str(source) if source is not None else None)
@@ -195,6 +188,19 @@ def model_config_mapping(section: dict[str, Any]) -> dict[str, Any]:
     return _merge(base, section)
 
 
+# model keys that left the model config, and where their settings live now
+MOVED_MODEL_KEYS = {
+    "loss": "loss weights are training settings: the train config's top-level `loss` section",
+    "partial_head": "the heads for inputs that lack a sensor are `model.sensor_heads: {enabled: true}`",
+}
+
+
+def check_moved_model_keys(section: dict[str, Any]) -> None:
+    """ConfigError naming `model.<key>` and its new place for a key in MOVED_MODEL_KEYS."""
+    for key, place in MOVED_MODEL_KEYS.items():
+        check(key not in section, f"model.{key}", f"no longer a model key: {place}")
+
+
 def same_model(section: dict[str, Any], model: MLESAMConfig) -> bool:
     """Whether a saved train config's `model` section (a checkpoint's: resolved, or with a `config` file) is the
     model config `model`."""
@@ -205,23 +211,19 @@ def same_model(section: dict[str, Any], model: MLESAMConfig) -> bool:
     return to_dict(saved) == to_dict(model)
 
 
-# the options beyond the paper (each default is the paper's behaviour): model.loss and model.router keys, and
-# every key of model.partial_head
-BEYOND_PAPER_LOSS = ("router_balance_weight", "router_confidence_weight", "router_ceiling_weight", "router_ceiling",
-                     "subset_weight", "distill_weight", "distill_temperature")
+# the router options beyond the paper (each default is the paper's router)
 BEYOND_PAPER_ROUTER = ("temperature", "noise_std")
 
 
 def paper_recipe_overrides() -> list[str]:
-    """`dotted.key=value` overrides that put any train config back on the paper's recipe: no modality dropout
-    and every option beyond the paper at its default (no subset branches, distillation, load balancing, router
-    noise or temperature, no partial-subset heads). The benchmarks' baselines use them, so they stay the paper's
-    whatever recipe a config file chooses."""
+    """`dotted.key=value` overrides that put any train config back on the paper's recipe: no modality dropout, no
+    sensor heads, and every loss term and router option beyond the paper at its default (off). The benchmarks'
+    baselines use them, so they stay the paper's whatever recipe a config file chooses."""
     def value(v: Any) -> str:
         return json.dumps(v)  # JSON is YAML: null, true, 0.0, "subset"
 
-    dropout, loss, router, partial = ModalityDropoutConfig(), LossConfig(), RouterConfig(), PartialHeadConfig()
+    dropout, loss, router, sensor_heads = ModalityDropoutConfig(), LossConfig(), RouterConfig(), SensorHeadsConfig()
     return ([f"data.modality_dropout.{f.name}={value(getattr(dropout, f.name))}" for f in fields(dropout)]
-            + [f"model.loss.{name}={value(getattr(loss, name))}" for name in BEYOND_PAPER_LOSS]
+            + [f"loss.{term}_weight={value(loss.weight(term))}" for term in LOSS_TERMS if term not in PAPER_TERMS]
             + [f"model.router.{name}={value(getattr(router, name))}" for name in BEYOND_PAPER_ROUTER]
-            + [f"model.partial_head.{f.name}={value(getattr(partial, f.name))}" for f in fields(partial)])
+            + [f"model.sensor_heads.{f.name}={value(getattr(sensor_heads, f.name))}" for f in fields(sensor_heads)])

@@ -58,10 +58,6 @@ def check_data_against_model(data: DataConfig, model_config: Any) -> None:
     if dropout.protect is not None and dropout.protect not in model_config.modalities:
         raise ConfigError(f"data.modality_dropout.protect: {dropout.protect!r} is not a modality of the model "
                           f"({', '.join(model_config.modalities)})")
-    if dropout.mode == "branch" and (model_config.architecture != "mlesam" or model_config.num_modalities < 2):
-        raise ConfigError("data.modality_dropout.mode: branch needs a multi-modal MLE-SAM (architecture mlesam); "
-                          f"this model is {model_config.architecture} on {list(model_config.modalities)} "
-                          "(data.modality_dropout={} trains it without modality dropout, as the paper does)")
 
 
 def build_dataset(data: DataConfig, split: str, modalities: Sequence[str], transform: Any,

@@ -222,19 +222,17 @@ class Trainer:
         for micro in range(accum):
             batch = next(batches)
             images = batch["images"].to(self.device, non_blocking=True)
-            present, subsets = self._drop_modalities(batch["present"], micro)
+            present = self._drop_modalities(batch["present"], micro)
             labels = batch["labels"].to(self.device, non_blocking=True)
             sync = micro == accum - 1 or not self.dist.distributed
             with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
                 with autocast(self.device, self.config.optim.precision):
-                    output = (self.ddp_model(images, present) if subsets is None
-                              else self.ddp_model(images, present, subset_present=subsets))
-                    terms = total_loss(output, labels, self.model_config)
+                    output = self.ddp_model(images, present)
+                    terms = total_loss(output, labels, self.config.loss, self.model_config.ignore_index)
                 (terms["loss"] / accum).backward()
             values = {(name if name == "loss" else f"loss_{name}"): value.detach().float()
                       for name, value in terms.items()}
-            if output.router_probs:
-                values.update(router_statistics(output.router_probs, output.routing, self.model_config.modalities))
+            values.update(router_statistics(output.routing))
             for name, value in values.items():
                 totals[name] = totals.get(name, 0.0) + value / accum
         if self.config.optim.grad_clip_norm:
@@ -244,20 +242,13 @@ class Trainer:
         self.scheduler.step()
         return totals
 
-    def _drop_modalities(self, present: torch.Tensor, micro: int) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """(present, subset masks) on the device for this micro-batch: modality dropout replaces the batch's
-        modalities, or with mode 'branch' keeps them and draws `branches` subsets for further predictions (plus
-        each modality alone with `singles`)."""
-        dropout, step, settings = self.modality_dropout, self.progress.step, self.config.data.modality_dropout
+    def _drop_modalities(self, present: torch.Tensor, micro: int) -> torch.Tensor:
+        """The micro-batch's present mask on the device, with modality dropout applied when it is on."""
+        dropout, step = self.modality_dropout, self.progress.step
         if dropout is None or dropout.probability(step) == 0:
-            return present.to(self.device, non_blocking=True), None
+            return present.to(self.device, non_blocking=True)
         generator = torch.Generator().manual_seed(dropout_seed(self.config.seed, self.dist.rank, step, micro))
-        if settings.mode == "replace":
-            return dropout(present, step, generator).to(self.device, non_blocking=True), None
-        subsets = [dropout(present, step, generator) for _ in range(settings.branches)]
-        if settings.singles:
-            subsets += [present & (torch.arange(present.shape[1]) == m) for m in range(present.shape[1])]
-        return present.to(self.device, non_blocking=True), [s.to(self.device, non_blocking=True) for s in subsets]
+        return dropout(present, step, generator).to(self.device, non_blocking=True)
 
     # ---- validation ----------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:

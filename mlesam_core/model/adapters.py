@@ -27,7 +27,7 @@ from mlesam_core.config_io import ConfigError, from_dict, to_dict
 from mlesam_core.content_hash import content_sha256
 from mlesam_core.model.backbone_id import same_backbone
 from mlesam_core.model.base import LoRASam2Model
-from mlesam_core.model.config import MLESAMConfig, config_differences
+from mlesam_core.model.config import MLESAMConfig, config_differences, read_legacy_model_config
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,21 @@ def read_adapter_metadata(path: str | Path) -> dict[str, str]:
 
 
 def adapter_config(path: str | Path) -> MLESAMConfig:
-    """The model config embedded in an adapter file."""
+    """The model config embedded in an adapter file; a file written before the training settings left the model
+    config loads with a logged note per changed key, or is refused naming a removed variant
+    (`config.read_legacy_model_config`)."""
     metadata = read_adapter_metadata(path)
     try:
-        return from_dict(MLESAMConfig, json.loads(metadata["config"]))
+        data = json.loads(metadata["config"])
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping, got {type(data).__name__}")
+        data, notes = read_legacy_model_config(data)
+        config = from_dict(MLESAMConfig, data)
     except (json.JSONDecodeError, ConfigError) as exc:
         raise AdapterError(f"{path}: embedded model config is invalid: {exc}") from exc
+    for note in notes:
+        log.info("%s (written by an older version): %s", path, note)
+    return config
 
 
 def load_adapters(model: LoRASam2Model, path: str | Path, allow_backbone_mismatch: bool = False,

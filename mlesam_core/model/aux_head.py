@@ -1,4 +1,4 @@
-"""The second pathway (PAPER.md Eq. 12): a SegFormer-style all-MLP head on the fused SFM, IFP and FFP maps."""
+"""The second pathway (the paper's Eq. 12): a SegFormer-style all-MLP head on the fused SFM, IFP and FFP maps."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from mlesam_core.model.config import MLESAMConfig
 from mlesam_core.model.decoder import ClassMaskHead, PromptFreeSamDecoder
 from mlesam_core.model.lora import LoRAQKV, ModalityContext, add_lora
+from mlesam_core.model.router import Routing
 from mlesam_core.model.sam2_parts import Sam2Parts
 
 if TYPE_CHECKING:
@@ -27,20 +28,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class SegmentationOutput:
-    """What a forward pass returns; all logits are [B, C, H, W] at the input resolution."""
+    """What a forward pass returns; all logits are [B, C, H, W] at the output size (default: the input's)."""
 
     logits: torch.Tensor  # output.sam_weight * sam_logits + output.aux_weight * aux_logits
     sam_logits: torch.Tensor
     aux_logits: torch.Tensor | None  # None without an aux head
-    routing: dict[str, torch.Tensor]  # per level (or "logits" for SAM-LoRA): modality weights [B, M]
+    routing: Routing  # modality weights [B, levels, M] with the level and modality names
     # SAM-LoRA in training mode: each modality model's own output, with `valid` [B] = that modality is present;
     # the loss trains every member on its own prediction, as the paper's separately trained models
     members: list[SegmentationOutput] | None = None
-    valid: torch.Tensor | None = None  # [B] the samples this output is scored on (members, subset predictions)
-    # MLE-SAM: each level's router softmax before the top-k [B, M] (absent modalities 0; empty for avg fusion)
-    router_probs: dict[str, torch.Tensor] | None = None
-    # MLE-SAM given `subset_present`: the predictions from those modality subsets, sharing this pass's encoder run
-    subsets: list[SegmentationOutput] | None = None
+    # MLE-SAM with sensor heads in training mode: each sensor head's prediction from its sensor alone, with
+    # `valid` [B] = that sensor is present (the loss's `sensor_heads` term)
+    sensor_predictions: list[SegmentationOutput] | None = None
+    valid: torch.Tensor | None = None  # [B] the samples this output is scored on (members, sensor predictions)
 
 
 @dataclass
@@ -86,9 +86,9 @@ class LoRASam2Model(nn.Module):
         self.size_multiple = math.lcm(32, 4 * self.trunk.window_spec[0])
         self._index_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}  # see `_active_index`
         self.build_heads(parts.mask_decoder)
-        # further expert sets (`partial_head.experts: own`) are drawn last: the first set and the paper's heads
-        # then start exactly as in the plain model of the same seed, so a recipe with them starts the full set
-        # where the paper's recipe does (the larger LoRA tensors would otherwise shift every later draw)
+        # further expert sets (the sensor heads' own, `sensor_heads`) are drawn last: the first set and the paper's
+        # heads then start exactly as in the plain model of the same seed, so a recipe with them starts the full
+        # set where the paper's recipe does (the larger LoRA tensors would otherwise shift every later draw)
         for expert_set in range(1, config.experts_per_modality):
             for layer in self.lora_layers:
                 layer.reset_lora_parameters(expert_set)
@@ -126,8 +126,7 @@ class LoRASam2Model(nn.Module):
                active: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Per-modality FPN maps before fusion, as SAM2's `backbone_fpn` (before conv_s0/conv_s1): 3 tensors
         [B, M, 256, h, w], stride 4 to 16. Absent modalities are zero; their input content is never read.
-        `active`: see `_encode`. With `partial_head.experts: own`, these are the first experts' maps (the full
-        set's)."""
+        `active`: see `_encode`. With `sensor_heads`, these are the first experts' maps (the full set's)."""
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
         batch, m = present.shape
@@ -146,7 +145,7 @@ class LoRASam2Model(nn.Module):
 
         `active` (inference only, ignored in training): the ids of the modalities present in some sample, known
         on the host (must agree with `present`); None reads them from `present`, a host sync on a GPU.
-        `expert_set`: which of each modality's LoRA experts run (1: the partial heads' own, see `lora.LoRAQKV`).
+        `expert_set`: which of each modality's LoRA experts run (1: the sensor heads' own, see `lora.LoRAQKV`).
         """
         batch, m, _, h, w = images.shape
         # Zeroing absent inputs before anything runs keeps NaN/Inf in an absent modality out of every sum
@@ -249,7 +248,7 @@ class LoRASam2Model(nn.Module):
             raise ValueError(f"merge_lora: the {current!r} expert is already merged; call unmerge_lora() first")
         index = self.modalities.index(modality)
         if self.config.experts_per_modality > 1 and len(self.modalities) > 1:
-            index += len(self.modalities)  # a sensor alone is a partial case: the partial heads' own expert serves it
+            index += len(self.modalities)  # a sensor alone lacks the others: the sensor heads' own expert serves it
         for layer in self.lora_layers:
             layer.merge(index)
 
@@ -265,8 +264,17 @@ class LoRASam2Model(nn.Module):
         return None if index is None else self.modalities[index % len(self.modalities)]
 
     # ------------------------------------------------------------------------------------------------ output
+    def output_size(self, images: torch.Tensor, size: tuple[int, int] | None) -> tuple[int, int]:
+        """The (H, W) a forward pass returns logits at: `size` when given (inference asks for the sensor's size,
+        so the logits are resized once), else the input's (training, evaluation at the label size)."""
+        if size is None:
+            return (images.shape[-2], images.shape[-1])
+        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise ValueError(f"output_size: expected (height, width) as two positive ints, got {size!r}")
+        return (size[0], size[1])
+
     def combine(self, sam: torch.Tensor, aux: torch.Tensor | None, size: tuple[int, int],
-                routing: dict[str, torch.Tensor]) -> SegmentationOutput:
+                routing: Routing) -> SegmentationOutput:
         """Upsample stride-4 logits to `size` and weight them (Eq. 13)."""
         sam = F.interpolate(sam, size=size, mode="bilinear", align_corners=False)
         logits = self.config.output.sam_weight * sam
@@ -285,15 +293,15 @@ class LoRASam2Model(nn.Module):
         return sam, aux
 
     def average_members(self, features: ModalityFeatures, present: torch.Tensor, size: tuple[int, int],
-                        mask_heads: nn.ModuleList, aux_heads: nn.ModuleList | None, routing_keys: Sequence[str],
+                        mask_heads: nn.ModuleList, aux_heads: nn.ModuleList | None, levels: tuple[str, ...],
                         keep_members: bool) -> SegmentationOutput:
         """Late fusion, SAM-LoRA's rule: each modality's (Y_sam, Y_aux) by its own heads (`member_pathways`),
         averaged over each sample's present modalities. The average is linear, so averaging the pathways before
-        `combine` equals averaging the logits. `routing` holds the averaging weights [B, M] under each of
-        `routing_keys`; with `keep_members`, `members` also holds each modality's own output, valid where that
-        modality is present (what the members' losses train on)."""
+        `combine` equals averaging the logits. `routing` holds the averaging weights at each of `levels`; with
+        `keep_members`, `members` also holds each modality's own output, valid where that modality is present
+        (what the members' losses train on)."""
         weights = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
-        routing = {key: weights for key in routing_keys}
+        routing = Routing.same_at_every_level(weights, levels, self.modalities)
         sam: torch.Tensor | None = None
         aux: torch.Tensor | None = None
         members: list[SegmentationOutput] | None = [] if keep_members else None

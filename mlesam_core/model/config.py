@@ -1,6 +1,6 @@
 """The typed MLE-SAM model configuration (YAML -> `MLESAMConfig`), validated on load with errors naming the key.
 
-Where PAPER.md leaves a choice open, the option is here with the paper-derived default; docs/model.md lists them.
+Where the paper leaves a choice open, the option is here with the paper-derived default; docs/model.md lists them.
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ from mlesam_core.config_io import ConfigError, check, load_config, to_dict
 from mlesam_core.data.classes import CLASS_TABLES
 from mlesam_core.modalities import check_modalities
 
-# partial_head.presence keeps a table of 2^M presence cases
-MAX_PRESENCE_MODALITIES = 8
-
 # Config keys that do not change the model's tensors or their meaning: adapters trained with other values of
 # these keys load without complaint (image_size: the Segmenter's working size; the rest: training-time switches).
 RUNTIME_KEYS = frozenset({
     "image_size", "activation_checkpointing", "random_init_seed", "lora.grouped", "lora.dropout",
-    "aux_head.dropout", "loss.sam_weight", "loss.aux_weight", "loss.ohem_keep_prob", "loss.ohem_min_kept_fraction",
-    "router.noise_std", "loss.router_balance_weight", "loss.router_confidence_weight", "loss.router_ceiling_weight",
-    "loss.router_ceiling", "loss.subset_weight", "loss.distill_weight", "loss.distill_temperature",
-    "partial_head.encoder_gradients", "partial_head.learn_full_set", "partial_head.single_sensor_gradients",
+    "aux_head.dropout", "router.noise_std",
 })
 
 
@@ -167,40 +161,18 @@ class AuxHeadConfig:
 
 
 @dataclass
-class PartialHeadConfig:
-    """Beyond the paper (off by default): a second fusion, SAM class-token head and aux head (routers and heads
-    of their own, the same frozen encoder and LoRA experts) that predict whenever a modality is missing, while the
-    paper's heads keep the full set. One shared router and decoder, trained on every subset, converge to a
-    compromise that costs the full set (docs/training.md); the idea of a fusion per presence case follows the
-    missing-aware prompts of Lee et al., CVPR 2023 ("Multimodal prompting with missing modalities"), here with
-    two cases (all present, some missing) and whole heads instead of prompts. `encoder_gradients: false` keeps the
-    partial predictions' gradients out of the LoRA experts, so the experts learn from the full set only.
-    `learn_full_set`: in training the partial heads also predict the full set (one more subset prediction), so
-    they learn every subset, as the single shared heads do without this option.
-    `single_sensor_gradients` (with `encoder_gradients: false`): the predictions from one modality alone still
-    train the LoRA experts, as each SAM-LoRA member trains its expert on its sensor alone.
-    `presence`: condition the partial heads on which modalities are present (`mlesam_core.model.presence`):
-    `tokens` (a class-token offset per presence case), `features` (a scale and shift of the fused maps per
-    case) or `none`.
-    `experts: own`: the partial heads get LoRA experts of their own, a second one per modality (the per-case
-    idea of the missing-aware prompts carried into the encoder), so a sensor's expert no longer serves the full
-    set and the subsets at once. Training then runs the encoder twice (both sets of experts); inference runs the
-    experts of each frame's presence case, so a frame costs one encoder pass as before. `shared` (default):
-    one expert per modality serves both.
-    `heads: per_modality`: instead of a second fusion and decoder, a class-token head and aux head per modality,
-    whose logits are averaged over the present modalities: the paper's SAM-LoRA baseline (late fusion), the most
-    robust to missing sensors in its Table VI and in ours, carried inside the fused model for the inputs that lack
-    a sensor. Each modality's head is trained on its own prediction every step (as each SAM-LoRA member), so with
-    `experts: own` each sensor's second expert and head train exactly as a SAM-LoRA member beside the paper's
-    heads. `fused` (default): one fusion and decoder for every subset."""
+class SensorHeadsConfig:
+    """Beyond the paper (off by default): heads for the inputs that lack a sensor. Each sensor gets a LoRA expert
+    set of its own beside the paper's, a class-token head and an aux head; an input without every sensor is
+    predicted by the heads of its present sensors, their logits averaged: the paper's SAM-LoRA baseline (late
+    fusion, the most robust to missing sensors in its Table VI and on the procedural scenes) carried inside the
+    fused model, while inputs with every sensor keep the paper's experts, fusion and heads. In training each step
+    also trains every sensor's head on its own expert's prediction from that sensor alone, as a SAM-LoRA member
+    (the training config's `loss.sensor_heads_weight`), so the encoder runs once per expert set; in inference a
+    frame runs the set its sensors need, one encoder pass. The idea of heads per presence case follows the
+    missing-aware prompts of Lee et al., CVPR 2023 ("Multimodal prompting with missing modalities")."""
 
     enabled: bool = False
-    encoder_gradients: bool = True
-    learn_full_set: bool = False
-    single_sensor_gradients: bool = False
-    presence: Literal["none", "tokens", "features"] = "none"
-    experts: Literal["shared", "own"] = "shared"
-    heads: Literal["fused", "per_modality"] = "fused"
 
 
 @dataclass
@@ -209,39 +181,6 @@ class OutputConfig:
 
     sam_weight: float = 1.0
     aux_weight: float = 1.0
-
-
-@dataclass
-class LossConfig:
-    """L = sam_weight * OHEM(Y_sam) + aux_weight * OHEM(Y_aux) (Eq. 14; the paper gives no weights), plus terms
-    beyond the paper, all off by default (`mlesam_core.losses`): router_balance_weight x the Switch-Transformer
-    load-balancing loss; router_confidence_weight x the routers' confidence penalty (ln M - entropy per level);
-    router_ceiling_weight x the hinge by which an expert's batch-mean routing weight exceeds router_ceiling;
-    and, when training adds a modality-subset branch (`data.modality_dropout.mode: branch`), subset_weight x the
-    subset prediction's own Eq. 14 loss + distill_weight x the temperature-scaled KL from the full-set prediction
-    (detached) to the subset's."""
-
-    sam_weight: float = 1.0
-    aux_weight: float = 0.4
-    ohem_keep_prob: float = 0.7  # keep pixels whose true-class probability is below this (loss > -log p)
-    ohem_min_kept_fraction: float = 1.0 / 16.0  # ... but at least this fraction of the valid pixels
-    router_balance_weight: float = 0.0
-    router_confidence_weight: float = 0.0
-    router_ceiling_weight: float = 0.0
-    router_ceiling: float = 0.9  # the largest batch-mean routing weight of one expert the ceiling leaves alone
-    subset_weight: float = 1.0
-    distill_weight: float = 0.0
-    distill_temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        check(0.0 < self.ohem_keep_prob <= 1.0, "ohem_keep_prob", f"must lie in (0, 1], got {self.ohem_keep_prob}")
-        check(0.0 <= self.ohem_min_kept_fraction <= 1.0, "ohem_min_kept_fraction",
-              f"must lie in [0, 1], got {self.ohem_min_kept_fraction}")
-        for name in ("router_balance_weight", "router_confidence_weight", "router_ceiling_weight", "subset_weight",
-                     "distill_weight"):
-            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        check(0.0 < self.router_ceiling <= 1.0, "router_ceiling", f"must lie in (0, 1], got {self.router_ceiling}")
-        check(self.distill_temperature > 0, "distill_temperature", f"must be positive, got {self.distill_temperature}")
 
 
 @dataclass
@@ -260,9 +199,8 @@ class MLESAMConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
-    partial_head: PartialHeadConfig = field(default_factory=PartialHeadConfig)
+    sensor_heads: SensorHeadsConfig = field(default_factory=SensorHeadsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     random_init_seed: int = 0  # seed of the frozen SAM2 weights when no checkpoint is loaded
     activation_checkpointing: bool = False  # recompute Hiera blocks in backward (saves memory at 1024^2)
 
@@ -283,28 +221,8 @@ class MLESAMConfig:
               f"{self.ignore_index} is a class id (num_classes is {self.num_classes})")
         check(self.image_size > 0 and self.image_size % 32 == 0, "image_size",
               f"must be a positive multiple of 32, got {self.image_size}")
-        check(not (self.partial_head.enabled and self.architecture != "mlesam"), "partial_head.enabled",
+        check(not (self.sensor_heads.enabled and self.architecture != "mlesam"), "sensor_heads.enabled",
               f"is an MLE-SAM option; architecture {self.architecture!r} has a head per modality already")
-        check(not self.partial_head.single_sensor_gradients
-              or (self.partial_head.enabled and not self.partial_head.encoder_gradients),
-              "partial_head.single_sensor_gradients", "only applies with partial_head.enabled and "
-              "partial_head.encoder_gradients: false (otherwise every partial prediction trains the experts)")
-        check(self.partial_head.experts == "shared" or self.partial_head.enabled, "partial_head.experts",
-              "'own' gives the partial heads experts of their own: it needs partial_head.enabled")
-        check(self.partial_head.experts == "shared" or self.partial_head.encoder_gradients,
-              "partial_head.encoder_gradients", "must be true with partial_head.experts: own (false would keep "
-              "the partial experts from ever learning)")
-        check(self.partial_head.presence == "none" or self.partial_head.enabled, "partial_head.presence",
-              f"{self.partial_head.presence!r} conditions the partial heads: it needs partial_head.enabled")
-        for key, value, allowed in (("enabled", self.partial_head.enabled, True),
-                                    ("presence", self.partial_head.presence, "none"),
-                                    ("learn_full_set", self.partial_head.learn_full_set, False)):
-            check(self.partial_head.heads == "fused" or value == allowed, f"partial_head.{key}",
-                  f"must be {allowed!r} with partial_head.heads: per_modality (each modality's head sees that "
-                  f"modality alone and learns from it alone), got {value!r}")
-        check(self.partial_head.presence == "none" or len(self.modalities) <= MAX_PRESENCE_MODALITIES,
-              "partial_head.presence", f"keeps a table of 2^M presence cases: at most {MAX_PRESENCE_MODALITIES} "
-              f"modalities, got {len(self.modalities)}")
 
     @property
     def num_modalities(self) -> int:
@@ -313,8 +231,57 @@ class MLESAMConfig:
 
     @property
     def experts_per_modality(self) -> int:
-        """LoRA experts per modality: 2 when the partial heads have their own (`partial_head.experts: own`)."""
-        return 2 if self.partial_head.enabled and self.partial_head.experts == "own" else 1
+        """LoRA experts per modality: 2 with the sensor heads (`sensor_heads`), whose experts are their own."""
+        return 2 if self.sensor_heads.enabled else 1
+
+
+# The `partial_head` section of model configs written before the sensor heads replaced it (adapter files embed
+# their config): its defaults, and the values of the variant that became `sensor_heads.enabled: true`.
+LEGACY_PARTIAL_HEAD: dict[str, object] = {
+    "enabled": False, "heads": "fused", "experts": "shared", "presence": "none", "learn_full_set": False,
+    "encoder_gradients": True, "single_sensor_gradients": False}
+LEGACY_SENSOR_HEADS = {**LEGACY_PARTIAL_HEAD, "enabled": True, "heads": "per_modality", "experts": "own"}
+# what each other value of a `partial_head` key selected: training variants that lost and were removed
+LEGACY_PARTIAL_HEAD_VARIANTS = {
+    "heads": "a second fusion and decoder for every input that lacks a sensor",
+    "experts": "per-sensor heads on the full set's LoRA experts",
+    "presence": "partial heads conditioned on the presence case",
+    "learn_full_set": "partial heads also trained on the full set",
+    "encoder_gradients": "partial heads whose gradients stay out of the LoRA experts",
+    "single_sensor_gradients": "partial heads whose single-sensor predictions alone train the LoRA experts",
+}
+
+
+def read_legacy_model_config(data: dict[str, object]) -> tuple[dict[str, object], list[str]]:
+    """A model config mapping written before loss weights moved to the training config and `partial_head` became
+    `sensor_heads`, read as today's: (the mapping, one message per key it changed). `loss` is dropped (training
+    settings, not the model's structure); `partial_head` becomes `sensor_heads.enabled` when it holds the
+    defaults (no partial heads) or the kept variant; any other variant is refused with a ConfigError naming
+    the key."""
+    data = dict(data)
+    notes = []
+    if "loss" in data:
+        del data["loss"]
+        notes.append("loss: ignored: loss weights are training settings now (the training config's `loss` "
+                     "section), not part of the model")
+    if "partial_head" in data:
+        partial = data.pop("partial_head")
+        check(isinstance(partial, dict), "partial_head", f"expected a mapping, got {partial!r}")
+        assert isinstance(partial, dict)
+        unknown = sorted(set(partial) - set(LEGACY_PARTIAL_HEAD))
+        check(not unknown, f"partial_head.{unknown[0] if unknown else ''}", "unknown key")
+        check("sensor_heads" not in data, "partial_head", "given together with sensor_heads, which replaces it")
+        values = {**LEGACY_PARTIAL_HEAD, **partial}
+        enabled = bool(values["enabled"])  # disabled, the other keys had no effect
+        for key, description in LEGACY_PARTIAL_HEAD_VARIANTS.items():
+            check(not enabled or values[key] == LEGACY_SENSOR_HEADS[key], f"partial_head.{key}",
+                  f"{values[key]!r} selects a training variant that was removed ({description}); only "
+                  f"partial_head {{enabled: true, heads: per_modality, experts: own}} (now sensor_heads.enabled: "
+                  f"true) or no partial head load")
+        data["sensor_heads"] = {"enabled": enabled}
+        notes.append(f"partial_head: read as sensor_heads.enabled: {str(enabled).lower()}"
+                     + (" (per-sensor heads on LoRA experts of their own)" if enabled else " (no partial head)"))
+    return data, notes
 
 
 def load_model_config(config: MLESAMConfig | str | Path, overrides: Sequence[str] = ()) -> MLESAMConfig:
@@ -350,5 +317,5 @@ def config_differences(model_config: MLESAMConfig, other: MLESAMConfig | dict) -
 
 
 __all__ = ["MLESAMConfig", "Sam2Config", "LoRAConfig", "RouterConfig", "DecoderConfig", "AuxHeadConfig",
-           "PartialHeadConfig", "MAX_PRESENCE_MODALITIES", "OutputConfig", "LossConfig", "RUNTIME_KEYS",
-           "load_model_config", "flat_config", "config_differences"]
+           "SensorHeadsConfig", "OutputConfig", "RUNTIME_KEYS", "load_model_config", "flat_config",
+           "config_differences", "read_legacy_model_config"]

@@ -1,4 +1,4 @@
-"""The first pathway (PAPER.md Eq. 11): SAM2's frozen two-way transformer driven by C class tokens, no prompts.
+"""The first pathway (the paper's Eq. 11): SAM2's frozen two-way transformer driven by C class tokens, no prompts.
 
 Split in two modules so the frozen SAM2 part can be shared (the SAM-LoRA baseline has one head per modality):
 - `PromptFreeSamDecoder` (frozen, from SAM2): the two-way transformer, the prompt encoder's random-Fourier
@@ -9,7 +9,7 @@ Split in two modules so the frozen SAM2 part can be shared (the SAM-LoRA baselin
   upscaling path with conv_s0/conv_s1 (initialised from SAM2's weights; the class parts have no SAM2 counterpart
   of the same shape and start from PyTorch's default init).
 Upscaling follows SAM2's code, u = GELU(LN(ConvT1(src) + IFP)); u = GELU(ConvT2(u) + FFP), which the pretrained
-weights expect (PAPER.md writes LN before the addition).
+weights expect (the paper writes LN before the addition).
 """
 
 from __future__ import annotations
@@ -130,14 +130,10 @@ class ClassMaskHead(nn.Module):
         self.conv_s0 = copy.deepcopy(mask_decoder.conv_s0)
         self.conv_s1 = copy.deepcopy(mask_decoder.conv_s1)
 
-    def forward(self, core: PromptFreeSamDecoder, sfm: torch.Tensor, ifp: torch.Tensor, ffp: torch.Tensor,
-                token_offsets: torch.Tensor | None = None) -> torch.Tensor:
-        """Fused SFM/IFP/FFP (256 ch, strides 16/8/4) -> class logits [B, C, H/4, W/4]; `token_offsets`
-        [B, C, D]: added to the class tokens per sample (presence conditioning)."""
-        tokens = self.class_tokens.weight.unsqueeze(0)
-        if token_offsets is not None:
-            tokens = tokens + token_offsets
-        class_out, image = core(sfm, tokens)
+    def forward(self, core: PromptFreeSamDecoder, sfm: torch.Tensor, ifp: torch.Tensor, ffp: torch.Tensor
+                ) -> torch.Tensor:
+        """Fused SFM/IFP/FFP (256 ch, strides 16/8/4) -> class logits [B, C, H/4, W/4]."""
+        class_out, image = core(sfm, self.class_tokens.weight.unsqueeze(0))
         deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         up = act1(norm1(deconv1(image) + self.conv_s1(ifp)))
         up = act2(deconv2(up) + self.conv_s0(ffp))

@@ -1,4 +1,4 @@
-"""Per-modality LoRA experts on the q and v projections of SAM2 Hiera's fused `qkv` layers (PAPER.md Eq. 4-5).
+"""Per-modality LoRA experts on the q and v projections of SAM2 Hiera's fused `qkv` layers (the paper's Eq. 4-5).
 
 Grouped LoRA: the encoder batch is ordered modality-major (M' chunks of equal size, chunk j running expert
 `context.index[j]`). Hiera keeps that order through window partitioning and q-pooling (all windows of a sample
@@ -44,7 +44,7 @@ class LoRAQKV(nn.Module):
     """Wraps a frozen `qkv` nn.Linear (peft-style `base_layer`, not copied) with one (A_q, B_q, A_v, B_v) per expert.
 
     There are `experts_per_modality` experts per modality: expert `k * M + j` is modality j's k-th (the second
-    set, with `partial_head.experts: own`, serves inputs that lack a modality). Parameters are stacked: `lora_A`
+    set, with `sensor_heads`, serves inputs that lack a modality). Parameters are stacked: `lora_A`
     [E, 2, r, d_in] and `lora_B` [E, 2, d_out, r] for E = experts_per_modality * M, index 1 = (q, v). d_out is
     `qkv.out_features // 3`, which differs from d_in in Hiera's stage-transition blocks. B starts at zero so the
     wrapped layer starts equal to SAM2's. `merge` folds one expert into the frozen weight for deployment

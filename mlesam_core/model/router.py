@@ -1,4 +1,4 @@
-"""Fusion of the per-modality FPN maps at SFM, IFP and FFP (PAPER.md Eq. 7-10), with missing modalities masked.
+"""Fusion of the per-modality FPN maps at SFM, IFP and FFP (the paper's Eq. 7-10), with missing modalities masked.
 
 Per level l, with P the present modalities of a sample:
   F_avg = (1/|P|) sum_{m in P} F_m                                        (Eq. 7)
@@ -9,7 +9,7 @@ Per level l, with P the present modalities of a sample:
 Beyond the paper (config `router`, defaults = the paper's router): the logits are divided by a temperature, and
 in training Gaussian noise can be added to them before the softmax and top-k (noisy top-k gating, Shazeer et al.
 2017); the full softmax probabilities are returned with the kept weights, for the load-balancing loss and the
-router statistics a run logs (`mlesam_core.losses`).
+router statistics a run logs (`mlesam_core.losses`). A forward pass reports both as one `Routing` array.
 Choices the paper leaves open (docs/model.md): the router reads the concatenated 256-channel FPN embeddings
 (one linear layer per level); fusion happens on the 256-channel FPN maps, and the decoder's conv_s1/conv_s0
 are applied after fusion (once per sample instead of once per modality). All fusions are one einsum with
@@ -20,12 +20,53 @@ weight 0 and a zero router embedding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import cast
 
 import torch
 from torch import nn
 
 LEVELS = ("ffp", "ifp", "sfm")  # finest (stride 4) to coarsest (stride 16), the order of `encode`
+
+
+@dataclass
+class Routing:
+    """The modality weights of one forward pass as one array with named axes.
+
+    `weights` [B, L, M] float32: at level `levels[l]` what the prediction takes from modality `modalities[m]`
+    (the routers' kept top-k weights for moe / avg+moe, the averaging weights for avg fusion and for per-modality
+    heads; exactly 0 for absent modalities). `levels` are LEVELS (finest first), or ("logits",) where the
+    modalities' logits are averaged instead (SAM-LoRA). `probs` [B, L, M]: the routers' softmax before the
+    top-k, None where no router decided (avg fusion, per-modality heads; the losses and router statistics use it).
+    """
+
+    weights: torch.Tensor
+    levels: tuple[str, ...]
+    modalities: tuple[str, ...]
+    probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        expected = (len(self.levels), len(self.modalities))
+        if self.weights.ndim != 3 or tuple(self.weights.shape[1:]) != expected:
+            raise ValueError(f"routing weights: expected [B, {expected[0]}, {expected[1]}] for levels "
+                             f"{list(self.levels)} and modalities {list(self.modalities)}, got "
+                             f"{tuple(self.weights.shape)}")
+        if self.probs is not None and self.probs.shape != self.weights.shape:
+            raise ValueError(f"routing probs: expected {tuple(self.weights.shape)}, got {tuple(self.probs.shape)}")
+
+    @classmethod
+    def same_at_every_level(cls, weights: torch.Tensor, levels: tuple[str, ...], modalities: tuple[str, ...]
+                            ) -> Routing:
+        """One [B, M] weighting that applies at every level (an average of per-modality predictions)."""
+        return cls(weights.float()[:, None].expand(-1, len(levels), -1), levels, modalities)
+
+    def where(self, rows: torch.Tensor, other: Routing) -> Routing:
+        """Per sample, this routing where `rows` [B] is true and `other`'s elsewhere (probs kept only where both
+        have them)."""
+        pick = rows.view(-1, 1, 1)
+        probs = (None if self.probs is None or other.probs is None
+                 else torch.where(pick, self.probs, other.probs))
+        return Routing(torch.where(pick, self.weights, other.weights), self.levels, self.modalities, probs)
 
 
 class ModalityRouter(nn.Module):
@@ -86,23 +127,26 @@ class FeatureFusion(nn.Module):
         ) if mode != "avg" else None
 
     def forward(self, levels: list[torch.Tensor], present: torch.Tensor, index: torch.Tensor | None = None
-                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """levels [M', B, C, h, w] (modalities `index`, None: all), finest first -> (fused [B, C, h, w] finest
-        first, routing {level: [B, M]}, router probabilities {level: [B, M]}). Routing is the router's kept top-k
-        weights for moe and avg+moe, and the averaging weights for avg (which has no router: no probabilities)."""
+        first, routing weights [B, L, M], router probabilities [B, L, M] or None), L = len(LEVELS). The weights
+        are the router's kept top-k weights for moe and avg+moe, and the averaging weights for avg (which has no
+        router: no probabilities)."""
         average = present.float() / present.sum(dim=1, keepdim=True).clamp_min(1)
-        fused, routing, probs = [], {}, {}
+        fused, routing, probs = [], [], []
         for level, features in zip(LEVELS, levels, strict=True):
             if self.routers is None:
-                weights = routing[level] = average
+                kept = weights = average
             else:
                 router = cast(ModalityRouter, self.routers[level])
-                routing[level], probs[level] = router.route(features, present, index)
-                weights = routing[level] if self.mode == "moe" else average + routing[level]
+                kept, level_probs = router.route(features, present, index)
+                probs.append(level_probs)
+                weights = kept if self.mode == "moe" else average + kept
+            routing.append(kept)
             if index is not None:
                 weights = weights.index_select(1, index)
             fused.append(torch.einsum("bm,mbchw->bchw", weights.to(features.dtype), features))
-        return fused, routing, probs
+        return fused, torch.stack(routing, dim=1), torch.stack(probs, dim=1) if probs else None
 
 
-__all__ = ["LEVELS", "ModalityRouter", "FeatureFusion"]
+__all__ = ["LEVELS", "Routing", "ModalityRouter", "FeatureFusion"]

@@ -21,6 +21,8 @@ from mlesam_core.model.base import LoRASam2Model, SegmentationOutput
 if TYPE_CHECKING:
     from sam2.modeling.sam.mask_decoder import MaskDecoder
 
+LOGIT_AVERAGE = ("logits",)  # the routing's one level: the modalities' logits are averaged, not their features
+
 
 class SAMLoRA(LoRASam2Model):
     """Per-modality LoRA SAM2 models with logit averaging over the present modalities."""
@@ -35,16 +37,18 @@ class SAMLoRA(LoRASam2Model):
     def mask_head_prefixes(self) -> list[str]:
         return [f"mask_heads.{i}" for i in range(len(self.modalities))]
 
-    def forward(self, images: torch.Tensor, present: torch.Tensor,
-                active: Sequence[int] | None = None) -> SegmentationOutput:
-        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput.
-        `active`: optional host-side ids of the modalities present in some sample (saves a host sync)."""
+    def forward(self, images: torch.Tensor, present: torch.Tensor, active: Sequence[int] | None = None,
+                output_size: tuple[int, int] | None = None) -> SegmentationOutput:
+        """images float [B, M, 3, H, W] (normalised, config order), present bool [B, M] -> SegmentationOutput
+        (routing: the averaging weights, at the one level "logits").
+        `active`: optional host-side ids of the modalities present in some sample (saves a host sync).
+        `output_size`: (H, W) of the returned logits, default the input's (see `output_size`)."""
         self.check_inputs(images, present)
         features = self._encode(images, present, active)
-        size = (images.shape[-2], images.shape[-1])
+        size = self.output_size(images, output_size)
         # one decoder per modality: this baseline is M separate models
-        return self.average_members(features, present, size, self.mask_heads, self.aux_heads, ("logits",),
+        return self.average_members(features, present, size, self.mask_heads, self.aux_heads, LOGIT_AVERAGE,
                                     keep_members=self.training)
 
 
-__all__ = ["SAMLoRA"]
+__all__ = ["SAMLoRA", "LOGIT_AVERAGE"]

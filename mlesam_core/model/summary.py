@@ -20,7 +20,7 @@ COMPONENTS = (
     ("fusion.", "routers (SFM, IFP, FFP)"),
     ("mask_head", "SAM decoder head (class tokens, hypernetworks, upscaling, conv_s0/s1)"),
     ("aux_head", "auxiliary head"),
-    ("partial_", "heads for missing modalities (routers, SAM decoder head, auxiliary head, presence tables)"),
+    ("partial_", "sensor heads for inputs that lack a modality (SAM decoder head, auxiliary head per modality)"),
 )
 
 

@@ -54,7 +54,7 @@ def test_adapters_refuse_another_config_naming_the_keys(tmp_path):
                                            r"\(file\) != 'muses' \(model\); fusion: 'avg\+moe' \(file\) != 'avg' "
                                            r"\(model\); num_classes: 25 \(file\) != 19"):
         load_adapters(other, path)
-    runtime_only = build_model(tiny_config("image_size=128", "lora.dropout=0.1", "loss.aux_weight=1.0"))
+    runtime_only = build_model(tiny_config("image_size=128", "lora.dropout=0.1", "router.noise_std=0.5"))
     load_adapters(runtime_only, path)  # working size and training switches may differ
 
 
@@ -97,6 +97,72 @@ def _rewrite(path, metadata, tensors=None):
 def _metadata(path):
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata()
+
+
+# the model config sections of adapter files written before the loss weights moved to the training config and the
+# partial-head variants were reduced to the sensor heads, as those versions wrote them (every key)
+OLD_LOSS = {"sam_weight": 1.0, "aux_weight": 0.4, "ohem_keep_prob": 0.7, "ohem_min_kept_fraction": 0.0625,
+            "router_balance_weight": 0.0, "router_confidence_weight": 0.01, "router_ceiling_weight": 0.0,
+            "router_ceiling": 0.9, "subset_weight": 1.0, "distill_weight": 0.0, "distill_temperature": 1.0}
+OLD_PARTIAL_HEAD = {"enabled": False, "encoder_gradients": True, "learn_full_set": False,
+                    "single_sensor_gradients": False, "presence": "none", "experts": "shared", "heads": "fused"}
+OLD_SENSOR_HEADS = {**OLD_PARTIAL_HEAD, "enabled": True, "heads": "per_modality", "experts": "own"}
+
+
+def _as_written_before(path, partial_head: dict) -> None:
+    """Rewrite an adapter file's embedded config as an older version wrote it: `loss` and `partial_head` sections
+    instead of `sensor_heads`, the content hash recomputed as that version did."""
+    from mlesam_core.model.adapters import adapter_content_sha256
+
+    metadata = _metadata(path)
+    config = json.loads(metadata["config"])
+    del config["sensor_heads"]
+    config["loss"], config["partial_head"] = OLD_LOSS, partial_head
+    metadata["config"] = json.dumps(config, sort_keys=True)
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    metadata["content_sha256"] = adapter_content_sha256(metadata, tensors)
+    _rewrite(path, metadata, tensors)
+
+
+@pytest.mark.parametrize(("overrides", "partial_head", "read_as"), [
+    ((), OLD_PARTIAL_HEAD, "sensor_heads.enabled: false (no partial head)"),
+    (("sensor_heads.enabled=true",), OLD_SENSOR_HEADS, "sensor_heads.enabled: true (per-sensor heads"),
+])
+def test_old_adapter_files_of_the_kept_design_load_with_a_logged_note(tmp_path, caplog, overrides, partial_head,
+                                                                     read_as):
+    model = _trained_model(*overrides)
+    path = save_adapters(model, tmp_path / "old.safetensors")
+    _as_written_before(path, partial_head)
+    fresh = build_model(tiny_config(*overrides)).eval()
+    with caplog.at_level("INFO", logger="mlesam_core.model.adapters"):
+        load_adapters(fresh, path)
+    assert "old.safetensors (written by an older version): loss: ignored: loss weights are training settings" \
+        in caplog.text
+    assert f"partial_head: read as {read_as}" in caplog.text
+    images, present = random_batch(model.config, batch=1, seed=4)
+    present[0, 1] = False  # sensor heads decode it where the model has them
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images, present).logits, model(images, present).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"enabled": True}, r"partial_head.heads: 'fused' selects a training variant that was removed \(a second "
+                        r"fusion and decoder for every input that lacks a sensor\)"),
+    ({"experts": "shared"}, r"partial_head.experts: 'shared' selects a training variant that was removed "
+                            r"\(per-sensor heads on the full set's LoRA experts\)"),
+    ({"presence": "tokens"}, r"partial_head.presence: 'tokens' selects .* \(partial heads conditioned on the "
+                             r"presence case\)"),
+    ({"learn_full_set": True}, r"partial_head.learn_full_set: True selects"),
+    ({"encoder_gradients": False}, r"partial_head.encoder_gradients: False selects"),
+])
+def test_old_adapter_files_of_removed_variants_are_refused_naming_the_key_and_variant(tmp_path, change, message):
+    path = save_adapters(_trained_model("sensor_heads.enabled=true"), tmp_path / "old.safetensors")
+    base = OLD_PARTIAL_HEAD if change == {"enabled": True} else OLD_SENSOR_HEADS
+    _as_written_before(path, {**base, **change})
+    with pytest.raises(AdapterError, match=r"old.safetensors: embedded model config is invalid: " + message):
+        load_adapters(build_model(tiny_config("sensor_heads.enabled=true")), path)
 
 
 def test_a_flipped_bit_in_a_tensor_is_refused_and_loads_only_with_verify_off(tmp_path):

@@ -21,9 +21,11 @@ from fixtures.model import TINY_SIZE, random_batch, randomize_lora, tiny_config
 from torch.overrides import TorchFunctionMode
 
 from mlesam_core import Prediction, Segmenter
+from mlesam_core.data.base import resize_label
 from mlesam_core.modalities import get_modality, to_three_channels
 from mlesam_core.model import build_model
-from mlesam_core.preprocess import normalization
+from mlesam_core.predictor import RoutingWeights
+from mlesam_core.preprocess import beyond_model_size, normalization
 
 MODALITIES = ("rgb", "depth", "event", "lidar")
 SIZES = [(TINY_SIZE, TINY_SIZE), (50, 70), (97, 130)]  # model size (no resize), smaller, larger
@@ -49,15 +51,19 @@ def reference_preprocess(segmenter: Segmenter, inputs: dict[str, np.ndarray]) ->
 
 @torch.no_grad()
 def reference_predict(segmenter: Segmenter, inputs: dict[str, np.ndarray]) -> Prediction:
-    """The model called on the reference preprocessing; labels, confidence, routing as the predictor defines."""
+    """The model called on the reference preprocessing; labels, confidence, routing as the predictor defines: the
+    model's logits at the sensor size (one resize), or at the model size with the labels upsampled (nearest) for a
+    sensor larger than the model's input."""
     images, present = reference_preprocess(segmenter, inputs)
-    output = segmenter.model(images, present)
     size = next(iter(inputs.values())).shape[:2]
-    logits = F.interpolate(output.logits.float(), size=size, mode="bilinear", align_corners=False)
-    confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
-    routing = {level: dict(zip(segmenter.modalities, w[0].tolist(), strict=True))
-               for level, w in output.routing.items()}
-    return Prediction(labels[0].to(torch.uint8).numpy(), confidence[0].numpy(), routing)
+    logits_size = segmenter.size if beyond_model_size(size, segmenter.size) else size
+    output = segmenter.model(images, present, output_size=logits_size)
+    confidence, labels = torch.softmax(output.logits.float(), dim=1).max(dim=1)
+    labels, confidence = labels[0].to(torch.uint8).numpy(), confidence[0].numpy()
+    if logits_size != size:
+        labels, confidence = resize_label(labels, size), resize_label(confidence, size)
+    routing = RoutingWeights(output.routing.weights[0].numpy(), output.routing.levels, output.routing.modalities)
+    return Prediction(labels, confidence, routing)
 
 
 def sensor_inputs(h: int, w: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -76,11 +82,8 @@ def assert_same_prediction(fast: Prediction, reference: Prediction) -> None:
     np.testing.assert_array_equal(fast.labels, reference.labels)
     assert fast.labels.dtype == np.uint8 and fast.confidence.dtype == np.float32
     np.testing.assert_allclose(fast.confidence, reference.confidence, rtol=1e-5, atol=1e-6)
-    assert list(fast.routing) == list(reference.routing)
-    for level in reference.routing:
-        assert list(fast.routing[level]) == list(reference.routing[level])
-        np.testing.assert_allclose(list(fast.routing[level].values()), list(reference.routing[level].values()),
-                                   rtol=1e-5, atol=1e-7)
+    assert (fast.routing.levels, fast.routing.modalities) == (reference.routing.levels, reference.routing.modalities)
+    np.testing.assert_allclose(fast.routing.weights, reference.routing.weights, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")

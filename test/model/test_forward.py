@@ -1,17 +1,20 @@
 """Forward pass: shapes, missing modalities masked (content never leaks, routing weight 0), router top-k,
-only the trainable parts receive gradients, inference skips absent modalities without changing the result."""
+only the trainable parts receive gradients, inference skips absent modalities without changing the result, logits
+at the output size asked for (resized once)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fixtures.model import TINY_SIZE, random_batch, randomize_lora, tiny_config
 
-from mlesam_core.losses import total_loss
+from mlesam_core.losses import LossConfig, total_loss
 from mlesam_core.model import build_model
-from mlesam_core.model.router import ModalityRouter
+from mlesam_core.model.router import LEVELS, ModalityRouter
 
 ARCHITECTURES = ["mlesam", "sam_lora"]
+LOSS = LossConfig()
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -22,9 +25,10 @@ def test_forward_returns_logits_at_input_resolution_and_routing_per_level(archit
     for logits in (out.logits, out.sam_logits, out.aux_logits):
         assert logits.shape == (2, 25, 64, 64) and torch.isfinite(logits).all()
     torch.testing.assert_close(out.logits, out.sam_logits + out.aux_logits)  # output weights 1 and 1
-    expected_levels = {"ffp", "ifp", "sfm"} if architecture == "mlesam" else {"logits"}
-    assert set(out.routing) == expected_levels
-    assert all(w.shape == (2, 4) for w in out.routing.values())
+    expected_levels = LEVELS if architecture == "mlesam" else ("logits",)
+    assert out.routing.levels == expected_levels and out.routing.modalities == model.modalities
+    assert out.routing.weights.shape == (2, len(expected_levels), 4)
+    assert (out.routing.probs is not None) == (architecture == "mlesam")
 
 
 @pytest.mark.parametrize("fusion", ["avg", "moe", "avg+moe"])
@@ -55,9 +59,8 @@ def test_absent_modality_content_does_not_change_logits_and_gets_zero_weight(fus
     with torch.no_grad():
         assert not torch.allclose(model(x, present).logits[0], outputs[0][0])
     for routing in routings:
-        for level, weights in routing.items():
-            assert weights[0, 2] == 0 and weights[1, 0] == 0, level
-            assert torch.isfinite(weights).all()
+        assert (routing.weights[0, :, 2] == 0).all() and (routing.weights[1, :, 0] == 0).all()
+        assert torch.isfinite(routing.weights).all()
 
 
 def test_routing_keeps_top_k_among_present_modalities():
@@ -95,7 +98,7 @@ def test_gradients_reach_only_the_trainable_parts(architecture, trainable_prefix
     present[0, 1] = False
     labels = torch.randint(0, 25, (2, 64, 64))
     labels[:, :8] = 255
-    total_loss(model(images, present), labels, model.config)["loss"].backward()
+    total_loss(model(images, present), labels, LOSS)["loss"].backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     for name in trainable:
         is_lora = name.startswith("image_encoder.") and name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")
@@ -135,7 +138,7 @@ def test_the_tiny_model_learns_a_batch():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(12):
-        loss = total_loss(model(images, present), labels, model.config)["loss"]
+        loss = total_loss(model(images, present), labels, LOSS)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -152,9 +155,9 @@ def test_bf16_autocast_training_step_keeps_float32_gradients_and_finite_loss():
     labels = torch.randint(0, 25, (2, 64, 64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(images, present)
-        loss = total_loss(output, labels, model.config)["loss"]
+        loss = total_loss(output, labels, LOSS)["loss"]
     assert output.logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert all(w.dtype == torch.float32 for w in output.routing.values())
+    assert output.routing.weights.dtype == output.routing.probs.dtype == torch.float32
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
@@ -162,7 +165,7 @@ def test_bf16_autocast_training_step_keeps_float32_gradients_and_finite_loss():
 
 def test_sam_lora_members_are_trained_on_their_own_predictions():
     """Each SAM-LoRA member learns from its own loss only, as the paper's separately trained models."""
-    from mlesam_core.losses import ohem_cross_entropy, total_loss
+    from mlesam_core.losses import ohem_cross_entropy
 
     config = tiny_config("architecture=sam_lora", "aux_head.enabled=false")
     model = build_model(config)
@@ -175,7 +178,7 @@ def test_sam_lora_members_are_trained_on_their_own_predictions():
     assert len(output.members) == len(config.modalities)
     assert output.members[2].valid.tolist() == [True, False]
 
-    total_loss(output, labels, config)["loss"].backward()
+    total_loss(output, labels, LOSS)["loss"].backward()
     head_grad = model.mask_heads[0].class_tokens.weight.grad.clone()
     model.zero_grad()
     # member 0 alone, scaled like its share of the mean: the same gradient reaches head 0 ...
@@ -211,27 +214,47 @@ def test_router_temperature_divides_the_logits_and_noise_acts_only_in_training()
     assert all((noisy(features, present)[0, 1] == 0).item() for _ in range(20))
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_subset_predictions_equal_forwards_with_each_subset_alone(train):
-    model = build_model(tiny_config("aux_head.dropout=0.0", "router.top_k=2"))
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_logits_come_at_the_output_size_asked_for_resized_once_from_the_stride_4_maps(architecture):
+    model = build_model(tiny_config(f"architecture={architecture}")).eval()
     randomize_lora(model)
-    model.train(train)
-    images, present = random_batch(model.config, batch=3, seed=5)
-    subset = present.clone()
-    subset[0, 1:] = False  # rgb alone
-    subset[1, 0] = False  # no rgb
-    subset[2, 3] = False
-    other = present.clone()
-    other[:, 1] = False  # no depth anywhere
+    images, present = random_batch(model.config, batch=1, seed=2)
     with torch.no_grad():
-        both = model(images, present, subset_present=[subset, other])
-        full = model(images, present)
-        alone = [model(images, mask) for mask in (subset, other)]
-    torch.testing.assert_close(both.logits, full.logits)
-    assert len(both.subsets) == 2 and full.subsets is None
-    for branch, single in zip(both.subsets, alone, strict=True):
-        torch.testing.assert_close(branch.logits, single.logits, rtol=1e-4, atol=1e-4)
-        for level in single.routing:
-            torch.testing.assert_close(branch.routing[level], single.routing[level])
-            torch.testing.assert_close(branch.router_probs[level], single.router_probs[level])
-        assert branch.subsets is None
+        default = model(images, present)
+        at_input = model(images, present, output_size=(TINY_SIZE, TINY_SIZE))
+        stride4 = model(images, present, output_size=(TINY_SIZE // 4, TINY_SIZE // 4))  # the pathways unresized
+        sensor = model(images, present, output_size=(48, 80))
+    torch.testing.assert_close(at_input.logits, default.logits, rtol=0, atol=0)
+    assert sensor.logits.shape == sensor.sam_logits.shape == (1, 25, 48, 80)
+
+    def resized(x):
+        return F.interpolate(x, size=(48, 80), mode="bilinear", align_corners=False)
+
+    # one bilinear resize of each stride-4 pathway straight to the size asked for, then Eq. 13
+    torch.testing.assert_close(sensor.sam_logits, resized(stride4.sam_logits), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sensor.aux_logits, resized(stride4.aux_logits), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sensor.logits, sensor.sam_logits + sensor.aux_logits)
+    torch.testing.assert_close(sensor.routing.weights, default.routing.weights, rtol=0, atol=0)
+
+
+def test_at_the_input_size_the_logits_equal_the_previous_two_resize_path():
+    """What inference used to do (logits at the model's input size, resized again to the sensor's) and what it
+    does now (the model resizes once, to the sensor's size) agree where the sensor has the model's size."""
+    model = build_model(tiny_config()).eval()
+    randomize_lora(model)
+    images, present = random_batch(model.config, batch=1, seed=3)
+    present[0, 2] = False
+    with torch.no_grad():
+        previous = F.interpolate(model(images, present).logits, size=(TINY_SIZE, TINY_SIZE), mode="bilinear",
+                                 align_corners=False)
+        once = model(images, present, active=(0, 1, 3), output_size=(TINY_SIZE, TINY_SIZE)).logits
+    torch.testing.assert_close(once, previous, rtol=1e-6, atol=1e-6)
+    assert torch.equal(once.argmax(dim=1), previous.argmax(dim=1))
+
+
+@pytest.mark.parametrize("size", [(0, 10), (10,), (10.5, 10)])
+def test_a_bad_output_size_is_refused_naming_it(size):
+    model = build_model(tiny_config()).eval()
+    images, present = random_batch(model.config, batch=1)
+    with pytest.raises(ValueError, match="output_size: expected"):
+        model(images, present, output_size=size)

@@ -23,8 +23,7 @@ class FixedSubset(torch.nn.Module):
 
 
 @pytest.mark.parametrize("active", [(0, 1, 2, 3), (0,)], ids=["full_set", "rgb_only"])
-@pytest.mark.parametrize("overrides", [(), ("partial_head.enabled=true", "partial_head.heads=per_modality",
-                                            "partial_head.experts=own")], ids=["paper", "sensor_heads"])
+@pytest.mark.parametrize("overrides", [(), ("sensor_heads.enabled=true",)], ids=["paper", "sensor_heads"])
 def test_export_traces_each_subset_to_a_graph_equal_to_eager_with_nonzero_lora(active, overrides):
     torch.manual_seed(0)
     model = build_model(tiny_config(*overrides)).eval()

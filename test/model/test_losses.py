@@ -1,4 +1,4 @@
-"""OHEM cross-entropy against hand-computed examples, and the weighted total loss."""
+"""OHEM cross-entropy against hand-computed examples, and the weighted total loss with its terms."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import math
 import pytest
 import torch
 
+from mlesam_core.config_io import ConfigError
 from mlesam_core.losses import (
-    distillation_loss,
-    load_balancing_loss,
+    LOSS_TERMS,
+    LossConfig,
     ohem_cross_entropy,
-    router_ceiling_penalty,
     router_confidence_penalty,
     router_entropy,
     total_loss,
 )
 from mlesam_core.model.base import SegmentationOutput
-from mlesam_core.model.config import LossConfig, MLESAMConfig
+from mlesam_core.model.router import Routing
 
 
 def _two_class_logits(true_probs: list[float], labels: list[int]) -> torch.Tensor:
@@ -83,64 +83,25 @@ def test_ohem_of_an_all_ignored_map_is_zero_and_finite():
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
+def _routing(batch: int = 1, modalities: int = 1, probs: torch.Tensor | None = None) -> Routing:
+    """Uniform routing at one level (probs: the routers' [B, 1, M], None: no router)."""
+    weights = torch.full((batch, 1, modalities), 1.0 / modalities)
+    return Routing(weights, ("sfm",), ("rgb", "depth")[:modalities], probs)
+
+
 def test_total_loss_weights_the_two_pathways():
-    config = MLESAMConfig(modalities=("rgb",), num_classes=2)  # loss weights 1.0 and 0.4
     labels = torch.tensor([[LABELS]])
     sam = _two_class_logits(PROBS, LABELS)
     aux = _two_class_logits([0.1, 0.1, 0.1, 0.1, 0.1], LABELS)  # every valid pixel hard: loss -log 0.1
-    output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux, routing={})
-    terms = total_loss(output, labels, config)
+    output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux, routing=_routing())
+    terms = total_loss(output, labels, LossConfig())  # loss weights 1.0 and 0.4
     assert terms["aux"].item() == pytest.approx(-math.log(0.1), rel=1e-6)
     assert terms["loss"].item() == pytest.approx(terms["sam"].item() + 0.4 * terms["aux"].item(), rel=1e-6)
-    no_aux = total_loss(SegmentationOutput(sam, sam, None, {}), labels, config)
-    assert set(no_aux) == {"sam", "loss"} and no_aux["loss"] == no_aux["sam"]
+    no_aux = total_loss(SegmentationOutput(sam, sam, None, _routing()), labels, LossConfig(sam_weight=2.0))
+    assert set(no_aux) == {"sam", "loss"} and no_aux["loss"] == 2 * no_aux["sam"]
 
 
-# ---- beyond the paper: load balancing, subset distillation, router entropy -------------------------------------
-
-def test_load_balancing_is_m_times_fraction_routed_times_mean_gate_summed_over_levels():
-    # level a, top-1 of 2: both samples go to expert 0 -> f = (1, 0); P = (0.7, 0.3); 2 * (1 * 0.7) = 1.4
-    probs_a = torch.tensor([[0.8, 0.2], [0.6, 0.4]], requires_grad=True)
-    routing_a = torch.tensor([[0.8, 0.0], [0.6, 0.0]])
-    # level b, top-2 of 3, sample 1 has no third modality: dispatch (1/2, 1/2, 0), (1/2, 0, 1/2)
-    # -> f = (1/2, 1/4, 1/4); P = (0.45, 0.3, 0.25); 3 * (0.225 + 0.075 + 0.0625) = 1.0875
-    probs_b = torch.tensor([[0.5, 0.4, 0.1], [0.4, 0.2, 0.4]])
-    routing_b = torch.tensor([[0.5, 0.4, 0.0], [0.4, 0.0, 0.4]])
-    loss = load_balancing_loss({"a": probs_a}, {"a": routing_a})
-    assert loss.item() == pytest.approx(1.4, rel=1e-6)
-    both = load_balancing_loss({"a": probs_a, "b": probs_b}, {"a": routing_a, "b": routing_b})
-    assert both.item() == pytest.approx(1.4 + 1.0875, rel=1e-6)
-    loss.backward()  # only P carries gradient: d/dp[b, i] = M * f_i / B
-    torch.testing.assert_close(probs_a.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
-
-
-def test_load_balancing_of_uniform_routing_is_one_per_level():
-    probs = torch.full((4, 4), 0.25)
-    routing = torch.tensor([[0.25, 0.25, 0, 0], [0, 0, 0.25, 0.25], [0.25, 0, 0.25, 0], [0, 0.25, 0, 0.25]])
-    assert load_balancing_loss({"ffp": probs, "sfm": probs}, {"ffp": routing, "sfm": routing}).item() == \
-        pytest.approx(2.0, rel=1e-6)
-
-
-def test_distillation_is_t_squared_kl_from_the_detached_teacher_over_labelled_pixels():
-    # pixel 0: teacher (0.5, 0.5), student (0.8, 0.2); pixel 1 is ignored (its huge KL must not count)
-    teacher = torch.tensor([[0.0, 10.0], [0.0, -10.0]])[None, :, None, :].requires_grad_(True)  # [1, 2, 1, 2]
-    student = torch.tensor([[math.log(0.8), 0.0], [math.log(0.2), 0.0]])[None, :, None, :].requires_grad_(True)
-    labels = torch.tensor([[[0, 255]]])
-    kl_t1 = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)  # 0.2231
-    assert distillation_loss(student, teacher, labels).item() == pytest.approx(kl_t1, rel=1e-5)
-    # T = 2: student softmax(log p / 2) = (sqrt .8, sqrt .2) normalised = (2/3, 1/3); teacher stays (0.5, 0.5)
-    kl_t2 = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
-    loss = distillation_loss(student, teacher, labels, temperature=2.0)
-    assert loss.item() == pytest.approx(4 * kl_t2, rel=1e-5)
-    loss.backward()
-    assert teacher.grad is None and student.grad.abs().sum() > 0
-
-
-def test_distillation_of_equal_predictions_is_zero():
-    logits = torch.randn(2, 5, 3, 3)
-    assert distillation_loss(logits, logits.clone(), torch.zeros(2, 3, 3, dtype=torch.long)).item() == \
-        pytest.approx(0.0, abs=1e-6)
-
+# ---- beyond the paper: router confidence, sensor heads -----------------------------------------------------------
 
 def test_router_entropy_is_the_mean_entropy_in_nats_with_zero_log_zero_as_zero():
     probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
@@ -148,94 +109,69 @@ def test_router_entropy_is_the_mean_entropy_in_nats_with_zero_log_zero_as_zero()
 
 
 def test_router_confidence_penalty_is_ln_m_minus_the_mean_entropy_summed_over_levels():
-    # level a (M = 2): entropies ln 2 (uniform) and 0 (one-hot) -> ln 2 - ln 2 / 2
-    # level b (M = 3): p = (0.5, 0.25, 0.25): H = 0.5 ln 2 + 2 * 0.25 ln 4 = 1.5 ln 2 -> ln 3 - 1.5 ln 2
-    probs_a = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
-    probs_b = torch.tensor([[0.5, 0.25, 0.25]], requires_grad=True)
-    assert router_confidence_penalty({"a": probs_a}).item() == pytest.approx(math.log(2) / 2, rel=1e-6)
-    penalty = router_confidence_penalty({"a": probs_a, "b": probs_b})
-    assert penalty.item() == pytest.approx(math.log(2) / 2 + math.log(3) - 1.5 * math.log(2), rel=1e-6)
-    penalty.backward()  # d/dp (-H) = ln p + 1
-    torch.testing.assert_close(probs_b.grad, torch.log(torch.tensor([[0.5, 0.25, 0.25]])) + 1)
-    assert router_confidence_penalty({"a": torch.full((3, 4), 0.25)}).item() == pytest.approx(0.0, abs=1e-6)
+    # level a: entropies ln 3 (uniform) and 0 (one-hot) -> ln 3 - ln 3 / 2
+    # level b: p = (0.5, 0.25, 0.25) and (0.5, 0.5, 0): H = 1.5 ln 2 and ln 2 -> ln 3 - 1.25 ln 2
+    level_a = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
+    level_b = torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.5, 0.0]])
+    probs = torch.stack([level_a, level_b], dim=1).requires_grad_(True)  # [B, L, M]
+    assert router_confidence_penalty(probs[:, :1]).item() == pytest.approx(math.log(3) / 2, rel=1e-6)
+    penalty = router_confidence_penalty(probs)
+    assert penalty.item() == pytest.approx(math.log(3) / 2 + math.log(3) - 1.25 * math.log(2), rel=1e-6)
+    penalty.backward()  # d/dp (-H) = (ln p + 1) / B where p > 0
+    expected = (torch.log(torch.tensor([0.5, 0.25, 0.25])) + 1) / 2
+    torch.testing.assert_close(probs.grad[0, 1], expected)
+    assert router_confidence_penalty(torch.full((3, 2, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_router_ceiling_penalty_is_the_hinge_of_each_experts_batch_mean_weight_over_the_ceiling():
-    # level a: batch means (0.95, 0.05, 0.0) -> only expert 0 exceeds 0.9, by 0.05
-    # level b: batch means (0.6, 0.4) -> nothing over the ceiling; the penalty leaves it alone
-    routing_a = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]], requires_grad=True)
-    routing_b = torch.tensor([[0.7, 0.3], [0.5, 0.5]], requires_grad=True)
-    penalty = router_ceiling_penalty({"a": routing_a, "b": routing_b}, ceiling=0.9)
-    assert penalty.item() == pytest.approx(0.05, abs=1e-6)
-    penalty.backward()  # d/dw of mean over 2 samples: 1/2 on the expert over the ceiling, 0 elsewhere
-    torch.testing.assert_close(routing_a.grad, torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]))
-    torch.testing.assert_close(routing_b.grad, torch.zeros(2, 2))
-    # two experts over a lower ceiling add up: (0.95 - 0.5) + 0 + (0.6 - 0.5)
-    assert router_ceiling_penalty({"a": routing_a, "b": routing_b}, ceiling=0.5).item() == pytest.approx(0.55)
-
-
-def test_total_loss_adds_the_routing_ceiling_with_its_weight_and_ceiling():
-    config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2,
-                          loss=LossConfig(router_ceiling_weight=2.0, router_ceiling=0.8))
-    labels = torch.tensor([[LABELS]])
+def _sensor_output() -> SegmentationOutput:
+    """One sample with both pathways, router probabilities (0.9, 0.1) and two sensor predictions."""
     sam = _two_class_logits(PROBS, LABELS)
     aux = _two_class_logits([0.1] * 5, LABELS)
-    output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux,
-                                routing={"sfm": torch.tensor([[1.0, 0.0], [0.9, 0.1]])},
-                                router_probs={"sfm": torch.tensor([[0.98, 0.02], [0.9, 0.1]])})
-    terms = total_loss(output, labels, config)
-    assert terms["ceiling"].item() == pytest.approx(0.95 - 0.8, rel=1e-5)
-    assert terms["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + 2.0 * 0.15).item(), rel=1e-5)
-    assert "ceiling" not in total_loss(output, labels, MLESAMConfig(modalities=("rgb", "depth"), num_classes=2))
-
-
-def test_router_ceiling_must_lie_in_the_unit_interval_naming_the_key():
-    with pytest.raises(ValueError, match="router_ceiling"):
-        LossConfig(router_ceiling=1.5)
-    with pytest.raises(ValueError, match="router_ceiling_weight"):
-        LossConfig(router_ceiling_weight=-1.0)
-
-
-def test_total_loss_adds_balance_subset_and_distillation_terms_with_their_weights():
-    config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2, loss=LossConfig(
-        router_balance_weight=0.5, router_confidence_weight=0.7, subset_weight=0.3, distill_weight=2.0,
-        distill_temperature=1.0))
-    labels = torch.tensor([[LABELS]])
-    sam = _two_class_logits(PROBS, LABELS)
-    aux = _two_class_logits([0.1] * 5, LABELS)
-    routing = {"sfm": torch.tensor([[0.9, 0.0]])}
-    probs = {"sfm": torch.tensor([[0.9, 0.1]])}
-    # two subset predictions: the terms are their means
-    subset = SegmentationOutput(logits=aux, sam_logits=aux, aux_logits=aux, routing={})
-    easy = _two_class_logits([0.9] * 5, LABELS)
-    other = SegmentationOutput(logits=easy, sam_logits=easy, aux_logits=easy, routing={})
-    output = SegmentationOutput(logits=sam + aux, sam_logits=sam, aux_logits=aux, routing=routing,
-                                router_probs=probs, subsets=[subset, other])
-    terms = total_loss(output, labels, config)
-    assert terms["balance"].item() == pytest.approx(2 * 0.9, rel=1e-6)
-    assert terms["confidence"].item() == pytest.approx(
-        math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1), rel=1e-6)
-    subset_losses = [(1 + 0.4) * -math.log(0.1), total_loss(other, labels, config)["loss"].item()]
-    assert terms["subset"].item() == pytest.approx(sum(subset_losses) / 2, rel=1e-6)
-    assert terms["distill"].item() == pytest.approx(
-        (distillation_loss(aux, sam + aux, labels) + distillation_loss(easy, sam + aux, labels)).item() / 2,
-        rel=1e-6)
-    expected = (terms["sam"] + 0.4 * terms["aux"] + 0.5 * terms["balance"] + 0.7 * terms["confidence"]
-                + 0.3 * terms["subset"] + 2.0 * terms["distill"])
-    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
-    # the paper's defaults add nothing
-    plain = total_loss(output, labels, MLESAMConfig(modalities=("rgb", "depth"), num_classes=2))
-    assert "balance" not in plain and "confidence" not in plain and "distill" not in plain
-    assert plain["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + terms["subset"]).item())
-
-
-def test_a_subset_prediction_is_scored_only_on_its_valid_samples():
-    config = MLESAMConfig(modalities=("rgb", "depth"), num_classes=2)
-    labels = torch.tensor([[LABELS], [LABELS]])  # two samples
     good = _two_class_logits([0.5] * 5, LABELS)  # every valid pixel: loss -log 0.5
     bad = _two_class_logits([0.01] * 5, LABELS)  # every valid pixel: loss -log 0.01
-    subset_logits = torch.cat([good, bad])
-    subset = SegmentationOutput(subset_logits, subset_logits, None, {}, valid=torch.tensor([True, False]))
-    output = SegmentationOutput(subset_logits, subset_logits, None, {}, subsets=[subset])
-    terms = total_loss(output, labels, config)
-    assert terms["subset"].item() == pytest.approx(-math.log(0.5), rel=1e-6)  # sample 1 (nothing present) skipped
+    sensors = [SegmentationOutput(logits, logits, None, _routing(1, 2), valid=torch.tensor([True]))
+               for logits in (good, bad)]
+    return SegmentationOutput(sam + aux, sam, aux, _routing(1, 2, torch.tensor([[[0.9, 0.1]]])),
+                              sensor_predictions=sensors)
+
+
+def test_total_loss_adds_the_confidence_and_sensor_head_terms_with_their_weights():
+    labels = torch.tensor([[LABELS]])
+    output = _sensor_output()
+    terms = total_loss(output, labels, LossConfig(router_confidence_weight=0.7, sensor_heads_weight=0.3))
+    assert set(terms) == {"loss", *LOSS_TERMS}
+    assert terms["router_confidence"].item() == pytest.approx(
+        math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1), rel=1e-6)
+    assert terms["sensor_heads"].item() == pytest.approx((-math.log(0.5) - math.log(0.01)) / 2, rel=1e-6)
+    expected = terms["sam"] + 0.4 * terms["aux"] + 0.7 * terms["router_confidence"] + 0.3 * terms["sensor_heads"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # the defaults: no confidence penalty; the sensor heads' term at weight 1 wherever the model has them
+    plain = total_loss(output, labels, LossConfig())
+    assert "router_confidence" not in plain
+    assert plain["loss"].item() == pytest.approx((terms["sam"] + 0.4 * terms["aux"] + terms["sensor_heads"]).item())
+    # no router decided (avg fusion, or inputs decoded by the sensor heads): no confidence term at any weight
+    output.routing = _routing(1, 2)
+    assert "router_confidence" not in total_loss(output, labels, LossConfig(router_confidence_weight=0.7))
+
+
+def test_a_sensor_prediction_is_scored_only_on_the_samples_with_its_sensor():
+    labels = torch.tensor([[LABELS], [LABELS]])  # two samples
+    good = _two_class_logits([0.5] * 5, LABELS)
+    bad = _two_class_logits([0.01] * 5, LABELS)
+    logits = torch.cat([good, bad])
+    sensor = SegmentationOutput(logits, logits, None, _routing(2), valid=torch.tensor([True, False]))
+    output = SegmentationOutput(logits, logits, None, _routing(2), sensor_predictions=[sensor])
+    terms = total_loss(output, labels, LossConfig())
+    assert terms["sensor_heads"].item() == pytest.approx(-math.log(0.5), rel=1e-6)  # sample 1 lacks the sensor
+    sensor.valid = None
+    with pytest.raises(ValueError, match="no `valid` mask"):
+        total_loss(output, labels, LossConfig())
+
+
+def test_every_loss_term_has_a_weight_and_bad_weights_are_refused_by_key():
+    assert all(LossConfig().weight(term) >= 0 for term in LOSS_TERMS)
+    for term in LOSS_TERMS:
+        with pytest.raises(ConfigError, match=f"{term}_weight: must be >= 0"):
+            LossConfig(**{f"{term}_weight": -1.0})
+    with pytest.raises(ConfigError, match="ohem_keep_prob"):
+        LossConfig(ohem_keep_prob=0.0)

@@ -16,7 +16,7 @@ def _tiny_overrides(root: Path, out: Path, steps: int) -> list[str]:
             f"optim.max_steps={steps}", "optim.schedule.warmup_steps=2", "data.workers=0", "data.max_train_samples=8",
             "data.max_val_samples=4", "validation.every_steps=3", "validation.batch_size=4", "log_every_steps=1",
             "device=cpu",
-            # the paper's recipe (no dropout, subset branches, extra loss terms or partial heads), whatever
+            # the paper's recipe (no dropout, extra loss terms or sensor heads), whatever
             # synthetic_cpu.yaml chooses; the tests of those options set them on top
             *paper_recipe_overrides()]
 

@@ -33,15 +33,34 @@ def test_shipped_train_configs_load_and_match_their_data_sets():
 def test_paper_recipe_overrides_restore_the_paper_on_every_shipped_config(name):
     # written out here, not taken from the dataclasses: the paper trains without dropout or any extra term
     config = load_train_config(f"config/train/{name}.yaml", paper_recipe_overrides())
-    dropout, loss, router = config.data.modality_dropout, config.model.loss, config.model.router
-    assert (dropout.p, dropout.mode, dropout.branches, dropout.singles, dropout.start_step) == (0, "replace", 1,
-                                                                                               False, 0)
-    assert (loss.router_balance_weight, loss.router_confidence_weight, loss.distill_weight) == (0, 0, 0)
+    dropout, loss, router = config.data.modality_dropout, config.loss, config.model.router
+    assert (dropout.p, dropout.start_step) == (0, 0)
+    assert loss.router_confidence_weight == 0
     assert (router.noise_std, router.temperature) == (0, 1)
-    assert not config.model.partial_head.enabled
+    assert not config.model.sensor_heads.enabled
     shipped = load_train_config(f"config/train/{name}.yaml")
     assert (shipped.optim, shipped.model.lora, shipped.model.fusion) == (config.optim, config.model.lora,
                                                                          config.model.fusion)  # nothing else moves
+    assert (loss.sam_weight, loss.aux_weight, loss.ohem_keep_prob) == (shipped.loss.sam_weight,
+                                                                       shipped.loss.aux_weight, 0.7)
+
+
+def test_the_chosen_recipe_is_the_sensor_heads_with_the_confidence_penalty():
+    config = load_train_config("config/train/synthetic_cpu.yaml")
+    assert config.model.sensor_heads.enabled and config.loss.router_confidence_weight == 0.01
+    assert (config.loss.sam_weight, config.loss.aux_weight, config.loss.sensor_heads_weight) == (1.0, 0.4, 1.0)
+
+
+@pytest.mark.parametrize(("key", "place"), [("loss", "top-level `loss` section"),
+                                            ("partial_head", "model.sensor_heads: {enabled: true}")])
+def test_model_keys_that_moved_are_refused_naming_their_new_place(tmp_path, key, place):
+    with pytest.raises(ConfigError, match=f"model.{key}: no longer a model key: .*{place}"):
+        _config(tmp_path, model={"config": TINY, key: {}})
+
+
+def test_loss_weights_are_checked_by_key(tmp_path):
+    with pytest.raises(ConfigError, match="loss.router_confidence_weight: must be >= 0"):
+        _config(tmp_path, "loss.router_confidence_weight=-1")
 
 
 def test_paper_scale_configs_default_to_the_paper_recipe():
@@ -67,10 +86,7 @@ def test_paper_recipe_config_holds_table_ix():
     (["data.format=kitti"], "data.format: must be one of"),
     (["data.modality_dropout.p=1.5"], "data.modality_dropout.p: must lie in [0, 1]"),
     (["data.modality_dropout.sampler=all"], "data.modality_dropout.sampler: must be one of"),
-    (["data.modality_dropout.mode=branch"], "data.modality_dropout.p: must be positive with mode: branch"),
     (["data.modality_dropout.ramp_steps=-1"], "data.modality_dropout.ramp_steps: must be >= 0"),
-    (["data.modality_dropout.branches=2"], "data.modality_dropout.branches: more than one needs mode: branch"),
-    (["data.modality_dropout.singles=true"], "data.modality_dropout.singles: needs mode: branch"),
     (["validation.metric=dice"], "validation.metric: must be one of"),
 ])
 def test_bad_train_values_name_the_key(tmp_path, overrides, message):
@@ -100,8 +116,6 @@ def test_bad_model_values_are_named_under_model(tmp_path):
      "data.case: only DELIVER"),
     (["data.modality_dropout.p=0.5", "data.modality_dropout.protect=frame"],
      "data.modality_dropout.protect: 'frame' is not a modality of the model"),
-    (["data.modality_dropout.p=0.5", "data.modality_dropout.mode=branch", "model.architecture=sam_lora"],
-     "data.modality_dropout.mode: branch needs a multi-modal MLE-SAM"),
 ])
 def test_data_that_cannot_fit_the_model_is_refused_by_key(tmp_path, overrides, message):
     config = _config(tmp_path, *overrides)

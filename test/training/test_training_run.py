@@ -48,9 +48,9 @@ def test_run_writes_metrics_checkpoints_and_adapters_the_segmenter_loads(tiny_ru
 
 @pytest.mark.parametrize("dropout", [
     ("data.modality_dropout.p=0.5", "data.modality_dropout.ramp_steps=4"),
-    ("data.modality_dropout.p=1.0", "data.modality_dropout.sampler=subset", "data.modality_dropout.mode=branch",
-     "model.loss.distill_weight=1.0", "model.loss.router_balance_weight=0.1", "model.router.noise_std=0.5"),
-], ids=["replace", "branch"])
+    ("data.modality_dropout.p=1.0", "data.modality_dropout.sampler=subset", "model.sensor_heads.enabled=true",
+     "loss.router_confidence_weight=0.01", "model.router.noise_std=0.5"),
+], ids=["dropout", "sensor_heads"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config, tmp_path, dropout):
     # augmentation and modality dropout on, and 4 steps per epoch: the resume point (3) lies mid-epoch
     extra = ("data.augment=true", *dropout, "optim.grad_accum_steps=1")
@@ -73,28 +73,16 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config, tmp_pat
     assert val_a == pytest.approx(val_b, abs=1e-6)
 
 
-PARTIAL_RECIPES = {
-    # the previous CPU recipe: fused partial heads on detached features, subset branches distilled
-    "fused_detached": ("data.modality_dropout={p: 1.0, sampler: subset, mode: branch, singles: true}",
-                       "model.loss.distill_weight=1.0", "model.loss.distill_temperature=2.0",
-                       "model.partial_head={enabled: true, learn_full_set: true, encoder_gradients: false}"),
-    # synthetic_cpu.yaml's: a head and LoRA expert per sensor of their own
-    "per_modality_own": ("model.partial_head={enabled: true, heads: per_modality, experts: own}",),
-}
-
-
-@pytest.mark.parametrize("recipe", list(PARTIAL_RECIPES))
-def test_partial_heads_leave_the_paper_heads_and_experts_as_the_papers_recipe_trains_them(recipe, tiny_config,
-                                                                                           tmp_path):
-    # an every-subset recipe against the paper's recipe, same seed; the dropouts are off so that the partial heads
-    # draw no random numbers the paper's parts would see
+def test_sensor_heads_leave_the_paper_heads_and_experts_as_the_papers_recipe_trains_them(tiny_config, tmp_path):
+    # the chosen every-subset recipe's model against the paper's recipe, same seed; the dropouts are off so that
+    # the sensor heads draw no random numbers the paper's parts would see
     common = ("model.aux_head.dropout=0.0", "optim.grad_accum_steps=1")
     train(tiny_config(tmp_path / "paper", *common), progress_bar=False)
-    train(tiny_config(tmp_path / "recipe", *common, *PARTIAL_RECIPES[recipe]), progress_bar=False)
+    train(tiny_config(tmp_path / "recipe", *common, "model.sensor_heads.enabled=true"), progress_bar=False)
     paper = load_file(tmp_path / "paper" / "adapters.safetensors")
     recipe_state = load_file(tmp_path / "recipe" / "adapters.safetensors")
-    partial = {k for k in recipe_state if k.startswith("partial_")}
-    assert partial and recipe_state.keys() - partial == paper.keys()
+    sensor_heads = {k for k in recipe_state if k.startswith("partial_")}
+    assert sensor_heads and recipe_state.keys() - sensor_heads == paper.keys()
     m = paper["image_encoder.trunk.blocks.0.attn.qkv.lora_A"].shape[0]
     for key in paper:
         value = recipe_state[key][:m] if ".lora_" in key else recipe_state[key]  # own experts: the first set
@@ -102,7 +90,7 @@ def test_partial_heads_leave_the_paper_heads_and_experts_as_the_papers_recipe_tr
     assert any(paper[k].abs().sum() > 0 for k in paper if "lora_B" in k)  # the experts did train
     fresh = build_model(adapter_config(tmp_path / "recipe" / "adapters.safetensors"))
     untrained = fresh.adapter_state_dict()
-    assert any(not torch.equal(recipe_state[k], untrained[k]) for k in partial)  # the partial heads trained
+    assert any(not torch.equal(recipe_state[k], untrained[k]) for k in sensor_heads)  # the sensor heads trained
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tiny_config, tmp_path):
@@ -123,10 +111,10 @@ def test_two_process_gloo_torchrun_trains_and_rank0_writes_one_checkpoint(tiny_o
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000)]
     # modality dropout on: a modality absent from a process's whole batch must not stall the gradient all-reduce;
-    # in branch mode (a second, subset prediction from the same encoder pass) with the load-balancing loss
+    # the chosen recipe (sensor heads on their own experts, confidence penalty)
     overrides = tiny_overrides(out, steps=3) + ["num_threads=1", "data.modality_dropout.p=0.7",
-                                                "data.modality_dropout.mode=branch", "model.loss.distill_weight=1.0",
-                                                "model.loss.router_balance_weight=0.01"]
+                                                "model.sensor_heads.enabled=true",
+                                                "loss.router_confidence_weight=0.01"]
     done = subprocess.run(torchrun + ["-m", "training.train", "--no-progress", "--config",
                                       "config/train/synthetic_cpu.yaml", *overrides],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
