@@ -31,7 +31,8 @@ import torch
 from mlesam_core.data.classes import DELIVER
 from training.baselines import position_prior, score_fixed_prediction
 from training.config import load_train_config, paper_recipe_overrides
-from training.evaluate import EvalRequest, evaluate_adapters
+from training.eval_request import EvalRequest
+from training.evaluate import evaluate_adapters
 from training.loop import train
 from training.reporting import json_ready, markdown_table, write_report
 from training.run_log import read_metrics

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,46 +27,18 @@ from torch.utils.data import DataLoader
 from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import get_class_table
 from mlesam_core.data.collate import ModalityCollate
-from mlesam_core.evaluation import EvaluationResult, all_subsets, evaluate, subset_name
+from mlesam_core.evaluation import EvaluationResult, evaluate, subset_name
 from mlesam_core.host_memory import retain_freed_memory
 from training.cli_errors import EXIT_BAD_INPUT, EXPECTED_ERRORS, error_line
 from training.config import TrainConfig, load_train_config, resolve_path
 from training.data import build_dataset, check_data_against_model, unwrap_dataset
 from training.distributed import pick_device
+from training.eval_request import EvalRequest, parse_subsets, requested_subsets
 from training.model_setup import build_training_model
+from training.predict import predict_split
 from training.reporting import write_report
 
 log = logging.getLogger("training.evaluate")
-
-
-@dataclass
-class EvalRequest:
-    """What to evaluate and how."""
-
-    adapters: Path
-    split: str = "val"
-    subsets: Literal["full", "all"] | Sequence[Sequence[str]] = "full"
-    noise: Literal["gaussian", "uniform"] | None = None
-    noise_on: str | None = None
-    by_case: bool = False
-    batch_size: int = 4
-    max_samples: int | None = None
-    examples: int = 4
-    seed: int = 0  # of the noise
-    progress: bool = True
-    verify: bool = True  # check the adapter file's content hash
-
-
-def parse_subsets(text: str, modalities: Sequence[str]) -> Literal["full", "all"] | list[tuple[str, ...]]:
-    """'all', 'full' or a comma-separated list of '+'-joined subsets, e.g. 'rgb,rgb+depth'."""
-    if text in ("all", "full"):
-        return text  # type: ignore[return-value]
-    subsets = [tuple(part.split("+")) for part in text.split(",") if part]
-    for subset in subsets:
-        unknown = [m for m in subset if m not in modalities]
-        if unknown:
-            raise ConfigError(f"--subsets: {unknown[0]!r} is not a modality of the model ({', '.join(modalities)})")
-    return subsets
 
 
 def load_evaluated_model(config: TrainConfig, request: EvalRequest) -> tuple[Any, torch.nn.Module, torch.device]:
@@ -87,15 +57,6 @@ def load_evaluated_model(config: TrainConfig, request: EvalRequest) -> tuple[Any
     model = build_training_model(config, model_config, device)
     load_adapters(model, adapters, verify=request.verify)
     return model_config, model.eval(), device
-
-
-def requested_subsets(request: EvalRequest, modalities: Sequence[str]) -> list[tuple[str, ...]] | None:
-    """The modality subsets to run besides the full set (None: the full set only)."""
-    if request.subsets == "full":
-        return None
-    if request.subsets == "all":
-        return all_subsets(modalities)
-    return [tuple(s) for s in request.subsets]
 
 
 def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[EvaluationResult, Any]:
@@ -180,10 +141,8 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
 
             request.subsets = parse_subsets(args.subsets, adapter_config(resolve_path(request.adapters)).modalities)
         if args.predict_only:
-            from training.predict import predict_split
-
             out_dir = Path(args.out) if args.out else default_out_dir(request, "predict")
-            summary = predict_split(config, request, out_dir)
+            summary = predict_split(config, request, load_evaluated_model(config, request), out_dir)
             log.info("%d predictions in %s (%d written now, %d there already)%s", summary.total, out_dir,
                      summary.written, summary.skipped,
                      f"; upload {', '.join(map(str, summary.archives))}" if summary.archives else "")

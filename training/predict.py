@@ -38,7 +38,7 @@ from mlesam_core.evaluation import autocast, subset_name
 from training.checkpoint import TEMPORARY_MARK, atomic_path, remove_stale_temporaries
 from training.config import TrainConfig
 from training.data import build_dataset, unwrap_dataset
-from training.evaluate import EvalRequest, load_evaluated_model, requested_subsets
+from training.eval_request import EvalRequest, requested_subsets
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,13 @@ def _archive(out_dir: Path, folder: str, name: str) -> Path:
     return archive
 
 
-def predict_split(config: TrainConfig, request: EvalRequest, out_dir: Path) -> PredictionSummary:
-    """Write the predictions of `request.adapters` on `request.split` of `config.data` into `out_dir`."""
+def predict_split(config: TrainConfig, request: EvalRequest, loaded: tuple[Any, torch.nn.Module, torch.device],
+                  out_dir: Path) -> PredictionSummary:
+    """Write the predictions of `request.adapters` on `request.split` of `config.data` into `out_dir`; `loaded`:
+    (model config, model, device) as `training.evaluate.load_evaluated_model` gives them."""
     from mlesam_core.data.transforms import eval_transform
 
-    model_config, model, device = load_evaluated_model(config, request)
+    model_config, model, device = loaded
     modalities = model_config.modalities
     size = (model_config.image_size, model_config.image_size)
     transform = eval_transform(size, modalities, noise=request.noise, noise_on=request.noise_on, seed=request.seed)

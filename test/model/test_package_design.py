@@ -1,31 +1,35 @@
-"""The model package's imports go one way: no module of mlesam_core/model imports (directly or through others, at
-module level, inside functions, or under TYPE_CHECKING) a module that imports it back."""
+"""Imports go one way in every package of the tree: no module of mlesam_core, mlesam_ros, training, benchmarks or
+demo imports (directly or through others, at module level, inside functions, or under TYPE_CHECKING) a module that
+imports it back."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import mlesam_core.model
+from fixtures import REPO_ROOT
 
-PACKAGE = "mlesam_core.model"
-ROOT = Path(mlesam_core.model.__file__).parent
+PACKAGES = ("mlesam_core", "mlesam_ros", "training", "benchmarks", "demo")
 
 
 def _module_name(path: Path) -> str:
-    return PACKAGE if path.name == "__init__.py" else f"{PACKAGE}.{path.stem}"
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package's modules it imports, from every import statement in its source (ast.walk)."""
-    modules = {_module_name(p): p for p in ROOT.glob("*.py")}
+    """module -> the tree's modules it imports, from every import statement in its source (ast.walk). `from pkg
+    import name` leads to the module pkg.name where there is one, else to pkg (its __init__)."""
+    modules = {_module_name(p): p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                base = node.module
-                candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+                candidates = [n for n in names if n in modules]
+                if len(candidates) < len(names):  # some names are objects of the module (or package) itself
+                    candidates.append(node.module)
             elif isinstance(node, ast.Import):
                 candidates = [alias.name for alias in node.names]
             else:
@@ -62,17 +66,30 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_model_package_import_graph_has_no_cycle():
+def test_no_package_of_the_tree_has_an_import_cycle():
     graph = import_graph()
-    assert f"{PACKAGE}.build" in graph and graph[f"{PACKAGE}.build"]  # the graph was really read
+    for package in PACKAGES:  # the graph was really read, every package of it
+        assert any(name.startswith(f"{package}.") and targets for name, targets in graph.items()), package
+    assert "training.eval_request" in graph["training.predict"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
 def test_the_cycle_finder_finds_a_planted_cycle():
     graph = {**import_graph()}
-    graph[f"{PACKAGE}.lora"] = {*graph[f"{PACKAGE}.lora"], f"{PACKAGE}.build"}  # lora -> build -> ... -> lora
+    lora, build = "mlesam_core.model.lora", "mlesam_core.model.build"
+    graph[lora] = {*graph[lora], build}  # lora -> build -> ... -> lora
     cycle = find_cycle(graph)
-    assert cycle is not None and cycle[0] == cycle[-1] and f"{PACKAGE}.lora" in cycle
+    assert cycle is not None and cycle[0] == cycle[-1] and lora in cycle
+    graph = {**import_graph()}
+    graph["training.predict"] = {*graph["training.predict"], "training.evaluate"}  # across modules of a package
+    assert find_cycle(graph) is not None
+
+
+def test_a_submodule_import_leads_to_the_submodule_and_a_name_import_to_its_module():
+    graph = import_graph()
+    assert "mlesam_core.data.base" in graph["mlesam_core.data.deliver"]  # from mlesam_core.data import base
+    assert "mlesam_core.data" not in graph["mlesam_core.data.deliver"]
+    assert "mlesam_core.model" in graph["mlesam_core.model.summary"]  # from mlesam_core.model import build_model
 
 
 def test_the_builder_injects_the_sam2_parts_it_built():

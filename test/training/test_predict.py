@@ -58,7 +58,8 @@ def test_prediction_files_hold_the_models_argmax_at_full_size(tiny_run, syntheti
     from mlesam_core.data.collate import collate_modalities
     from mlesam_core.data.transforms import eval_transform
     from training.config import load_train_config
-    from training.evaluate import EvalRequest, load_evaluated_model
+    from training.eval_request import EvalRequest
+    from training.evaluate import load_evaluated_model
 
     config, _ = tiny_run
     adapters = Path(config.out_dir) / "adapters.safetensors"
@@ -78,7 +79,8 @@ def test_prediction_files_hold_the_models_argmax_at_full_size(tiny_run, syntheti
 
 def test_predictions_resume_skipping_files_already_written(tiny_run, synthetic_deliver_root, tmp_path, caplog):
     from training.config import load_train_config
-    from training.evaluate import EvalRequest
+    from training.eval_request import EvalRequest
+    from training.evaluate import load_evaluated_model
     from training.predict import predict_split
 
     config, _ = tiny_run
@@ -86,18 +88,19 @@ def test_predictions_resume_skipping_files_already_written(tiny_run, synthetic_d
     train_config = load_train_config(CONFIG, [f"data.root={synthetic_deliver_root}", "allow_random_init=true",
                                               "data.workers=0"])
     request = EvalRequest(adapters, "test", examples=0, progress=False)
-    first = predict_split(train_config, request, tmp_path)
+    loaded = load_evaluated_model(train_config, request)
+    first = predict_split(train_config, request, loaded, tmp_path)
     assert (first.total, first.written, first.skipped) == (SYNTHETIC_TEST, SYNTHETIC_TEST, 0)
     files = _deliver_predictions(tmp_path)
     kept = {p: p.stat().st_mtime_ns for p in files[1:]}
     files[0].unlink()
     stale = files[0].parent / f".{files[0].name}.tmp-999999999"  # a killed run's half-written file
     stale.write_bytes(b"\x89PNG half")
-    second = predict_split(train_config, request, tmp_path)
+    second = predict_split(train_config, request, loaded, tmp_path)
     assert (second.written, second.skipped) == (1, SYNTHETIC_TEST - 1)
     assert files[0].is_file() and not stale.exists()
     assert {p: p.stat().st_mtime_ns for p in files[1:]} == kept  # untouched
-    assert predict_split(train_config, request, tmp_path).written == 0
+    assert predict_split(train_config, request, loaded, tmp_path).written == 0
 
 
 def test_subsets_get_their_own_folders_and_noise_changes_the_predictions(tiny_run, synthetic_deliver_root,
