@@ -14,7 +14,8 @@ deserialize_message of the four inputs, what a subscription does), `sync` (pipel
 (serialize_message of each output: what publishing costs the node's thread; no DDS), `total` (all of these), and,
 after each frame, `model` (the Segmenter's model alone on device-resident inputs, at the Segmenter's precision, run
 as the node's `model.compile` / `model.cuda_graphs` settings run it). `pre_post` = predict - model and
-`overhead` = total - model, per frame. Node settings go through --set (e.g. --set model.cuda_graphs=true). As in
+`overhead` = total - model, per frame, and the process's resident set after each frame (`rss_mib`: flat when
+nothing grows). Node settings go through --set (e.g. --set model.cuda_graphs=true). As in
 the node, one worker thread loads the model and runs the frames, under the node's host-memory policy
 (`mlesam_core.host_memory`; MLESAM_HOST_MEMORY=default keeps glibc's own: benchmarks/host_memory.py compares).
 Defaults: on CUDA Hiera-B+, bf16, 1024², 200 frames; on a CPU the tiny config (its 128² model: the overhead part
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import logging
+import os
 import pstats
 import threading
 import time
@@ -150,10 +152,14 @@ class FrameLoop:
         self.variants = [sensor_arrays(size, rng) for _ in range(2)]  # alternate content, no RNG per frame
         self.sent = 0
 
-    def run(self, count: int, stages: dict[str, list[float]] | None = None) -> None:
-        """Push `count` frames; append per-stage seconds to `stages` if given."""
+    def run(self, count: int, stages: dict[str, list[float]] | None = None,
+            rss: list[float] | None = None) -> None:
+        """Push `count` frames; append per-stage seconds to `stages` and the resident set (MiB) after each frame
+        to `rss` if given."""
         for _ in range(count):
             self.frame(stages)
+            if rss is not None:
+                rss.append(resident_mib())
 
     def frame(self, stages: dict[str, list[float]] | None) -> None:
         pipeline, wire = self.pipeline, self.wire
@@ -189,6 +195,12 @@ class FrameLoop:
                             ("total", total), ("model", model_s), ("pre_post", result.latency - model_s),
                             ("overhead", total - model_s)):
             stages[name].append(value)
+
+
+def resident_mib() -> float:
+    """This process's resident set now (MiB; Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def profiles(loop: FrameLoop) -> dict[str, Any]:
@@ -340,8 +352,11 @@ def measure(args: argparse.Namespace, host_memory: str) -> None:
     report["model_alone"] = loop.model_alone_mode
     loop.run(args.warmup)
     stages: dict[str, list[float]] = {name: [] for name in (*FRAME_STAGES, "total", "model", "pre_post", "overhead")}
-    loop.run(args.frames, stages)
+    rss: list[float] = []
+    loop.run(args.frames, stages, rss)
     report["latency_ms"] = {name: milliseconds(values) for name, values in stages.items()}
+    report["rss_mib"] = {"first_frame": round(rss[0], 1), "last_frame": round(rss[-1], 1),
+                         "min": round(min(rss), 1), "max": round(max(rss), 1)}
     if args.profile:
         report["profile"] = profiles(loop)
     if args.post_variants:

@@ -12,8 +12,8 @@ straight into a preallocated model input [1, M, 3, S, S]; a torch tensor input (
 taken where it is; the present mask of each modality subset is made once; the active modalities are known on the
 host from the input dict; labels, confidence (optional) and routing are computed on the device and downloaded in
 one copy, the call's only host sync. The logits are resized once, by the model, to the size the labels come back at
-(`predict`'s `size`, default the inputs'); for a size with more pixels than the model's input they stay at the
-model's size and the labels (and confidence) are upsampled, nearest neighbour, after the download.
+(`predict`'s `size`, default the inputs'); for a size far beyond the model's input (`beyond_model_size`) they stay at
+the model's size and the labels (and confidence) are upsampled, nearest neighbour, after the download.
 Options (`InferenceOptions`): bf16/fp16 autocast, `torch.compile` of the model, CUDA-graph replay per modality
 subset (and output size), a merged LoRA expert for single-modality models, CPU threads; each optimisation falls
 back to the eager model, with a warning, where it is unavailable.
@@ -190,8 +190,9 @@ class Segmenter:
         array or a torch tensor (on any device; one already on the model's device is not copied).
 
         `size`: the (H, W) labels come back at, default the inputs' (a caller that resized its sensor images gives
-        their size). The model resizes its logits to it once; a size with more pixels than the model's input
-        gets the labels at the model's size upsampled (nearest), not logits of that many pixels.
+        their size). The model resizes its logits to it once; a size far beyond the model's input (more than
+        `preprocess.FAR_BEYOND_MODEL_PIXELS` times its pixels) gets the labels at the model's size upsampled
+        (nearest), not logits of that many pixels.
         `confidence=False` skips the softmax (labels are the same; on a CPU that is about a third of the
         post-processing) and returns `confidence=None`."""
         with self._lock, torch.inference_mode():

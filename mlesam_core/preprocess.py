@@ -26,11 +26,18 @@ def resize_mode(modality: str) -> Literal["bilinear", "nearest"]:
     return "nearest" if get_modality(modality).kind == "sparse" else "bilinear"
 
 
+# A sensor image with more than this many times the model input's pixels (beyond twice its side) is far larger than
+# the model's input: its per-pixel work is done at the model's size (everything beyond it is averaged away by the
+# model's resize) and its labels come back upsampled. Up to it, the work runs at the sensor's size as in the data
+# sets the model was trained on (HHA of the full depth image, then resized), at a cost bounded by this factor.
+FAR_BEYOND_MODEL_PIXELS = 4
+
+
 def beyond_model_size(size: tuple[int, int], model_size: tuple[int, int]) -> bool:
-    """Whether an image of `size` (H, W) has more pixels than the model's input: such an image is worth resizing
-    to the model's size before any per-pixel work (everything beyond it is averaged away by the model's resize),
-    and its labels come back upsampled from the model's size."""
-    return size[0] * size[1] > model_size[0] * model_size[1]
+    """Whether an image of `size` (H, W) has more than FAR_BEYOND_MODEL_PIXELS times the model input's pixels:
+    such an image is resized to the model's size before any per-pixel work, and its labels come back upsampled
+    (nearest) from the model's size."""
+    return size[0] * size[1] > FAR_BEYOND_MODEL_PIXELS * model_size[0] * model_size[1]
 
 
 def resize_for_model(x: torch.Tensor, size: tuple[int, int], mode: Literal["bilinear", "nearest"]) -> torch.Tensor:
@@ -110,5 +117,5 @@ class ModelInputTransform:
         return self.normalize_into(index, self.resize(index, x), out, sources)
 
 
-__all__ = ["resize_mode", "beyond_model_size", "resize_for_model", "normalize_into", "normalization", "check_image",
-           "ModelInputTransform"]
+__all__ = ["resize_mode", "FAR_BEYOND_MODEL_PIXELS", "beyond_model_size", "resize_for_model", "normalize_into",
+           "normalization", "check_image", "ModelInputTransform"]

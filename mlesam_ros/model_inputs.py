@@ -11,9 +11,10 @@ model's device, so the host makes no 3-channel copy. Every problem raises `Input
 then treats that modality as absent for the frame.
 
 Sizes (`FrameSize`): the driving image's own size is the frame's (or `camera.image_size` where set); every other
-image must have it. A frame with more pixels than the model's input is decoded at the model's size: each image is
-resized right after it is read (as the data set loaders resize, raw depth by nearest neighbour), before its
-per-pixel work (colour conversion, HHA, LiDAR encoding), point clouds are projected at that size. The camera model
+image must have it. A frame far larger than the model's input (`preprocess.beyond_model_size`) is decoded at the
+model's size: each image is resized right after it is read (as the data set loaders resize, raw depth by nearest
+neighbour), before its per-pixel work (colour conversion, HHA, LiDAR encoding); point clouds are projected at that
+size. The camera model
 of camera_info is used where it fits the frame: as is at the same size, scaled at another size of the same aspect
 ratio, and not at all for another aspect ratio (HHA and point-cloud projection are then absent, each reported).
 """

@@ -7,9 +7,10 @@ A message that cannot be used (wrong encoding or size, invalid depth, empty clou
 logged, throttled, with its topic and problem, and that modality is absent for the frame; inference runs on
 whatever is present. Nothing here raises on bad input. The node talks to it through its methods only.
 
-Sizes: the driving image's size is the frame's; a frame with more pixels than the model's input is decoded at
-the model's size (`model_inputs.FrameSize`) and its labels come back upsampled (nearest) to the frame's size. What
-each sensor's size costs is logged on its first frame at that size.
+Sizes: the driving image's size is the frame's; a frame far larger than the model's input (more than
+`preprocess.FAR_BEYOND_MODEL_PIXELS` times its pixels) is decoded at the model's size (`model_inputs.FrameSize`)
+and its labels come back upsampled (nearest) to the frame's size. What each sensor's size costs is logged on its
+first frame at that size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import ClassTable, get_class_table
+from mlesam_core.preprocess import FAR_BEYOND_MODEL_PIXELS
 from mlesam_ros.events import EventDecodeError, EventStream
 from mlesam_ros.health import DiagnosticEntry, HealthMonitor, ProblemLog
 from mlesam_ros.messages import header_seconds, stamp_to_ns
@@ -195,6 +197,23 @@ class SegmentationPipeline:
         except ValueError as exc:
             self.problems.warn(("tf_static", "transform"), f"/tf_static: {exc}", self.clock())
 
+    def update_live(self, config: SegmentConfig) -> None:
+        """Take the live settings of `config` (params.LIVE_PARAMETERS) while running; call it on the thread that
+        calls `add` and `tick`. Changed synchronisation timing or event window restarts the synchroniser and the
+        event streams (the frames and events waiting are dropped)."""
+        timing = (config.sync, config.events, [config.sensors[m] for m in config.modalities])
+        restart = timing != (self.config.sync, self.config.events,
+                             [self.config.sensors[m] for m in self.config.modalities])
+        self.config = config
+        self.problems.period = config.log_period
+        for sensor, health in self.health.sensors.items():
+            health.stale_after = config.sensors[sensor].stale_after
+        if restart:
+            self.sync = ApproximateSync(config.priority, {m: config.sensors[m] for m in config.modalities},
+                                        primary_timeout=config.sync.primary_timeout, use_stale=config.sync.use_stale,
+                                        buffer_size=config.sync.buffer_size)
+            self.event_streams = {}
+
     def frame_replaced(self) -> None:
         """Record that a waiting frame was replaced by a newer one while inference was busy."""
         self.health.replaced()
@@ -328,8 +347,8 @@ class SegmentationPipeline:
         self._sizes_told.add(key)
         model = f"{self.decoder.model_size[1]}x{self.decoder.model_size[0]}"
         if size.resized:
-            how = (f"{resized} to the model's size (more pixels than the model's input: per-pixel work at "
-                   f"{model}, labels upsampled to {size.sensor[1]}x{size.sensor[0]}, nearest)")
+            how = (f"{resized} to the model's size (more than {FAR_BEYOND_MODEL_PIXELS}x its pixels: per-pixel work "
+                   f"at {model}, labels upsampled to {size.sensor[1]}x{size.sensor[0]}, nearest)")
         else:
             how = (f"decoded at {size.work[1]}x{size.work[0]}, resized on the model's device; labels from the "
                    f"logits at {size.sensor[1]}x{size.sensor[0]}")
