@@ -1,5 +1,9 @@
 """Launch the MLE-SAM segmentation node with config/segment.yaml and optional model/weight/device overrides.
 
+The node is a managed (lifecycle) node: by default the launch configures it (loading the model) and, once it is
+inactive, activates it, with launch_ros's lifecycle events; `autostart:=false` leaves it unconfigured for a
+system manager (`ros2 lifecycle set /mlesam_segmenter configure`, then `activate`).
+
 A first run without weights (tiny model, seeded random initialisation: the pipeline runs, the labels mean
 nothing)::
 
@@ -13,10 +17,14 @@ With the trained model (one line)::
 
 import os
 
+import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 
 from launch import LaunchDescription
 
@@ -46,7 +54,8 @@ def _as_bool(argument: str, text: str) -> bool:
 
 
 def _node(context, *args, **kwargs):
-    """Build the node with the params file plus the non-empty overrides."""
+    """Build the node with the params file plus the non-empty overrides; with autostart, the transitions that
+    bring it to active."""
     overrides = {}
     for argument, parameter in OVERRIDES.items():
         value = LaunchConfiguration(argument).perform(context)
@@ -57,14 +66,24 @@ def _node(context, *args, **kwargs):
         if value:
             overrides[parameter] = _as_bool(argument, value)
     overrides["use_sim_time"] = _as_bool("use_sim_time", LaunchConfiguration("use_sim_time").perform(context))
-    return [Node(
+    node = LifecycleNode(
         package=PACKAGE,
         executable=EXECUTABLE,
         name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), overrides],
         output="screen",
-    )]
+    )
+    if not _as_bool("autostart", LaunchConfiguration("autostart").perform(context)):
+        return [node]
+    # configured -> activate; only after configuring, so that a later deactivate by a manager is left alone
+    activate_when_configured = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                              transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                            transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
+    return [activate_when_configured, node, configure]
 
 
 def generate_launch_description():
@@ -84,5 +103,8 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (true with `ros2 bag play --clock`)"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate the node (false: leave it unconfigured for a "
+                                          "lifecycle manager)"),
         OpaqueFunction(function=_node),
     ])

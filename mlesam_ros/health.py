@@ -11,6 +11,10 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlesam_ros.params import DiagnosticsParams
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 
@@ -157,6 +161,73 @@ class HealthMonitor:
         return DiagnosticEntry(level, f"{self.node_name}: inference", message, "inference", values)
 
 
+class ProcessingMonitor:
+    """The node's speed against its thresholds (`DiagnosticsParams`): processing time per frame and output rate.
+
+    Autoware's perception nodes' rule: a frame slower than `max_processing_time_ms` is late; `late_frames_warn`
+    late frames in a row make the status WARN, `late_frames_error` ERROR; one frame in time makes it OK again.
+    The rate of segmented frames over the last `RATE_FRAMES` outputs (counted up to now, so it falls while
+    nothing comes) below `expected_rate_hz` x (1 - `rate_tolerance`) is WARN. Times are on the caller's clock.
+    """
+
+    RATE_FRAMES = 10
+
+    def __init__(self, thresholds: DiagnosticsParams, node_name: str = "mlesam_segmenter") -> None:
+        """A monitor with `thresholds` (replace `thresholds` to change them while it runs)."""
+        self.thresholds = thresholds
+        self.node_name = node_name
+        self._lock = threading.Lock()
+        self._outputs: deque = deque(maxlen=self.RATE_FRAMES + 1)
+        self.consecutive_late = 0
+        self.late_frames = 0
+        self.last_processing_ms: float | None = None
+        self.last_model_ms: float | None = None
+
+    def frame(self, processing_ms: float, model_ms: float | None, now: float) -> None:
+        """One frame was segmented and published at `now`, after `processing_ms` (model: `model_ms`)."""
+        limit = self.thresholds.max_processing_time_ms
+        with self._lock:
+            self._outputs.append(now)
+            self.last_processing_ms, self.last_model_ms = processing_ms, model_ms
+            if limit and processing_ms > limit:
+                self.consecutive_late += 1
+                self.late_frames += 1
+            else:
+                self.consecutive_late = 0
+
+    def rate(self, now: float) -> float:
+        """Segmented frames per second over the recent outputs, up to `now` (0 with none)."""
+        with self._lock:
+            if not self._outputs or now <= self._outputs[0]:
+                return 0.0
+            return len(self._outputs) / (now - self._outputs[0])
+
+    def entry(self, now: float) -> DiagnosticEntry:
+        """The processing status at `now`."""
+        thresholds = self.thresholds
+        rate = self.rate(now)
+        with self._lock:
+            late, total_late, processing, model = (self.consecutive_late, self.late_frames,
+                                                   self.last_processing_ms, self.last_model_ms)
+        minimum_rate = thresholds.expected_rate_hz * (1.0 - thresholds.rate_tolerance)
+        level, problems = OK, []
+        if thresholds.max_processing_time_ms and late >= thresholds.late_frames_warn:
+            level = ERROR if late >= thresholds.late_frames_error else WARN
+            problems.append(f"{late} frames in a row over max_processing_time_ms "
+                            f"{thresholds.max_processing_time_ms:g}")
+        if thresholds.expected_rate_hz and rate < minimum_rate:
+            level = max(level, WARN)
+            problems.append(f"rate {rate:.2f} Hz below expected_rate_hz {thresholds.expected_rate_hz:g} "
+                            f"(tolerance {thresholds.rate_tolerance:g})")
+        values = {"processing_ms": "none" if processing is None else f"{processing:.1f}",
+                  "model_ms": "none" if model is None else f"{model:.1f}",
+                  "rate_hz": f"{rate:.2f}", "consecutive_late_frames": str(late), "late_frames": str(total_late),
+                  "max_processing_time_ms": f"{thresholds.max_processing_time_ms:g}",
+                  "expected_rate_hz": f"{thresholds.expected_rate_hz:g}"}
+        return DiagnosticEntry(level, f"{self.node_name}: processing", "; ".join(problems) or "ok", "processing",
+                               values)
+
+
 class ProblemLog:
     """Logs each (sensor, problem kind) at most once per `period` seconds, counting what it held back."""
 
@@ -182,4 +253,5 @@ class ProblemLog:
         return True
 
 
-__all__ = ["OK", "WARN", "ERROR", "STALE", "DiagnosticEntry", "SensorHealth", "HealthMonitor", "ProblemLog"]
+__all__ = ["OK", "WARN", "ERROR", "STALE", "DiagnosticEntry", "SensorHealth", "HealthMonitor", "ProcessingMonitor",
+           "ProblemLog"]
