@@ -161,3 +161,18 @@ def test_demo_train_trains_the_adapters_itself(tmp_path, capsys):
     again = run_demo(plan)
     assert [s["seconds"] for s in again["steps"][:2]] == [0.0, 0.0]
     assert again["groups"]["all_frames"]["miou"] == summary["groups"]["all_frames"]["miou"]
+
+
+def test_demo_refuses_weights_trained_on_another_encoder(tmp_path):
+    from mlesam_core.model import build_model
+    from mlesam_core.model.adapters import save_adapters
+
+    # adapters of the right model config, on the seeded random encoder instead of the stand-in
+    plan = _plan(tmp_path / "demo_out", weights=tmp_path / "assets")
+    config = plan.recipe.model_config(plan.data, plan.backbone)
+    adapters = save_adapters(build_model(config), plan.weights / "demo_adapters.safetensors")
+    (plan.weights / "demo_weights.json").write_text(json.dumps(
+        {"adapters": adapters.name, "sha256": file_sha256(adapters)}))
+    with pytest.raises(DemoWeightsError, match=r"stale demo weights, trained on backbone 'random-init seed 0', not "
+                                               r"on the shipped stand-in encoder.*make demo-weights"):
+        run_demo(plan)
