@@ -1,4 +1,5 @@
-"""`InferenceOptions`: how a model runs (device, precision, compilation, CUDA graphs, merged LoRA, CPU threads).
+"""`InferenceOptions`: how a model runs (device, precision, compilation, CUDA graphs, merged LoRA, CPU threads, or
+exported graphs under onnxruntime).
 
 One dataclass taken by the `Segmenter`, embedded by the ROS node's parameters (`model.*`) and by the replay, so
 the list of options and their validation exist once. Importing it does not load torch: names are checked at
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlesam_core.config_io import ConfigError, check, doc_field
 from mlesam_core.precision import Precision, precision_problem
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+# onnxruntime's execution providers (names as `onnxruntime.get_available_providers()` gives them)
+ONNXRUNTIME_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
+                         "MIGraphXExecutionProvider", "OpenVINOExecutionProvider", "DmlExecutionProvider",
+                         "CoreMLExecutionProvider", "XnnpackExecutionProvider", "CPUExecutionProvider")
 
 
 @dataclass
@@ -28,15 +33,27 @@ class InferenceOptions:
 
     device: str = doc_field("cpu", "torch device: cpu, cuda, cuda:1, ...")
     precision: Precision = doc_field("fp32", "inference precision: fp32, bf16 (autocast), fp16 (autocast, CUDA)")
-    compile: bool = doc_field(False, "torch.compile the model, and on a CPU the HHA depth encoding (each new sensor "
-                                     "subset compiles on its first frame: a slow start); eager, with a warning, "
-                                     "where compilation fails")
+    compile: bool = doc_field(False, "torch.compile the model, and on a CPU the HHA depth encoding (each sensor "
+                                     "subset compiles on its first run: the node warms every subset up at start, "
+                                     "a slow start); eager, with a warning, where compilation fails")
     cuda_graphs: bool = doc_field(False, "replay a CUDA graph of the model per sensor subset (captured on its first "
-                                         "frame); eager, with a warning, on a CPU or where capture fails")
+                                         "run: at start in the node's warm-up); eager, with a warning, on a CPU or "
+                                         "where capture fails")
     merge_lora: bool = doc_field(False, "fold the LoRA expert into the frozen weights (no LoRA matmul); only for a "
                                         "model config with exactly one modality")
     threads: int = doc_field(0, "torch CPU threads of the thread that loads and runs the model (leave cores to "
                                 "other processes); 0 = torch's default, one per core")
+    backend: Literal["torch", "onnxruntime"] = doc_field(
+        "torch", "torch: the model in PyTorch; onnxruntime: the exported ONNX graphs of model.onnx_dir (python -m "
+                 "training.export), one per sensor subset, with model.providers")
+    providers: tuple[str, ...] = doc_field(
+        ("CPUExecutionProvider",), "onnxruntime execution providers in order of preference, e.g. "
+                                   "[TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]; "
+                                   "ones this onnxruntime lacks are skipped with a warning")
+    tensorrt_fp16: bool = doc_field(False, "TensorrtExecutionProvider: build fp16 engines (the router stays exact: "
+                                           "docs/deploy.md)")
+    tensorrt_cache: str = doc_field("", "TensorrtExecutionProvider: folder of the built engines, reused while the "
+                                        "graph is unchanged; empty = <onnx_dir>/tensorrt_cache")
 
     def __post_init__(self) -> None:
         check(isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device) is not None, "device",
@@ -44,6 +61,21 @@ class InferenceOptions:
         problem = precision_problem(self.precision, self.device.split(":")[0])
         check(problem is None, "precision", problem or "")
         check(self.threads >= 0, "threads", f"must be >= 0 (0 = torch's default), got {self.threads}")
+        check(self.backend in ("torch", "onnxruntime"), "backend",
+              f"must be 'torch' or 'onnxruntime', got {self.backend!r}")
+        check(len(self.providers) > 0, "providers", "needs at least one execution provider (e.g. CPUExecutionProvider)")
+        for index, provider in enumerate(self.providers):
+            check(provider in ONNXRUNTIME_PROVIDERS, f"providers[{index}]",
+                  f"unknown onnxruntime execution provider {provider!r} (known: {', '.join(ONNXRUNTIME_PROVIDERS)})")
+        if self.backend == "onnxruntime":
+            # the exported graphs are fixed fp32 graphs run by onnxruntime: the torch-side options have no effect
+            for name, value, default in (("device", self.device, "cpu"), ("precision", self.precision, "fp32"),
+                                         ("compile", self.compile, False), ("cuda_graphs", self.cuda_graphs, False),
+                                         ("merge_lora", self.merge_lora, False)):
+                check(value == default, name, f"{value!r} applies to the torch backend; with backend onnxruntime "
+                      f"leave it at {default!r} (the device is chosen by providers, fp16 by tensorrt_fp16)")
+        check(not self.tensorrt_fp16 or "TensorrtExecutionProvider" in self.providers, "tensorrt_fp16",
+              "needs TensorrtExecutionProvider in providers")
 
     def replace(self, **changes: Any) -> InferenceOptions:
         """A copy with `changes` (option names as keyword arguments); ValueError naming an unknown option."""
@@ -94,4 +126,4 @@ def available_devices() -> list[str]:
     return devices
 
 
-__all__ = ["InferenceOptions", "available_devices", "DEVICE_PATTERN"]
+__all__ = ["InferenceOptions", "available_devices", "DEVICE_PATTERN", "ONNXRUNTIME_PROVIDERS"]

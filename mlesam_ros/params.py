@@ -51,6 +51,13 @@ class ModelParams(InferenceOptions):
                                                "trained on that same random backbone make sense: tests, CPU demo)")
     verify_adapters: bool = doc_field(True, "check the adapters file's content hash (false only for files made "
                                             "elsewhere, which carry none)")
+    onnx_dir: str = doc_field("", "backend onnxruntime: the folder python -m training.export wrote (manifest.json "
+                                  "and one graph per sensor subset); checked against config, adapters and modalities")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.backend == "torch" or bool(self.onnx_dir), "onnx_dir",
+              "backend onnxruntime needs the export folder (python -m training.export --out DIR)")
 
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
