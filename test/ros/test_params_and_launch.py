@@ -77,8 +77,13 @@ def test_flat_ros_parameters_rebuild_the_same_config():
     ("sync.primary_timeout=0", "sync.primary_timeout: must be > 0"),
     ("lidar.cam_from_lidar=[1.0, 0.0]", "lidar.cam_from_lidar: needs 16 values"),
     ("depth.encoding=disparity", "depth.encoding: must be one of 'hha', 'depth'"),
-    ("sensors.nir.topic=/nir", "sensors.nir: is not one of the configured modalities"),
-    ("qos.output_depht=3", "qos.output_depht: unknown key"),
+    ("sensors.nir.topic=/nir", "sensors.nir.topic: unknown parameter of mlesam_segmenter"),
+    ("outputs.labls=true", "outputs.labls: unknown parameter of mlesam_segmenter: outputs.labls \\(did you "
+                           "mean outputs.labels\\?\\)"),
+    ("qos.output_depth=3", "qos.output_depth: no longer a parameter"),
+    ("qos_overrides./mlesam/labels.publisher.depth=-1", "qos_overrides./mlesam/labels.publisher.depth: must be an "
+                                                        "integer >= 1"),
+    ("diagnostics.period=0", "diagnostics.period: must be > 0"),
 ])
 def test_bad_values_are_refused_naming_the_dotted_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -106,12 +111,34 @@ def test_launch_file_names_exist_in_setup_py_and_config():
     assert constants["NODE_NAME"] == NODE_NAME
     assert (REPO_ROOT / "config" / constants["PARAMS_FILE"]).is_file()
     assert set(arguments) == {"params_file", "model_config", "checkpoint", "adapters", "device", "allow_random_init",
-                              "namespace", "use_sim_time"}
+                              "namespace", "use_sim_time", "autostart"}
     declared = {name for name, *_ in iter_parameters(SegmentConfig())}
     for overrides in (constants["OVERRIDES"], constants["BOOL_OVERRIDES"]):
         assert set(overrides) <= set(arguments)
         assert set(overrides.values()) <= declared
     assert constants["BOOL_OVERRIDES"] == {"allow_random_init": "model.allow_random_init"}
+
+
+def test_launch_file_starts_a_lifecycle_node_and_brings_it_to_active_unless_autostart_is_false():
+    """launch_ros's way (LifecycleNode, ChangeState events, OnStateTransition): configure at start, activate once
+    configured (only from configuring, so a manager's later deactivate stays); autostart:=false returns the node
+    alone. The launch library does not install here: read from the file's syntax tree."""
+    tree = ast.parse(LAUNCH.read_text())
+    calls = {getattr(c.func, "id", ""): c for c in ast.walk(tree) if isinstance(c, ast.Call)}
+    assert "LifecycleNode" in calls and "Node" not in calls
+    handler = {k.arg: ast.literal_eval(k.value) for k in calls["OnStateTransition"].keywords
+               if isinstance(k.value, ast.Constant)}
+    assert handler == {"start_state": "configuring", "goal_state": "inactive"}
+    transitions = [ast.unparse(k.value) for c in ast.walk(tree) if isinstance(c, ast.Call)
+                   and getattr(c.func, "id", "") == "ChangeState" for k in c.keywords if k.arg == "transition_id"]
+    assert sorted(transitions) == ["lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE",
+                                   "lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE"]
+    node_function = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_node")
+    returns = [ast.unparse(r.value) for r in ast.walk(node_function) if isinstance(r, ast.Return)]
+    assert sorted(returns) == ["[activate_when_configured, node, configure]", "[node]"]
+    default = next(c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") ==
+                   "DeclareLaunchArgument" and c.args[0].value == "autostart")
+    assert {k.arg: ast.literal_eval(k.value) for k in default.keywords}["default_value"] == "true"
 
 
 def test_package_xml_declares_every_ros_package_the_code_imports():
@@ -120,12 +147,13 @@ def test_package_xml_declares_every_ros_package_the_code_imports():
     assert root.find("export/build_type").text == "ament_python"
     depends = {e.text for e in root.findall("exec_depend")}
     ros_packages = {"rclpy", "rcl_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs", "builtin_interfaces",
-                    "launch", "launch_ros", "ament_index_python", "tf2_ros", "tf2_msgs"}
+                    "launch", "launch_ros", "ament_index_python", "tf2_ros", "tf2_msgs", "lifecycle_msgs"}
+    released_as = {"tf2_ros": "tf2_ros_py"}  # the Python module's package (tf2_ros is the C++ library)
     imported = set()
     for path in [*(REPO_ROOT / "mlesam_ros").glob("*.py"), LAUNCH]:
         for name in re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M):
             imported.add(name)
-    assert imported & ros_packages <= depends
+    assert {released_as.get(name, name) for name in imported & ros_packages} <= depends
     assert (REPO_ROOT / "resource" / "mlesam_ros").exists()
 
 
