@@ -28,7 +28,7 @@ import numpy as np
 from mlesam_core.config_io import ConfigError
 from mlesam_core.data.classes import ClassTable, get_class_table
 from mlesam_core.preprocess import FAR_BEYOND_MODEL_PIXELS
-from mlesam_ros.events import EventDecodeError, EventStream
+from mlesam_ros.events import EventDecodeError, EventStream, EventWindow
 from mlesam_ros.health import DiagnosticEntry, HealthMonitor, ProblemLog
 from mlesam_ros.messages import header_seconds, stamp_to_ns
 from mlesam_ros.model_inputs import FrameSize, InputDecoder, InputError, ModelImage, RawImage, SensorMessage
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the predictor (torch, sam2) loads in load_segmenter, after 
 
 logger = logging.getLogger(__name__)
 
-Frame = SyncedFrame[SensorMessage]  # what `add` returns and `process` takes
+Frame = SyncedFrame[SensorMessage, EventWindow]  # what `add` returns and `process` takes
 T = TypeVar("T")
 
 

@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from mlesam_core.config_io import check
-from mlesam_ros.events import EventWindow
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["ok", "stale", "missing"]
 M = TypeVar("M")  # what the synchroniser is given per message (the pipeline: a `SensorMessage`)
+E = TypeVar("E")  # what the caller cuts per event sensor for a frame (the pipeline: an `EventWindow`)
 
 
 @dataclass
@@ -64,7 +64,7 @@ class StampError(ValueError):
 
 
 @dataclass
-class SyncedFrame(Generic[M]):
+class SyncedFrame(Generic[M, E]):
     """One synchronised frame: the driving message plus, per other sensor, the message matched to it; for an
     event sensor, the events of the frame's window (cut when the frame is emitted: later packets move on)."""
 
@@ -73,7 +73,7 @@ class SyncedFrame(Generic[M]):
     messages: dict[str, M]  # sensor -> message to use (sensors without one are absent)
     status: dict[str, Status]  # every sensor
     offsets: dict[str, float]  # sensor -> stamp of the matched message - frame stamp (ok and stale only)
-    events: dict[str, EventWindow] = field(default_factory=dict)  # event sensor -> its window's events
+    events: dict[str, E] = field(default_factory=dict)  # event sensor -> its window's events (the caller's)
 
 
 @dataclass
@@ -138,7 +138,7 @@ class ApproximateSync(Generic[M]):
         self._last_emitted: float | None = None
         self._last_driver: str | None = None
 
-    def add(self, sensor: str, stamp: float, message: M, received: float | None = None) -> list[SyncedFrame[M]]:
+    def add(self, sensor: str, stamp: float, message: M, received: float | None = None) -> list[SyncedFrame[M, Any]]:
         """Take one message (header stamp in seconds); return the frames that became complete.
 
         `received` is the caller's clock at arrival (for `tick`); it defaults to the stamp. Raises
@@ -149,7 +149,7 @@ class ApproximateSync(Generic[M]):
         if sensor not in self.timing:
             raise ValueError(f"unknown sensor {sensor!r} (configured: {', '.join(self.sensors)})")
         received = stamp if received is None else received
-        frames: list[SyncedFrame[M]] = []
+        frames: list[SyncedFrame[M, Any]] = []
         timing = self.timing[sensor]
         latest = self._latest[sensor]
         if latest is not None and latest - stamp > timing.stale_after:
@@ -179,11 +179,11 @@ class ApproximateSync(Generic[M]):
             bisect.insort(self._waiting, _Waiting(stamp, sensor, message, received), key=lambda w: w.stamp)
         return frames + self._emit()
 
-    def tick(self, received_now: float) -> list[SyncedFrame[M]]:
+    def tick(self, received_now: float) -> list[SyncedFrame[M, Any]]:
         """Emit frames that have waited the longest `max_delay` on the caller's clock (for silent sensors)."""
         return self._emit(received_now=received_now)
 
-    def drain(self) -> list[SyncedFrame[M]]:
+    def drain(self) -> list[SyncedFrame[M, Any]]:
         """Emit every waiting frame with what is present (end of input)."""
         return self._emit(force_all=True)
 
@@ -249,7 +249,7 @@ class ApproximateSync(Generic[M]):
             return False
         return True
 
-    def _emit(self, received_now: float | None = None, force_all: bool = False) -> list[SyncedFrame[M]]:
+    def _emit(self, received_now: float | None = None, force_all: bool = False) -> list[SyncedFrame[M, Any]]:
         frames = []
         while self._waiting:
             head = self._waiting[0]
@@ -263,7 +263,7 @@ class ApproximateSync(Generic[M]):
             self._last_driver = head.driver
         return frames
 
-    def _match(self, waiting: _Waiting) -> SyncedFrame[M]:
+    def _match(self, waiting: _Waiting) -> SyncedFrame[M, Any]:
         t = waiting.stamp
         messages = {waiting.driver: waiting.message}
         status: dict[str, Status] = {}
