@@ -158,7 +158,7 @@ def configure_over_lifecycle_service(params, env, log):
     """Start the node process with `params`, ask it to configure; (success, the node's log so far)."""
     import rclpy
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
+    from lifecycle_msgs.srv import ChangeState, GetState
 
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "mlesam_ros.node", "--ros-args", "--params-file",
@@ -166,16 +166,31 @@ def configure_over_lifecycle_service(params, env, log):
     context = rclpy.Context()
     rclpy.init(args=[], context=context)
     client_node = rclpy.create_node("parity_test_client", context=context)
-    try:
-        client = client_node.create_client(ChangeState, f"/{NODE_NAME}/change_state")
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(client_node)
+
+    def answer(client, request):
+        """The service's answer, None when none came (a request sent before the node's service had matched this
+        client is lost: DDS does not deliver it late)."""
         assert client.wait_for_service(timeout_sec=120), log.read_text()
-        future = client.call_async(ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
-        executor = rclpy.executors.SingleThreadedExecutor(context=context)
-        executor.add_node(client_node)
-        executor.spin_until_future_complete(future, timeout_sec=120)
-        assert future.done(), log.read_text()
-        return future.result().success, log.read_text()
+        future = client.call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=30)
+        return future.result() if future.done() else None
+
+    try:
+        change = client_node.create_client(ChangeState, f"/{NODE_NAME}/change_state")
+        get = client_node.create_client(GetState, f"/{NODE_NAME}/get_state")
+        configure = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
+        for _ in range(4):
+            changed = answer(change, configure)
+            if changed is not None:
+                return changed.success, log.read_text()
+            state = answer(get, GetState.Request())  # did the lost request (or only its answer) reach the node?
+            if state is not None and state.current_state.label != "unconfigured":
+                return state.current_state.label == "inactive", log.read_text()
+        raise AssertionError(f"no answer from /{NODE_NAME}/change_state: {log.read_text()}")
     finally:
+        executor.shutdown()
         client_node.destroy_node()
         rclpy.shutdown(context=context)
         process.terminate()
