@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo.weights import ASSETS, DemoWeightsError, Recipe, Scenes, standin_checkpoint, verify
+from demo.weights import ASSETS, REPO_ROOT, DemoWeightsError, Recipe, Scenes, standin_checkpoint, verify
 from training.cli_errors import EXIT_BAD_INPUT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STANDIN_NOTE = (
     "The frozen SAM2 image encoder is the project's STAND-IN: the tiny Hiera pretrained on procedural RGB scenes "
     "of this generator with these 25 classes (other scenes than the demo's), shipped in training/assets/ "
@@ -45,10 +44,10 @@ class DemoPlan:
     out: Path
     train: bool = False  # train the adapters here (implied by a SAM2 checkpoint) instead of the shipped weights
     weights: Path = ASSETS  # the shipped demo weights and their record
-    size: int = 128
-    train_scenes: int = 600
-    val_scenes: int = 100
-    seed: int = 0
+    size: int = Scenes.size
+    train_scenes: int = Scenes.train
+    val_scenes: int = Scenes.val
+    seed: int = Scenes.seed
     recipe: Recipe = field(default_factory=Recipe)
     sam2_checkpoint: Path | None = None  # Meta's Hiera-T instead of the stand-in (trains: no shipped weights fit)
     retrain: bool = False
