@@ -164,13 +164,16 @@ def test_robot_docs_list_every_parameter():
 
 
 def test_fast_inference_options_default_off_and_reach_the_segmenter(monkeypatch):
+    from types import SimpleNamespace
+
     from mlesam_core import Segmenter
     from mlesam_ros.pipeline import load_segmenter
 
     defaults = load_segment_config(PARAMS).model
     assert (defaults.compile, defaults.cuda_graphs, defaults.merge_lora) == (False, False, False)
     received = {}
-    monkeypatch.setattr(Segmenter, "from_files", lambda path, **kwargs: received.update(kwargs))
+    loaded = SimpleNamespace(warm_up=lambda subsets: None)  # load_segmenter warms the loaded segmenter up
+    monkeypatch.setattr(Segmenter, "from_files", lambda path, **kwargs: received.update(kwargs) or loaded)
     load_segmenter(load_segment_config(PARAMS, ["model.compile=true", "model.cuda_graphs=true",
                                                 "model.merge_lora=true"]))
     options = received["options"]
