@@ -1,13 +1,14 @@
 """Flood/soak of the launched segmentation node: four sensors at 10 Hz for a minute, from a stock environment.
 
     python -m benchmarks.ros_soak [--size H W] [--seconds 60] [--rate 10] [--launcher process|launch]
-        [--prefix build/colcon_ws/install] [--dds localhost|same_host] [--out FILE]
+        [--prefix build/colcon_ws/install] [--dds localhost|same_host] [--lifecycle-cpu] [--out FILE]
 
 The node runs in its own process as `ros2 launch` starts it, from an environment without OpenMP settings (no
 OMP_WAIT_POLICY, OMP_NUM_THREADS or GOMP_SPINCOUNT: what a stock shell has; the node must choose them itself):
 
 - `--launcher process` (default): the `segment_node` command line that launch_ros builds (`--ros-args -r
-  __node:=mlesam_segmenter --params-file FILE`), here as `python -m mlesam_ros.node`;
+  __node:=mlesam_segmenter --params-file FILE`), here as `python -m mlesam_ros.node`, configured and activated
+  over its lifecycle services as the launch file does;
 - `--launcher launch`: the real `launch` library runs the installed `segment.launch.py` (`params_file:=FILE`), as
   `ros2 launch mlesam_ros segment.launch.py` does. It needs launch/launch_ros in the interpreter running this
   benchmark and a colcon install of the package: `.venv/bin/python tools/ros_tools_venv.py --launch-src ...
@@ -20,6 +21,10 @@ per camera frame (each once?), latency from the camera's header stamp to the lab
 publish plus loopback delivery), the node's resident memory every second, per-sensor messages the node received
 (its /diagnostics) against those sent, UDP receive-buffer errors of the machine (/proc/net/snmp; machine-wide,
 so other processes' drops count too) and the machine's load. The tiny model on seeded random weights.
+
+`--lifecycle-cpu`: the CPU the node's process takes (user + system time of all its threads, from /proc) while the
+sensors keep publishing, `--seconds` in each lifecycle state in turn: active, inactive (deactivated), unconfigured
+(cleaned up: the model released), and the labels it publishes in each (`ros_lifecycle_cpu_<H>x<W>_<dds>.json`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 import yaml
 
 from benchmarks import REPO_ROOT, RESULTS_DIR, command_line
+from mlesam_ros.lifecycle_client import LifecycleClient
 
 NODE_NAME = "mlesam_segmenter"
 TOPICS = {"rgb": "/camera/image_raw", "depth": "/depth/image_raw", "event": "/event/image_raw",
@@ -58,7 +64,7 @@ def stock_environment(dds_profile: Path) -> dict[str, str]:
 
 def write_params(path: Path) -> Path:
     params = {"model": {"config": str(REPO_ROOT / "config" / "model" / "mlesam_tiny.yaml"), "allow_random_init": True},
-              "classes": "deliver", "diagnostics_period": 1.0}
+              "classes": "deliver", "diagnostics": {"period": 1.0}}
     path.write_text(yaml.safe_dump({NODE_NAME: {"ros__parameters": params}}))
     return path
 
@@ -135,6 +141,26 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bring_up(launcher: str, client: Any, process: subprocess.Popen, log: Path, spin: Any) -> None:
+    """The node active: configured and activated here (`process`), or by the launch file (`launch`)."""
+    if launcher == "process":
+        for transition in ("configure", "activate"):
+            if not client.change(transition):
+                raise SystemExit(f"{transition} refused:\n{log.read_text()}")
+        return
+    deadline = time.monotonic() + 180
+    while client.state() != "active":
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the launch did not activate the node (exit {process.poll()}):\n{log.read_text()}")
+        spin(1.0)
+
+
 def udp_receive_buffer_errors() -> int:
     lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
     return int(lines[1][lines[0].index("RcvbufErrors")])
@@ -185,6 +211,14 @@ class Harness:
             self.publishers[sensor].publish(self.kit.image(*images[sensor], header))
         self.sent.append(stamp)
 
+    def spin(self, seconds: float) -> None:
+        """Spin (publish, receive) for `seconds`."""
+        import rclpy
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.01)
+
     def values(self, hardware_id: str) -> dict[str, str]:
         for entry in reversed(self.diagnostics):
             for status in entry.status:
@@ -215,11 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rclpy.init()
     harness = Harness(rclpy, size, args.rate)
     try:
-        deadline = time.monotonic() + 180
-        while "segmenting" not in log.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the node did not start (exit {process.poll()}):\n{log.read_text()}")
-            rclpy.spin_once(harness.node, timeout_sec=0.1)
+        bring_up(args.launcher, LifecycleClient(harness.node, f"/{NODE_NAME}"), process, log, harness.spin)
         pid = node_pid(process.pid)
         drops_before = udp_receive_buffer_errors()
         start = time.monotonic()
@@ -280,6 +310,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+LIFECYCLE_PHASES = (("active", None), ("inactive", "deactivate"), ("unconfigured", "cleanup"))
+
+
+def lifecycle_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU of the node's process and labels published in each lifecycle state, sensors publishing throughout."""
+    import rclpy
+
+    profile = REPO_ROOT / "config" / DDS_PROFILES[args.dds]
+    env = stock_environment(profile)
+    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
+                                           "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
+    work = Path(tempfile.mkdtemp(prefix="mlesam_lifecycle_cpu_"))
+    log = work / "node.log"
+    process = start_node("process", write_params(work / "params.yaml"), env, None, log)
+    rclpy.init()
+    harness = Harness(rclpy, (args.size[0], args.size[1]), args.rate)
+    phases: dict[str, Any] = {}
+    try:
+        client = LifecycleClient(harness.node, f"/{NODE_NAME}")
+        bring_up("process", client, process, log, harness.spin)
+        harness.publishing = True
+        harness.spin(WARM_UP_SECONDS)
+        for state, transition in LIFECYCLE_PHASES:
+            if transition is not None and not client.change(transition):
+                raise SystemExit(f"{transition} refused:\n{log.read_text()}")
+            harness.spin(2.0)  # the transition and the frames in flight settle
+            labels, cpu, start = len(harness.labels), cpu_seconds(process.pid), time.monotonic()
+            harness.spin(args.seconds)
+            wall = time.monotonic() - start
+            phases[state] = {"state_reported": client.state(), "seconds": round(wall, 1),
+                             "cpu_percent_of_one_core": round(100.0 * (cpu_seconds(process.pid) - cpu) / wall, 1),
+                             "labels_published": len(harness.labels) - labels}
+        harness.publishing = False
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        harness.node.destroy_node()
+        rclpy.shutdown()
+    return {"phases": phases, "camera_frames_sent": len(harness.sent), "exit_code_after_sigint": process.returncode,
+            "log_errors": [line for line in log.read_text().splitlines()
+                           if any(word in line for word in ("Traceback", "RCLError", "ERROR", "FATAL"))]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ros_soak", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
@@ -290,9 +366,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="colcon install prefix (--launcher launch)")
     parser.add_argument("--dds", choices=tuple(DDS_PROFILES), default="localhost",
                         help="Fast DDS profile: the tests' loopback UDP one, or the same-host shared-memory one")
+    parser.add_argument("--lifecycle-cpu", action="store_true",
+                        help="CPU of the node in each lifecycle state (active, inactive, unconfigured), --seconds each")
     parser.add_argument("--out", type=Path, help="JSON report (default: benchmarks/results/ros_soak_<...>.json)")
     args = parser.parse_args(argv)
     h, w = args.size
+    if args.lifecycle_cpu:
+        out = args.out or RESULTS_DIR / f"ros_lifecycle_cpu_{h}x{w}_{args.dds}.json"
+        report = {"command": command_line(), "python": sys.version.split()[0],
+                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count(),
+                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                  "settings": {"size": [h, w], "seconds_per_state": args.seconds, "rate_hz": args.rate,
+                               "dds_profile": DDS_PROFILES[args.dds],
+                               "model": "config/model/mlesam_tiny.yaml (random)"},
+                  **lifecycle_cpu(args), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["phases"]))
+        print(f"wrote {out}")
+        return
     out = args.out or RESULTS_DIR / f"ros_soak_{h}x{w}_{args.launcher}_{args.dds}.json"
     header = {"command": command_line(), "python": sys.version.split()[0],
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count(),

@@ -427,11 +427,12 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _failed(self, transition: str, reason: str, result: TransitionCallbackReturn) -> TransitionCallbackReturn:
-        """Log and report a failed transition."""
+        """Log and report a failed transition (FAILURE: back to unconfigured, as only configure fails so; ERROR:
+        on_error reports it after releasing)."""
         self._last_error = f"{transition} failed: {reason}"
         self.get_logger().error(self._last_error)
         if result == TransitionCallbackReturn.FAILURE:
-            self._report_state(ERROR, self._state_label())
+            self._report_state(ERROR, "unconfigured")
         return result
 
     # --- configure: model, publishers ---

@@ -54,8 +54,8 @@ def test_the_extract_tool_reads_rules_and_releases_from_rosdistro_files(tmp_path
                    {"commit": "test"})
     assert data["rosdep"] == {"libfoo": {"ubuntu": ["libfoo-dev"]},
                               "python3-bar-pip": {"ubuntu": {"pip": {"packages": ["bar"]}}}}
-    assert data["packages"] == {"std_msgs": {d: "common_interfaces" for d in DISTRIBUTIONS},
-                                "rclpy": {d: "rclpy" for d in DISTRIBUTIONS}}
+    assert data["packages"] == {"std_msgs": dict.fromkeys(DISTRIBUTIONS, "common_interfaces"),
+                                "rclpy": dict.fromkeys(DISTRIBUTIONS, "rclpy")}
     assert data["unknown"] == ["python3-nothing"]
 
 
