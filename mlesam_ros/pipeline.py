@@ -138,6 +138,11 @@ class SegmentationPipeline:
                                     node_name=NODE_NAME)
         self.problems = ProblemLog(log or logger, config.log_period)
         self._sizes_told: set[tuple[str, tuple[int, int], tuple[int, int]]] = set()  # (sensor, its size, work)
+        height, width = segmenter.size
+        self.problems.logger.info(
+            "model input %dx%d: a sensor image of more than %d pixels (%dx the model's) is resized to it on input, "
+            "its labels upsampled (nearest); smaller ones are decoded at their own size (each sensor's first frame "
+            "says which)", width, height, FAR_BEYOND_MODEL_PIXELS * height * width, FAR_BEYOND_MODEL_PIXELS)
         if any(config.input_type(m) == EVENT_PACKET_TYPE for m in config.modalities):
             self.problems.logger.info("event packets rendered at %g per event (events.count_scale)",
                                       config.events.count_scale)

@@ -118,7 +118,10 @@ def test_frames_beyond_the_models_input_are_decoded_at_its_size_and_labels_upsam
     pixels with K scaled to them), the labels come back at the camera's size, nearest from the model's."""
     model = tiny_segmenter.size
     big = (4 * model[0], 4 * model[1])
-    pipeline = make_pipeline(tiny_segmenter)
+    with caplog.at_level(logging.INFO):
+        pipeline = make_pipeline(tiny_segmenter)
+    assert (f"model input {model[1]}x{model[0]}: a sensor image of more than {4 * model[0] * model[1]} pixels (4x "
+            f"the model's) is resized to it on input") in caplog.text  # said at start-up
     sensors = Sensors(rosbags_kit, big, seed=4)
     k = intrinsics(big)
     pipeline.set_camera_info(rosbags_kit.camera_info(k, big, sensors.header(0.0)))
