@@ -100,7 +100,7 @@ def adapter_config(path: str | Path) -> MLESAMConfig:
     except (json.JSONDecodeError, ConfigError) as exc:
         raise AdapterError(f"{path}: embedded model config is invalid: {exc}") from exc
     for note in notes:
-        log.info("%s (written by an older version): %s", path, note)
+        log.warning("%s (written by an older version): %s", path, note)
     return config
 
 

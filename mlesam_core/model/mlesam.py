@@ -69,9 +69,12 @@ class MLESAM(LoRASam2Model):
             return self._decode_fused(self._encode(images, present, active), present, size)
         complete = present.all(dim=1)
         all_complete, none_complete = self._presence_cases(complete, active)
-        # in training both expert sets always run (every expert in the graph, for DDP); in inference only the
-        # set(s) the batch's samples need
-        features = None if none_complete and not self.training else self._encode(images, present, active)
+        if self.training:
+            # every trainable tensor in every step's graph (DDP): the paper's path runs even when no sample has
+            # every sensor (none of its rows is selected: zero gradient), the sensor heads always train on their
+            # single-sensor predictions; in inference only the path(s) the batch's samples need run
+            none_complete = False
+        features = None if none_complete else self._encode(images, present, active)
         sensor_features = (None if all_complete and not self.training
                            else self._encode(images, present, active, expert_set=1))
         full = None

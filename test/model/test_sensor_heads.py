@@ -106,6 +106,23 @@ def test_a_sensor_prediction_is_scored_only_where_its_sensor_is_present():
     assert (lidar.routing.weights[:, :, 3] == 1).all() and lidar.routing.weights.sum() == 2 * len(LEVELS)
 
 
+@pytest.mark.parametrize("case", ["every_sensor", "mixed", "none_with_every_sensor"])
+def test_every_trainable_tensor_gets_a_gradient_whatever_the_batch_lacks(case):
+    """DDP needs every trainable tensor in every step's graph: a process whose batch has no sample with every sensor
+    still runs the paper's path (zero gradient), and one whose samples all have every sensor the sensor heads."""
+    model = _models()[0].train()
+    images, present = random_batch(model.config, batch=2, seed=7)
+    if case != "every_sensor":
+        present[1, 0] = False
+    if case == "none_with_every_sensor":
+        present[0, 3] = False
+    total_loss(model(images, present), _labels(2), LossConfig(router_confidence_weight=0.01))["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    if case == "none_with_every_sensor":
+        assert not model.mask_head.class_tokens.weight.grad.any()  # in the graph, but no sample trained it
+
+
 def _expert_set_gradients(sensor_predictions: bool) -> tuple[float, float]:
     """(gradient norm of the first experts, of the second) when the full-set loss alone or the sensor
     predictions' loss alone is backpropagated."""
