@@ -300,8 +300,8 @@ class SegmentationPipeline:
         try:
             size = self.decoder.frame_size(raws[first].size if first else None, source)
         except InputError as exc:
-            for sensor in order:  # nothing without a size: every input that is still there says why
-                if sensor in frame.messages or sensor in frame.events:
+            for sensor in order:  # nothing without a size: every input not refused already says why
+                if (sensor in frame.messages or sensor in frame.events) and sensor not in errors:
                     status[sensor], errors[sensor] = "invalid", str(exc)
                     self._problem(sensor, "input", str(exc), now)
             return None, {}

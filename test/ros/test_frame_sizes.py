@@ -156,3 +156,26 @@ def test_frames_up_to_four_times_the_models_pixels_keep_their_size(tiny_segmente
     frame = pipeline.decoder.frame_size(size, "the test")
     assert frame.work == frame.sensor == size and not frame.resized
     assert result.labels.shape == result.confidence.shape == size
+
+
+def cloud(kit, t, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    points = np.zeros(n, dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32), ("intensity", np.float32)])
+    points["x"], points["y"] = rng.uniform(3, 30, n), rng.uniform(-8, 8, n)
+    points["z"], points["intensity"] = rng.uniform(-1.4, 2, n), 100.0
+    return kit.pointcloud(points, kit.header(int(round(t * 1e9)), "lidar"))
+
+
+def test_a_frame_a_point_cloud_drives_takes_its_size_from_the_camera_settings(tiny_segmenter, rosbags_kit):
+    """The camera silent, LiDAR points drive: without an image there is no size unless camera.image_size or
+    camera_info gives one, and the cloud says so; with one, the frame is labelled at it."""
+    overrides = ["modalities=[rgb,lidar]", "sensors.lidar.type=sensor_msgs/msg/PointCloud2"]
+    results = {}
+    camera = ["camera.image_size=[40,60]", "camera.intrinsics=[30.0,0.0,30.0,0.0,30.0,20.0,0.0,0.0,1.0]"]
+    for name, extra in (("no size", []), ("image_size", camera)):
+        pipeline = make_pipeline(tiny_segmenter, *overrides, *extra)
+        frames = [f for i in range(3) for f in pipeline.add("lidar", cloud(rosbags_kit, 100.0 + i), received=i)]
+        results[name] = [pipeline.process(f) for f in frames + pipeline.drain()]
+    assert all(r.driver == "lidar" and r.labels is None for r in results["no size"])
+    assert results["no size"][0].errors["lidar"].startswith("no image in this frame gives its size")
+    assert all(r.labels.shape == (40, 60) and r.used == ("lidar",) for r in results["image_size"])
