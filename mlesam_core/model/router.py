@@ -8,8 +8,8 @@ Per level l, with P the present modalities of a sample:
   fusion avg | moe | avg+moe gives F_avg, F_moe or F_avg + F_moe.
 Beyond the paper (config `router`, defaults = the paper's router): the logits are divided by a temperature, and
 in training Gaussian noise can be added to them before the softmax and top-k (noisy top-k gating, Shazeer et al.
-2017); the full softmax probabilities are returned with the kept weights, for the load-balancing loss and the
-router statistics a run logs (`mlesam_core.losses`). A forward pass reports both as one `Routing` array.
+2017); the full softmax probabilities are returned with the kept weights, for the routers' confidence penalty
+(`mlesam_core.losses`) and the router statistics a run logs. A forward pass reports both as one `Routing`.
 Choices the paper leaves open (docs/model.md): the router reads the concatenated 256-channel FPN embeddings
 (one linear layer per level); fusion happens on the 256-channel FPN maps, and the decoder's conv_s1/conv_s0
 are applied after fusion (once per sample instead of once per modality). All fusions are one einsum with
