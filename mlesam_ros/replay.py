@@ -409,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"error: {exc}\n")
     if summary["stopped"]:
         parser.exit(2, stopped_message(summary, args.out))
+    if "summary_error" in summary:
+        parser.exit(2, f"error: {summary['summary_error']}; bag/ and frames.jsonl in {args.out} are complete\n")
     logger.info("%d frames, %d with outputs; latency p50 %s ms; wrote %s", summary["frames"], summary["frames_out"],
                 summary["latency_ms"]["p50"], args.out)
     if summary["damage"]:
