@@ -36,6 +36,11 @@ class LifecycleClient:
         self._change = node.create_client(ChangeState, f"{target}/change_state")
         self._get = node.create_client(GetState, f"{target}/get_state")
 
+    def ready(self, timeout: float) -> bool:
+        """Whether the node's lifecycle services are there within `timeout` seconds."""
+        return bool(self._change.wait_for_service(timeout_sec=timeout) and
+                    self._get.wait_for_service(timeout_sec=timeout))
+
     def _call(self, client: Any, request: Any, timeout: float) -> Any:
         import rclpy
 

@@ -105,6 +105,10 @@ class Harness:
         from mlesam_ros.lifecycle_client import LifecycleClient
 
         client = LifecycleClient(self.node, "/mlesam_segmenter")
+        while not client.ready(timeout=0.5):
+            if process.poll() is not None:
+                pytest.fail(f"node exited with {process.returncode} before its lifecycle services came:\n"
+                            f"{log.read_text()}")
         for transition in transitions:
             if not client.change(transition):
                 pytest.fail(f"{transition} refused (exit {process.poll()}):\n{log.read_text()}")
@@ -460,9 +464,9 @@ def test_sim_time_bag_loop_answers_every_camera_frame_once_and_uses_every_sensor
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
-    reliable_input = {"subscription": {"reliability": "reliable", "depth": 10}}
     params = write_params(tmp_path / "params.yaml", use_sim_time=True,  # QoS by ROS 2's own override parameters
-                          qos_overrides={**{topic: reliable_input for topic in SENSOR_TOPICS.values()},
+                          qos_overrides={**{topic: {"subscription": {"reliability": "reliable", "depth": 10}}
+                                            for topic in SENSOR_TOPICS.values()},  # one dict each: no YAML aliases
                                          "/mlesam/labels": {"publisher": {"depth": 50}}})
     log = tmp_path / "node.log"
     process = start_node(params, loopback_dds_env, log)
