@@ -236,6 +236,7 @@ class ExportedSegmenter(Segmenter):
         options = _options(options, option_overrides)
         self.options = options
         self.device = torch.device("cpu")  # the input buffer; the providers place the graph
+        options.apply_threads()  # preprocessing and labels run in torch on the calling thread
         self.precision = "fp32"
         self.directory = Path(directory)
         self.manifest = manifest

@@ -174,6 +174,21 @@ def test_the_onnxruntime_backend_builds_every_subset_before_the_first_frame(expo
         "warm-up 1/3: rgb", "warm-up 2/3: depth", "warm-up 3/3: rgb+depth"]
 
 
+def test_the_torch_backend_runs_every_subset_once_before_the_first_frame(export, caplog, monkeypatch):
+    from mlesam_core.predictor import Segmenter
+
+    _, config, adapters = export
+    ran = []
+    run = Segmenter._run
+    monkeypatch.setattr(Segmenter, "_run", lambda self, staged, size: ran.append(staged.ids) or run(self, staged, size))
+    with caplog.at_level(logging.INFO):
+        load_segmenter(load_segment_config(None, [f"model.config={config}", "classes=deliver", "model.threads=1",
+                                                  f"model.adapters={adapters}", "model.allow_random_init=true",
+                                                  "modalities=[depth,rgb]", "depth.encoding=depth"]))
+    assert sorted(ran) == [(0,), (0, 1), (1,)]
+    assert sum(r.getMessage().startswith("warm-up ") for r in caplog.records) == 3
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ("fusion", "exported from another model config: fusion: 'avg+moe' (file) != 'avg' (model)"),
     ("size", "size: the graphs take 64x64, the model config's image_size is 128"),
