@@ -4,6 +4,8 @@ and the parameter service, as `ros2 lifecycle set` / `ros2 param set` or a syste
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -97,7 +99,11 @@ def test_full_lifecycle_answers_frames_only_while_active(rclpy_session, loopback
         frames_in("unconfigured", 5)
         assert not client.change("activate")  # not a transition of unconfigured: refused, the node goes on
         assert client.state() == "unconfigured"
-        change("shutdown", "finalized")
+        # the last transition from the command line, as a user without the ros2 CLI would
+        done = subprocess.run([sys.executable, "-m", "mlesam_ros.lifecycle_client", NODE, "shutdown"],
+                              cwd=REPO_ROOT, env=loopback_dds_env, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout.strip()) == (0, "finalized"), done.stderr
+        assert client.state() == "finalized"
         assert process.poll() is None  # finalized, still answering its services until stopped
     finally:
         stop(process)
@@ -167,3 +173,10 @@ def test_a_model_that_fails_to_load_is_reported_and_another_configure_loads_anot
     assert "error processing: released the model; unconfigured (configure failed: model.device: 'cuda:99'" in text
     assert "available: cpu" in text
     assert process.returncode in (0, -15)
+
+
+def test_the_lifecycle_command_line_refuses_a_transition_that_does_not_exist():
+    done = subprocess.run([sys.executable, "-m", "mlesam_ros.lifecycle_client", NODE, "configure", "start"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "transition 'start': one of configure, cleanup, activate, deactivate, shutdown" in done.stderr
