@@ -12,8 +12,10 @@ message nearest to t:
 - missing: otherwise.
 
 Decisions use header stamps only, never arrival order; buffers and the queue of waiting frames are
-bounded. `tick(received_now)` lets a live node flush frames that have waited `max_delay` of its own clock
-even when every sensor has gone silent; `drain()` flushes everything at the end of a bag.
+bounded, and a message no later frame can take (older than the last emitted frame by more than its sensor's
+`stale_after`) is forgotten at once. `tick(received_now)` lets a live node flush frames that have waited
+`max_delay` of its own clock even when every sensor has gone silent; `drain()` flushes everything at the end of a
+bag.
 
 Stamps that jump (a bag played with `--loop`, a clock reset, one wrong stamp):
 
@@ -208,9 +210,12 @@ class ApproximateSync(Generic[M]):
         self._waiting = [w for w in self._waiting if not (w.driver == sensor and w.stamp > limit)]
 
     def _restart(self, driver: str, stamp: float) -> None:
-        """Forget everything except the other sensors' messages (buffered or held) near the driver's new stamp."""
+        """Forget everything except the other sensors' messages (buffered or held) usable for the driver's new
+        stamp: up to its `stale_after` before it, or within its `slop` after it (later ones would end the new
+        frame's wait before that sensor's messages of the new timeline arrive)."""
         kept = {s: sorted((e for e in (*self._buffers[s], *self._held[s])
-                           if abs(e.stamp - stamp) <= self.timing[s].stale_after), key=lambda e: e.stamp)
+                           if -self.timing[s].stale_after <= e.stamp - stamp <= self.timing[s].slop),
+                          key=lambda e: e.stamp)
                 for s in self.sensors if s != driver}
         self.reset()
         for sensor, entries in kept.items():
@@ -261,7 +266,23 @@ class ApproximateSync(Generic[M]):
             frames.append(self._match(head))
             self._last_emitted = head.stamp
             self._last_driver = head.driver
+        if frames:
+            self._forget_unmatchable()
         return frames
+
+    def _forget_unmatchable(self) -> None:
+        """Drop the messages no frame can take any more: every later frame is newer than the last one emitted,
+        and a message older than a frame by more than its sensor's `stale_after` is missing for it. What is kept
+        follows each sensor's rate x stale_after, whatever `buffer_size` allows (large images: bounded memory).
+        Measured from the sensor's own newest stamp where that is older (a driver's outlier stamp far ahead, which
+        a restart then corrects, leaves the buffers as they were)."""
+        assert self._last_emitted is not None
+        for sensor, buffer in self._buffers.items():
+            newest = self._latest[sensor]
+            if newest is None:
+                continue
+            horizon = min(self._last_emitted, newest) - self.timing[sensor].stale_after
+            del buffer[:bisect.bisect_left(buffer, horizon, key=lambda e: e.stamp)]
 
     def _match(self, waiting: _Waiting) -> SyncedFrame[M, Any]:
         t = waiting.stamp

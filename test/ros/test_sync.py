@@ -1,6 +1,7 @@
 """ApproximateSync on scripted timelines: drop, return, jitter, reorder, primary loss, stamps going backwards."""
 
 import random
+import weakref
 
 import pytest
 
@@ -242,3 +243,22 @@ def test_a_sensor_that_never_drives_is_matched_but_neither_drives_nor_blocks_the
     assert all(f.status["depth"] == "ok" for f in frames[1:])
     with pytest.raises(ValueError, match="unknown sensor 'radar'"):
         sync.never_drives("radar")
+
+
+def test_messages_no_later_frame_can_take_are_let_go():
+    """Large images: what the synchroniser holds follows rate x stale_after, not buffer_size messages."""
+
+    class Message:
+        """A stand-in for a sensor message, whose lifetime the test watches."""
+
+    sync = make_sync(stale_after=0.3)  # buffer_size 16: 1.6 s of 10 Hz messages without the pruning
+    alive = []
+    for sensor, stamp in timeline(4.0):
+        message = Message()
+        alive.append((sensor, stamp, weakref.ref(message)))
+        sync.add(sensor, stamp, message)
+        del message
+    held = [(sensor, stamp) for sensor, stamp, ref in alive if ref() is not None]
+    newest = max(stamp for _, stamp, _ in alive)
+    assert held and all(stamp >= newest - 0.3 - PERIOD - 1e-9 for _, stamp in held), held
+    assert len(held) <= len(SENSORS) * (round(0.3 / PERIOD) + 2)
