@@ -166,8 +166,9 @@ class ProcessingMonitor:
 
     Autoware's perception nodes' rule: a frame slower than `max_processing_time_ms` is late; `late_frames_warn`
     late frames in a row make the status WARN, `late_frames_error` ERROR; one frame in time makes it OK again.
-    The rate of segmented frames over the last `RATE_FRAMES` outputs (counted up to now, so it falls while
-    nothing comes) below `expected_rate_hz` x (1 - `rate_tolerance`) is WARN. Times are on the caller's clock.
+    The rate of segmented frames over the last `RATE_FRAMES` intervals between outputs (counted up to now, so it
+    falls while nothing comes) below `expected_rate_hz` x (1 - `rate_tolerance`) is WARN. Times are on the
+    caller's clock.
     """
 
     RATE_FRAMES = 10
@@ -196,11 +197,12 @@ class ProcessingMonitor:
                 self.consecutive_late = 0
 
     def rate(self, now: float) -> float:
-        """Segmented frames per second over the recent outputs, up to `now` (0 with none)."""
+        """Segmented frames per second: the intervals between the recent outputs over the time from the first of
+        them to `now` (0 with fewer than two)."""
         with self._lock:
-            if not self._outputs or now <= self._outputs[0]:
+            if len(self._outputs) < 2 or now <= self._outputs[0]:
                 return 0.0
-            return len(self._outputs) / (now - self._outputs[0])
+            return (len(self._outputs) - 1) / (now - self._outputs[0])
 
     def entry(self, now: float) -> DiagnosticEntry:
         """The processing status at `now`."""
