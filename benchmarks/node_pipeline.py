@@ -4,7 +4,7 @@ and serialising the outputs, against the model's own time.
 
     python -m benchmarks.node_pipeline [--device cuda|cpu] [--config hiera_b+|PATH] [--precision bf16]
         [--sam2-checkpoint PATH] [--params config/segment.yaml] [--set KEY=VALUE ...] [--size 1024 1024]
-        [--frames N] [--warmup N] [--messages rclpy|rosbags] [--threads N] [--profile] [--post-variants]
+        [--frames N] [--warmup N] [--rate HZ] [--messages rclpy|rosbags] [--threads N] [--profile] [--post-variants]
         [--out PATH]
 
 Four sensors (rgb8 camera, 32FC1 depth turned into HHA, 8UC2 event frame, rgb8 projected LiDAR) at --size with a
@@ -14,9 +14,10 @@ deserialize_message of the four inputs, what a subscription does), `sync` (pipel
 (serialize_message of each output: what publishing costs the node's thread; no DDS), `total` (all of these), and,
 after each frame, `model` (the Segmenter's model alone on device-resident inputs, at the Segmenter's precision, run
 as the node's `model.compile` / `model.cuda_graphs` settings run it). `pre_post` = predict - model and
-`overhead` = total - model, per frame, and the process's resident set after each frame (`rss_mib`: flat when
-nothing grows). Node settings go through --set (e.g. --set model.cuda_graphs=true). As in
-the node, one worker thread loads the model and runs the frames, under the node's host-memory policy
+`overhead` = total - model, per frame, and the process's resident set after each frame (`rss_mib`: it levels
+off once the synchroniser holds its `stale_after` of messages, at --rate, the sensors' stamp rate). Node
+settings go through --set (e.g. --set model.cuda_graphs=true). As in the node, one worker thread loads the model
+and runs the frames, under the node's host-memory policy
 (`mlesam_core.host_memory`; MLESAM_HOST_MEMORY=default keeps glibc's own: benchmarks/host_memory.py compares).
 Defaults: on CUDA Hiera-B+, bf16, 1024², 200 frames; on a CPU the tiny config (its 128² model: the overhead part
 at full size, the model small), fp32, 1024², 20 frames. Random frozen weights unless --sam2-checkpoint (timings do
@@ -143,7 +144,7 @@ def model_call(segmenter: Segmenter) -> tuple[Callable[[], Any], str]:
 class FrameLoop:
     """Feeds synchronised four-sensor frames through the pipeline like the node's callbacks and worker do."""
 
-    def __init__(self, pipeline: SegmentationPipeline, wire: Wire, size: tuple[int, int]) -> None:
+    def __init__(self, pipeline: SegmentationPipeline, wire: Wire, size: tuple[int, int], rate: float) -> None:
         self.pipeline = pipeline
         self.wire = wire
         self.device = pipeline.segmenter.device
@@ -151,6 +152,7 @@ class FrameLoop:
         rng = np.random.default_rng(0)
         self.variants = [sensor_arrays(size, rng) for _ in range(2)]  # alternate content, no RNG per frame
         self.sent = 0
+        self.rate = rate
 
     def run(self, count: int, stages: dict[str, list[float]] | None = None,
             rss: list[float] | None = None) -> None:
@@ -163,7 +165,7 @@ class FrameLoop:
 
     def frame(self, stages: dict[str, list[float]] | None) -> None:
         pipeline, wire = self.pipeline, self.wire
-        header = wire.kit.header(1_000_000_000 + self.sent * 50_000_000, "camera_optical_frame")  # 20 Hz
+        header = wire.kit.header(1_000_000_000 + round(self.sent * 1e9 / self.rate), "camera_optical_frame")
         sent = {s: wire.kit.image(array, encoding, header)
                 for s, (array, encoding) in self.variants[self.sent % 2].items() if s in pipeline.config.modalities}
         raw = {s: wire.serialize(msg) for s, msg in sent.items()}  # the sensor drivers' work, not timed
@@ -295,6 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="segment.yaml override")
     parser.add_argument("--size", type=int, nargs=2, default=[1024, 1024], metavar=("H", "W"), help="sensor size")
     parser.add_argument("--frames", type=int)
+    parser.add_argument("--rate", type=float, default=20.0, help="the sensors' stamp rate in Hz (default 20)")
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--messages", choices=["rclpy", "rosbags"], default="rclpy",
                         help="message library (rclpy falls back to rosbags when not installed)")
@@ -348,14 +351,15 @@ def measure(args: argparse.Namespace, host_memory: str) -> None:
     pipeline.set_camera_info(wire.kit.camera_info(k, (height, width), wire.kit.header(0, "camera_optical_frame")))
     report.update(modalities=list(pipeline.config.modalities), depth_encoding=pipeline.config.depth.encoding,
                   model_image_size=pipeline.segmenter.config.image_size)
-    loop = FrameLoop(pipeline, wire, (height, width))
+    loop = FrameLoop(pipeline, wire, (height, width), args.rate)
     report["model_alone"] = loop.model_alone_mode
     loop.run(args.warmup)
     stages: dict[str, list[float]] = {name: [] for name in (*FRAME_STAGES, "total", "model", "pre_post", "overhead")}
     rss: list[float] = []
     loop.run(args.frames, stages, rss)
     report["latency_ms"] = {name: milliseconds(values) for name, values in stages.items()}
-    report["rss_mib"] = {"first_frame": round(rss[0], 1), "last_frame": round(rss[-1], 1),
+    report["rss_mib"] = {"per_frame": [round(value, 1) for value in rss],
+                         "first_frame": round(rss[0], 1), "last_frame": round(rss[-1], 1),
                          "min": round(min(rss), 1), "max": round(max(rss), 1)}
     if args.profile:
         report["profile"] = profiles(loop)
