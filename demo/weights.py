@@ -106,17 +106,40 @@ def validation_scores(train_dir: Path) -> dict:
             "best_step": best["step"] if best else None}
 
 
+def half_precision_copy(adapters: Path, out: Path) -> Path:
+    """Write `adapters` to `out` with its float32 tensors stored as float16, the content hash recomputed.
+
+    The file lives in the repository: float16 halves it (the 25 class tokens' hypernetworks of five heads are
+    most of it) and every tensor is cast back to the model's float32 on load, so the demo measures exactly what
+    is shipped."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mlesam_core.model.adapters import HASH_KEY, adapter_content_sha256
+
+    with safe_open(str(adapters), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors = {key: t.to(torch.float16) if t.dtype == torch.float32 else t for key, t in tensors.items()}
+    metadata["stored_dtype"] = "float16"
+    metadata.pop(HASH_KEY, None)
+    metadata[HASH_KEY] = adapter_content_sha256(metadata, tensors)
+    save_file(tensors, str(out), metadata=metadata)
+    return out
+
+
 def write_record(out_dir: Path, adapters: Path, *, command: str, recipe: Recipe, scenes: Scenes,
                  resolved_config: dict, scores: dict, backbone: Path, train_seconds: float) -> Path:
-    """Copy `adapters` to `out_dir`/demo_adapters.safetensors and write demo_weights.json beside it."""
+    """Write `adapters` to `out_dir`/demo_adapters.safetensors (float16, `half_precision_copy`) and
+    demo_weights.json beside it."""
     import torch
 
     from mlesam_core.model.backbone_id import file_sha256
     from training.pretrain_backbone import SHIPPED_ENCODER
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    shipped = out_dir / ADAPTERS_NAME
-    shutil.copyfile(adapters, shipped)
+    shipped = half_precision_copy(adapters, out_dir / ADAPTERS_NAME)
     record = {
         "command": command,
         "adapters": ADAPTERS_NAME,
