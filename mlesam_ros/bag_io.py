@@ -109,8 +109,8 @@ class BagWriter:
             storage = self._storage()
             if isinstance(storage, Sqlite3Writer):
                 # a checkpoint must outlive a later failed write (a full disk), not a power cut: the OS keeps what
-                # was committed without an fsync per commit, which cost ~20 ms a frame (rosbag2's own sqlite3
-                # writer does not sync by default either)
+                # was committed without an fsync per commit, which would cost more than writing the frame
+                # (benchmarks/bag_checkpoint.py; rosbag2's own sqlite3 writer does not sync by default either)
                 storage.conn.execute("PRAGMA synchronous = OFF")
         except STORAGE_ERRORS as exc:
             raise OutputWriteError(self.path, exc) from None
