@@ -48,6 +48,7 @@ def load_evaluated_model(config: TrainConfig, request: EvalRequest) -> tuple[Any
 
     adapters = resolve_path(request.adapters)
     model_config = adapter_config(adapters)  # validated, sam2.overrides included, before anything is built
+    log_model_config_source(adapters, model_config, config.model)
     check_data_against_model(config.data, model_config)
     modalities = model_config.modalities
     if request.noise is not None and request.noise_on not in modalities:
@@ -57,6 +58,23 @@ def load_evaluated_model(config: TrainConfig, request: EvalRequest) -> tuple[Any
     model = build_training_model(config, model_config, device)
     load_adapters(model, adapters, verify=request.verify)
     return model_config, model.eval(), device
+
+
+def log_model_config_source(adapters: Path, embedded: Any, configured: Any) -> None:
+    """Say which model config is evaluated and why: the one embedded in the adapter file, which its weights were
+    trained with; --config's model section is not used, and a warning names the keys where it differs."""
+    from mlesam_core.model.config import config_differences, flat_config
+
+    keys = [difference.split(":", 1)[0] for difference in config_differences(embedded, configured)]
+    if not keys:
+        log.info("model config: the one embedded in %s (its weights were trained with it; --config's model section "
+                 "is the same)", adapters)
+        return
+    ours, theirs = flat_config(embedded), flat_config(configured)
+    log.warning("model config: the one embedded in %s, which its weights were trained with; --config's model "
+                "section differs and is not used: %s", adapters,
+                "; ".join(f"{key}: {theirs.get(key, '<absent>')!r} in --config, {ours.get(key, '<absent>')!r} in the "
+                          f"adapters" for key in keys))
 
 
 def evaluate_adapters(config: TrainConfig, request: EvalRequest) -> tuple[EvaluationResult, Any]:
