@@ -1,15 +1,17 @@
 """Typed configuration of the segmentation pipeline, shared by the node (ROS parameters) and the replay (YAML).
 
 `config/segment.yaml` is a ROS 2 parameters file (`mlesam_segmenter: ros__parameters: ...`); the replay
-reads it with `load_segment_config`, the node declares one ROS parameter per leaf of `SegmentConfig`
-(dotted names, descriptions from the field metadata) and rebuilds the same dataclass from their values,
-so both validate it the same way (`ConfigError` naming the dotted key).
+reads it with `load_segment_config` (flattened to dotted names as ROS 2 parses it), the node declares one ROS
+parameter per leaf of `SegmentConfig` (dotted names, descriptions from the field metadata), and both build the
+dataclass from the dotted values with `config_from_parameters`: one validation of types (integers taken where
+numbers are expected), ranges, unknown and removed names and QoS overrides, with `ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +26,25 @@ from mlesam_ros.sync import SensorTiming
 NODE_NAME = "mlesam_segmenter"
 # parameters rclpy declares on every node (Humble, Jazzy): valid in a params file, no part of SegmentConfig
 ROS_NODE_PARAMETERS = ("use_sim_time", "start_type_description_service")
+# rclpy's QoS override parameters (`qos_overrides.<topic>.publisher|subscription.<policy>`, QoSOverridingOptions):
+# the node's topics take them; the replay, which has no topics to subscribe to, ignores them
+QOS_OVERRIDES = "qos_overrides"
+# When the node takes a parameter change (docs/robot.md, "Changing parameters"): LIVE_PARAMETERS in any lifecycle
+# state, applied to the next frame; READ_ONLY_PARAMETERS only at process start; every other one is read at
+# configure, so it changes while the node is unconfigured (a new model: cleanup, set model.*, configure)
+LIVE_PARAMETERS = ("outputs.*", "diagnostics.*", "log_period", "sync.primary_timeout", "sync.use_stale",
+                   "sensors.*.slop", "sensors.*.stale_after", "sensors.*.max_delay", "events.window")
+READ_ONLY_PARAMETERS = ("omp_wait_policy",)
 # parameters of earlier versions -> what to write instead: a file that still sets one is refused with this
 REMOVED_PARAMETERS = {
     "lidar.input": "the LiDAR input is chosen as every sensor's: sensors.lidar.type (sensor_msgs/msg/PointCloud2 for "
                    "a point cloud; empty or sensor_msgs/msg/Image for a projected image) and sensors.lidar.topic",
     "lidar.points_topic": "write the PointCloud2 topic as sensors.lidar.topic, with sensors.lidar.type: "
                           "sensor_msgs/msg/PointCloud2",
+    "diagnostics_period": "write diagnostics.period",
+    **{f"qos.{key}": "QoS is set with ROS 2's own qos_overrides.<topic>.publisher|subscription.<policy> parameters "
+                     "(docs/robot.md, QoS)" for key in ("input_reliability", "input_depth", "output_reliability",
+                                                        "output_depth")},
 }
 # LiDAR frame (x forward, y left, z up) -> camera optical frame (x right, y down, z forward), same origin.
 LIDAR_TO_OPTICAL = (0.0, -1.0, 0.0, 0.0,
@@ -163,22 +178,42 @@ class CameraParams:
 
 @dataclass
 class OutputParams:
-    """Which outputs to produce."""
+    """Which outputs to produce. The node computes an output that is on only while something subscribes to it
+    (labels always); the replay writes every output that is on."""
 
     labels: bool = doc_field(True, "publish /mlesam/labels (mono8 class ids, 255 = unlabeled)")
     labels_color: bool = doc_field(True, "publish /mlesam/labels_color (rgb8, class palette)")
     confidence: bool = doc_field(True, "publish /mlesam/confidence (32FC1); off, its softmax is not computed either")
+    overlay: bool = doc_field(True, "publish /mlesam/overlay (rgb8: the rgb camera image blended with the palette)")
+    overlay_alpha: float = doc_field(0.5, "overlay: weight of the class colour against the camera image, in [0, 1]")
     routing: bool = doc_field(True, "publish /mlesam/routing (Float32MultiArray level x modality)")
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.overlay_alpha <= 1.0, "overlay_alpha", f"must lie in [0, 1], got {self.overlay_alpha}")
 
 
 @dataclass
-class QosParams:
-    """Quality of service of inputs and outputs."""
+class DiagnosticsParams:
+    """/diagnostics: how often, and the processing-time and rate thresholds of the node's processing status."""
 
-    input_reliability: Literal["best_effort", "reliable"] = doc_field("best_effort", "input QoS (sensor data)")
-    input_depth: int = doc_field(5, "input queue depth")
-    output_reliability: Literal["best_effort", "reliable"] = doc_field("reliable", "output QoS reliability")
-    output_depth: int = doc_field(2, "output queue depth")
+    period: float = doc_field(1.0, "seconds between /diagnostics messages")
+    max_processing_time_ms: float = doc_field(0.0, "a frame whose processing (decoding, model, outputs) takes "
+                                                   "longer is late; 0 = no limit")
+    late_frames_warn: int = doc_field(3, "this many late frames in a row: processing WARN")
+    late_frames_error: int = doc_field(10, "this many late frames in a row: processing ERROR")
+    expected_rate_hz: float = doc_field(0.0, "expected rate of segmented frames; 0 = not checked")
+    rate_tolerance: float = doc_field(0.2, "rate below expected_rate_hz x (1 - rate_tolerance): WARN")
+
+    def __post_init__(self) -> None:
+        check(self.period > 0, "period", f"must be > 0 seconds, got {self.period}")
+        check(self.max_processing_time_ms >= 0, "max_processing_time_ms",
+              f"must be >= 0 (0 = no limit), got {self.max_processing_time_ms}")
+        check(self.late_frames_warn >= 1, "late_frames_warn", f"must be >= 1, got {self.late_frames_warn}")
+        check(self.late_frames_error >= self.late_frames_warn, "late_frames_error",
+              f"must be >= late_frames_warn ({self.late_frames_warn}), got {self.late_frames_error}")
+        check(self.expected_rate_hz >= 0, "expected_rate_hz",
+              f"must be >= 0 (0 = not checked), got {self.expected_rate_hz}")
+        check(0.0 <= self.rate_tolerance < 1.0, "rate_tolerance", f"must lie in [0, 1), got {self.rate_tolerance}")
 
 
 @dataclass
@@ -196,10 +231,9 @@ class SegmentConfig:
     lidar: LidarParams = field(default_factory=LidarParams)
     events: EventParams = field(default_factory=EventParams)
     camera: CameraParams = field(default_factory=CameraParams)
-    diagnostics_period: float = doc_field(1.0, "seconds between /diagnostics messages")
+    diagnostics: DiagnosticsParams = field(default_factory=DiagnosticsParams)
     log_period: float = doc_field(5.0, "the same input problem is logged at most once per this many seconds")
     outputs: OutputParams = field(default_factory=OutputParams)
-    qos: QosParams = field(default_factory=QosParams)
     omp_wait_policy: Literal["passive", "active"] = doc_field(
         "passive", "OpenMP wait policy of the node's torch thread pool, whatever OMP_WAIT_POLICY the caller's "
                    "environment has: passive (idle pool threads sleep, leaving the cores to the executor, DDS and "
@@ -216,6 +250,7 @@ class SegmentConfig:
               f"unknown class table {self.classes!r} (known: {', '.join(CLASS_TABLES)})")
         check(self.primary in self.modalities, "primary",
               f"{self.primary!r} is not one of the modalities {list(self.modalities)}")
+        check(self.log_period >= 0, "log_period", f"must be >= 0 seconds, got {self.log_period}")
         unknown = sorted(set(self.sensors) - set(self.modalities))
         check(not unknown, f"sensors.{unknown[0] if unknown else ''}", "is not one of the configured modalities")
         for name in self.modalities:
@@ -264,15 +299,108 @@ def parameters_section(data: dict, source: str = "") -> dict:
 
 
 def load_segment_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SegmentConfig:
-    """SegmentConfig from a ROS 2 parameters file (or defaults) plus `dotted.key=value` overrides. Unknown keys
-    are refused naming them (the node refuses the same file the same way: `unknown_parameters_error`); rclpy's own
-    node parameters (use_sim_time) are accepted and left out."""
-    data = parameters_section(load_yaml(path), str(path)) if path is not None else {}
-    data = {key: value for key, value in data.items() if key not in ROS_NODE_PARAMETERS}
-    removed = removed_parameters_error(_dotted_names(data), str(path) if path else "")
-    if removed is not None:
-        raise removed
-    return from_dict(SegmentConfig, apply_overrides(data, overrides), source=str(path) if path else None)
+    """SegmentConfig from a ROS 2 parameters file (or defaults) plus `dotted.key=value` overrides, through the
+    node's own validation (`config_from_parameters`): the file is read as ROS 2 reads a parameters file (one
+    parameter per leaf, dotted), so that the node and the replay accept and refuse the same files."""
+    source = str(path) if path is not None else ""
+    data = parameters_section(load_yaml(path), source) if path is not None else {}
+    return config_from_parameters(flatten_parameters(apply_overrides(data, overrides), source), source)
+
+
+def flatten_parameters(data: dict, source: str = "", prefix: str = "") -> dict[str, Any]:
+    """The parameters of a `ros__parameters` mapping by dotted name, as ROS 2 parses a parameters file: nested
+    mappings are namespaces; a list holds values of one type (ROS 2 refuses `[1, 0.5]`: no such parameter type);
+    an empty list sets nothing (None: the default stays). A null is refused (ROS 2 reads `~` as the text "~")."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_parameters(value, source, f"{name}."))
+            continue
+        if value is None:
+            raise ConfigError(f"{source + ': ' if source else ''}{name}: no value (leave the parameter out for its "
+                              f"default)")
+        if isinstance(value, list):
+            kinds = {_parameter_kind(item) for item in value}
+            if len(kinds) > 1 or "mapping or list" in kinds:
+                raise ConfigError(f"{source + ': ' if source else ''}{name}: a ROS 2 parameter list holds values of "
+                                  f"one type (integers, numbers with a decimal point, strings or booleans), got "
+                                  f"{value!r}: write every number as a decimal (1.0) or every one as an integer")
+        flat[name] = value if value != [] else None
+    return flat
+
+
+def _parameter_kind(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "mapping or list"
+    return "integer" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__
+
+
+# ROS 2's QoS override parameters, qos_overrides.<topic>.publisher|subscription.<policy> (rclpy's
+# QoSOverridingOptions): the values each policy takes (enum names, any case; durations in nanoseconds)
+QOS_POLICY_CHOICES = {"history": ("keep_last", "keep_all", "system_default"),
+                      "reliability": ("reliable", "best_effort", "system_default", "best_available"),
+                      "durability": ("volatile", "transient_local", "system_default", "best_available"),
+                      "liveliness": ("automatic", "manual_by_topic", "system_default", "best_available")}
+QOS_DURATIONS = ("deadline", "lifespan", "liveliness_lease_duration")
+
+
+def check_qos_override(name: str, value: Any) -> None:
+    """Refuse a `qos_overrides.<topic>.publisher|subscription.<policy>` parameter that rclpy would fail on when the
+    node creates the topic (after the model has loaded): ConfigError naming it."""
+    parts = name.split(".")
+    if len(parts) != 4 or parts[2].split("_", 1)[0] not in ("publisher", "subscription"):
+        raise ConfigError(f"{name}: expected {QOS_OVERRIDES}.<topic>.publisher|subscription.<policy>")
+    policy = parts[3]
+    if policy in QOS_POLICY_CHOICES:
+        choices = QOS_POLICY_CHOICES[policy]
+        check(isinstance(value, str) and value.lower() in choices, name,
+              f"must be one of {', '.join(choices)}, got {value!r}")
+    elif policy == "depth":
+        check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
+              f"must be an integer >= 1 (messages kept), got {value!r}")
+    elif policy in QOS_DURATIONS:
+        check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
+              f"must be an integer >= 0 (nanoseconds), got {value!r}")
+    elif policy == "avoid_ros_namespace_conventions":
+        check(isinstance(value, bool), name, f"expected true or false, got {value!r}")
+    else:
+        raise ConfigError(f"{name}: unknown QoS policy {policy!r} (known: "
+                          f"{', '.join([*QOS_POLICY_CHOICES, 'depth', *QOS_DURATIONS])})")
+
+
+def declared_parameters(values: dict[str, Any]) -> dict[str, tuple[Any, str, Any]]:
+    """The node's parameters for these values of `modalities` and `primary` (the sensors.<m>.* names depend on
+    them): dotted name -> (default, description, type hint)."""
+    first = {name: values[name] for name in ("modalities", "primary") if name in values}
+    template = from_dict(SegmentConfig, first)
+    return {name: (default, doc, hint) for name, default, doc, hint in iter_parameters(template)}
+
+
+def config_from_parameters(values: dict[str, Any], source: str = "") -> SegmentConfig:
+    """The one validation of the node's parameters, used by the node (its ROS parameter values) and the replay
+    (a parameters file, flattened): SegmentConfig from dotted names -> values, refusing with ConfigError naming the
+    parameter: a parameter of an earlier version, an unknown one, a bad QoS override, a wrong type (integers are
+    taken where numbers are expected) and a value out of range. rclpy's own node parameters are left out; ROS 2
+    QoS overrides are checked here and applied by rclpy when the node creates its topics."""
+    prefix = f"{source}: " if source else ""
+    values = {name: value for name, value in values.items() if name not in ROS_NODE_PARAMETERS}
+    try:
+        removed = removed_parameters_error(values)
+        if removed is not None:
+            raise removed
+        for name, value in values.items():
+            if name.startswith(f"{QOS_OVERRIDES}."):
+                check_qos_override(name, value)
+        values = {name: value for name, value in values.items() if not name.startswith(f"{QOS_OVERRIDES}.")}
+        declared = declared_parameters(values)
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise unknown_parameters_error(unknown, declared)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+    unset = [name for name, value in values.items() if value is None]  # NOT_SET (an empty list): the default stays
+    return from_dict(SegmentConfig, nest({n: v for n, v in values.items() if n not in unset}), source=source or None)
 
 
 def removed_parameters_error(names: Iterable[str], source: str = "") -> ConfigError | None:
@@ -285,11 +413,11 @@ def removed_parameters_error(names: Iterable[str], source: str = "") -> ConfigEr
                        + "; ".join(f"{name}: no longer a parameter: {REMOVED_PARAMETERS[name]}" for name in removed))
 
 
-def _dotted_names(data: Any, prefix: str = "") -> Iterator[str]:
-    """The dotted key of every leaf and mapping in a nested parameters mapping."""
-    for key, value in data.items() if isinstance(data, dict) else ():
-        yield f"{prefix}{key}"
-        yield from _dotted_names(value, f"{prefix}{key}.")
+def parameter_change(name: str) -> Literal["live", "configure", "read_only"]:
+    """When the node takes a change of parameter `name` (LIVE_PARAMETERS, READ_ONLY_PARAMETERS, else at configure)."""
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in LIVE_PARAMETERS):
+        return "live"
+    return "read_only" if name in READ_ONLY_PARAMETERS else "configure"
 
 
 def unknown_parameters_error(unknown: Iterable[str], known: Iterable[str]) -> ConfigError:
@@ -335,8 +463,10 @@ def nest(flat: dict[str, Any]) -> dict:
     return nested
 
 
-__all__ = ["NODE_NAME", "ROS_NODE_PARAMETERS", "REMOVED_PARAMETERS", "LIDAR_TO_OPTICAL", "IMAGE_TYPE",
-           "COMPRESSED_TYPE", "POINTCLOUD_TYPE", "EVENT_PACKET_TYPE", "accepted_types", "image_transport_base",
-           "ModelParams", "SensorConfig", "SyncParams", "DepthParams", "LidarParams", "EventParams", "CameraParams",
-           "OutputParams", "QosParams", "SegmentConfig", "resolve_path", "parameters_section", "load_segment_config",
-           "removed_parameters_error", "unknown_parameters_error", "iter_parameters", "nest"]
+__all__ = ["NODE_NAME", "ROS_NODE_PARAMETERS", "QOS_OVERRIDES", "LIVE_PARAMETERS", "READ_ONLY_PARAMETERS",
+           "REMOVED_PARAMETERS", "LIDAR_TO_OPTICAL", "IMAGE_TYPE", "COMPRESSED_TYPE", "POINTCLOUD_TYPE",
+           "EVENT_PACKET_TYPE", "accepted_types", "image_transport_base", "ModelParams", "SensorConfig", "SyncParams",
+           "DepthParams", "LidarParams", "EventParams", "CameraParams", "OutputParams", "DiagnosticsParams",
+           "SegmentConfig", "resolve_path", "parameters_section", "load_segment_config", "flatten_parameters",
+           "check_qos_override", "declared_parameters", "config_from_parameters", "removed_parameters_error",
+           "parameter_change", "unknown_parameters_error", "iter_parameters", "nest"]
