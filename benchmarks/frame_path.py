@@ -27,7 +27,9 @@ import numpy as np
 from benchmarks import REPO_ROOT, RESULTS_DIR, command_line
 from benchmarks.speed_common import write_report
 
-STAGES = ("decode", "predict", "total", "model")
+# per frame: decoding the messages, Segmenter.predict, the model alone, predict's pre/post-processing (predict -
+# model), everything but the model (total - model: what the frame path costs), all of it
+STAGES = ("decode", "predict", "model", "pre_post", "overhead", "total")
 SIDES = ("before", "after")
 
 
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         for height, width in sizes:
             runs: dict[str, list[dict]] = {side: [] for side in SIDES}
             for repeat in range(args.repeats):
-                for side in SIDES:
+                for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:  # neither side always runs first
                     out = Path(folder) / f"{side}_{height}x{width}_{repeat}.json"
                     runs[side].append(run_checkout(trees[side], (height, width), node_args, out))
             medians = {side: summary(reports) for side, reports in runs.items()}
@@ -87,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             ratios["peak_rss"] = round(medians["before"]["peak_rss_mib"] / medians["after"]["peak_rss_mib"], 3)
             after = runs["after"][0]
             results.append({"size": [height, width], **medians, "before_over_after": ratios,
+                            "runs_p50_ms": {side: [{stage: r["latency_ms"][stage]["p50_ms"] for stage in STAGES}
+                                                   for r in reports] for side, reports in runs.items()},
+                            "runs_peak_rss_mib": {side: [r["peak_rss_mib"] for r in reports]
+                                                  for side, reports in runs.items()},
                             "after_rss_per_frame_mib": [r.get("rss_mib") for r in runs["after"]],
                             "model_image_size": after["model_image_size"], "model_alone": after["model_alone"]})
             print(f"{height}x{width}: total p50 before {medians['before']['p50_ms']['total']:.1f} ms, after "
-                  f"{medians['after']['p50_ms']['total']:.1f} ms ({ratios['total_p50']:.2f}x); peak RSS "
+                  f"{medians['after']['p50_ms']['total']:.1f} ms ({ratios['total_p50']:.2f}x); outside the model "
+                  f"{ratios['overhead_p50']:.2f}x; peak RSS "
                   f"{medians['before']['peak_rss_mib']:.0f} -> {medians['after']['peak_rss_mib']:.0f} MiB")
     first = runs["after"][0]
     report = {"command": command_line(), "device": first["device"], "torch": first["torch"],
