@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -244,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    report = report_header(device, {k: v for k, v in vars(args).items() if k != "out"})
+    # torch reads OMP_WAIT_POLICY when it loads: the node sets it (omp_wait_policy), a benchmark run inherits it
+    report = report_header(device, {**{k: v for k, v in vars(args).items() if k != "out"},
+                                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")})
     model = build(args.config)
     modalities = model.modalities
     subsets = [modalities if s == "full" else tuple(m for m in modalities if m in s.split("+"))
