@@ -120,7 +120,7 @@ def half_precision_copy(adapters: Path, out: Path) -> Path:
 
     with safe_open(str(adapters), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     tensors = {key: t.to(torch.float16) if t.dtype == torch.float32 else t for key, t in tensors.items()}
     metadata["stored_dtype"] = "float16"
     metadata.pop(HASH_KEY, None)
