@@ -235,19 +235,51 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
             "max": round(float(array.max()), 2)}
 
 
+def start_session(args: argparse.Namespace, launcher: str, prefix: Path | None,
+                  work_prefix: str) -> tuple[subprocess.Popen, Path, Harness]:
+    """The node started by `launcher` in the stock DDS environment of `args.dds`, its log, and the harness that
+    publishes the sensors to it (rclpy initialised here)."""
+    import rclpy
+
+    env = stock_environment(REPO_ROOT / "config" / DDS_PROFILES[args.dds])
+    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
+                                           "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
+    work = Path(tempfile.mkdtemp(prefix=work_prefix))
+    log = work / "node.log"
+    process = start_node(launcher, write_params(work / "params.yaml"), env, prefix, log)
+    rclpy.init()
+    return process, log, Harness(rclpy, (args.size[0], args.size[1]), args.rate)
+
+
+def stop_session(process: subprocess.Popen, harness: Harness, process_group: bool) -> None:
+    """SIGINT to the node (to its whole process group, as Ctrl-C in a terminal, when launch runs it), then rclpy
+    down."""
+    import rclpy
+
+    if process_group:
+        # Ctrl-C in a terminal: SIGINT to the foreground process group (launch then leaves the node to the SIGINT it
+        # got itself, and escalates to SIGTERM only when the node has not exited `sigterm_timeout` later)
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    harness.node.destroy_node()
+    rclpy.shutdown()
+
+
+def log_errors(log: Path) -> list[str]:
+    """The node log's lines that report an error."""
+    return [line for line in log.read_text().splitlines()
+            if any(word in line for word in ("Traceback", "RCLError", "ERROR", "FATAL"))]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import rclpy
 
-    size = (args.size[0], args.size[1])
-    profile = REPO_ROOT / "config" / DDS_PROFILES[args.dds]
-    env = stock_environment(profile)
-    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
-                                           "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
-    work = Path(tempfile.mkdtemp(prefix="mlesam_soak_"))
-    log = work / "node.log"
-    process = start_node(args.launcher, write_params(work / "params.yaml"), env, args.prefix, log)
-    rclpy.init()
-    harness = Harness(rclpy, size, args.rate)
+    process, log, harness = start_session(args, args.launcher, args.prefix, "mlesam_soak_")
     try:
         bring_up(args.launcher, LifecycleClient(harness.node, f"/{NODE_NAME}"), process, log, harness.spin)
         pid = node_pid(process.pid)
@@ -268,15 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rclpy.spin_once(harness.node, timeout_sec=0.05)
         drops = udp_receive_buffer_errors() - drops_before
     finally:
-        # Ctrl-C in a terminal: SIGINT to the foreground process group (launch then leaves the node to the SIGINT it
-        # got itself, and escalates to SIGTERM only when the node has not exited `sigterm_timeout` later)
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        harness.node.destroy_node()
-        rclpy.shutdown()
+        stop_session(process, harness, process_group=True)
     answered = [stamp for stamp, _ in harness.labels]
     sent = set(harness.sent)
     latency = [(arrival - stamp) / 1e6 for stamp, arrival in harness.labels if stamp in sent]
@@ -303,8 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "slope_mb_per_min_after_warm_up": None if slope is None else round(slope, 2)},
         "load_average_1min_during": load,
         "exit_code_after_sigint": process.returncode,  # the node's, or the launch service's with --launcher launch
-        "log_errors": [line for line in log.read_text().splitlines()
-                       if any(word in line for word in ("Traceback", "RCLError", "ERROR", "FATAL"))],
+        "log_errors": log_errors(log),
         "node_log_tail": log.read_text().splitlines()[-15:],
     }
     return report
@@ -315,17 +338,7 @@ LIFECYCLE_PHASES = (("active", None), ("inactive", "deactivate"), ("unconfigured
 
 def lifecycle_cpu(args: argparse.Namespace) -> dict[str, Any]:
     """CPU of the node's process and labels published in each lifecycle state, sensors publishing throughout."""
-    import rclpy
-
-    profile = REPO_ROOT / "config" / DDS_PROFILES[args.dds]
-    env = stock_environment(profile)
-    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
-                                           "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
-    work = Path(tempfile.mkdtemp(prefix="mlesam_lifecycle_cpu_"))
-    log = work / "node.log"
-    process = start_node("process", write_params(work / "params.yaml"), env, None, log)
-    rclpy.init()
-    harness = Harness(rclpy, (args.size[0], args.size[1]), args.rate)
+    process, log, harness = start_session(args, "process", None, "mlesam_lifecycle_cpu_")
     phases: dict[str, Any] = {}
     try:
         client = LifecycleClient(harness.node, f"/{NODE_NAME}")
@@ -344,16 +357,9 @@ def lifecycle_cpu(args: argparse.Namespace) -> dict[str, Any]:
                              "labels_published": len(harness.labels) - labels}
         harness.publishing = False
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        harness.node.destroy_node()
-        rclpy.shutdown()
+        stop_session(process, harness, process_group=False)
     return {"phases": phases, "camera_frames_sent": len(harness.sent), "exit_code_after_sigint": process.returncode,
-            "log_errors": [line for line in log.read_text().splitlines()
-                           if any(word in line for word in ("Traceback", "RCLError", "ERROR", "FATAL"))]}
+            "log_errors": log_errors(log)}
 
 
 def main(argv: list[str] | None = None) -> None:
