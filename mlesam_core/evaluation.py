@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mlesam_core.config_io import ConfigError
 from mlesam_core.metrics import ConfusionMatrix, SegmentationScores
 from mlesam_core.precision import autocast
 from mlesam_core.preprocess import normalization
@@ -42,6 +43,26 @@ def all_subsets(modalities: Sequence[str]) -> list[Subset]:
     """Every non-empty subset of `modalities`, smallest first, each in the given order (Tables VI/VII)."""
     modalities = tuple(modalities)
     return [s for k in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, k)]
+
+
+def parse_subsets(text: str, modalities: Sequence[str]) -> list[Subset]:
+    """'all' (every non-empty subset) or comma-separated '+'-joined subsets ('rgb,rgb+depth'), each in the order
+    of `modalities`, repeats dropped; ConfigError naming --subsets otherwise (the option of evaluation and
+    export)."""
+    if text == "all":
+        return all_subsets(modalities)
+    subsets: list[Subset] = []
+    for part in text.split(","):
+        names = [n for n in part.split("+") if n]
+        if not names:
+            raise ConfigError(f"--subsets: empty subset in {text!r} (expected e.g. 'all' or 'rgb,rgb+depth')")
+        unknown = [n for n in names if n not in modalities]
+        if unknown:
+            raise ConfigError(f"--subsets: {unknown[0]!r} is not a modality of the model ({', '.join(modalities)})")
+        subset = tuple(m for m in modalities if m in names)
+        if subset not in subsets:
+            subsets.append(subset)
+    return subsets
 
 
 @dataclass
@@ -174,4 +195,4 @@ def evaluate(model: torch.nn.Module | Segmenter, batches: Iterable[dict[str, Any
     return result
 
 
-__all__ = ["Subset", "subset_name", "all_subsets", "Example", "EvaluationResult", "evaluate"]
+__all__ = ["Subset", "subset_name", "all_subsets", "parse_subsets", "Example", "EvaluationResult", "evaluate"]

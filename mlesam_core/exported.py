@@ -16,7 +16,6 @@ model (with its LoRA experts, and with them zeroed: a graph that lost the expert
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import torch
 from mlesam_core.config_io import ConfigError, from_dict, to_dict
 from mlesam_core.evaluation import subset_name
 from mlesam_core.inference_options import InferenceOptions
+from mlesam_core.model.backbone_id import file_sha256
 from mlesam_core.model.base import SegmentationOutput
 from mlesam_core.model.config import MLESAMConfig, config_differences
 from mlesam_core.model.router import Routing
@@ -97,15 +97,6 @@ class ExportManifest:
     def graph(self, subset: Sequence[str]) -> GraphRecord | None:
         """The graph of `subset` (config order), None when it was not exported."""
         return next((g for g in self.graphs if g.subset == tuple(subset)), None)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def graph_file_name(subset: Sequence[str]) -> str:
@@ -284,4 +275,4 @@ class ExportedSegmenter(Segmenter):
 
 __all__ = ["ExportManifest", "GraphRecord", "Parity", "ExportedSegmenter", "MANIFEST_NAME", "MANIFEST_FORMAT",
            "OUTPUT_NAMES", "INPUT_DESCRIPTION", "OUTPUT_DESCRIPTION", "read_manifest", "write_manifest",
-           "check_manifest", "file_sha256", "graph_file_name", "session_options", "execution_providers"]
+           "check_manifest", "graph_file_name", "session_options", "execution_providers"]

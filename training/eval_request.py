@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mlesam_core.config_io import ConfigError
 from mlesam_core.evaluation import all_subsets
+from mlesam_core.evaluation import parse_subsets as parse_subset_list
 
 
 @dataclass
@@ -31,15 +31,11 @@ class EvalRequest:
 
 
 def parse_subsets(text: str, modalities: Sequence[str]) -> Literal["full", "all"] | list[tuple[str, ...]]:
-    """'all', 'full' or a comma-separated list of '+'-joined subsets, e.g. 'rgb,rgb+depth'."""
+    """'all', 'full' or a comma-separated list of '+'-joined subsets, e.g. 'rgb,rgb+depth'
+    (`mlesam_core.evaluation.parse_subsets`)."""
     if text in ("all", "full"):
         return text  # type: ignore[return-value]
-    subsets = [tuple(part.split("+")) for part in text.split(",") if part]
-    for subset in subsets:
-        unknown = [m for m in subset if m not in modalities]
-        if unknown:
-            raise ConfigError(f"--subsets: {unknown[0]!r} is not a modality of the model ({', '.join(modalities)})")
-    return subsets
+    return parse_subset_list(text, modalities)
 
 
 def requested_subsets(request: EvalRequest, modalities: Sequence[str]) -> list[tuple[str, ...]] | None:

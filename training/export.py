@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mlesam_core.config_io import ConfigError, load_yaml, to_dict
-from mlesam_core.evaluation import all_subsets, subset_name
+from mlesam_core.evaluation import parse_subsets, subset_name
 from mlesam_core.exported import (
     INPUT_DESCRIPTION,
     MANIFEST_FORMAT,
@@ -41,12 +41,12 @@ from mlesam_core.exported import (
     ExportManifest,
     GraphRecord,
     Parity,
-    file_sha256,
     graph_file_name,
     session_options,
     write_manifest,
 )
 from mlesam_core.modalities import get_modality
+from mlesam_core.model.backbone_id import file_sha256
 from mlesam_core.model.base import LoRASam2Model
 from mlesam_core.model.config import MLESAMConfig, load_model_config
 from training.cli_errors import EXIT_BAD_INPUT, EXPECTED_ERRORS, error_line
@@ -80,25 +80,6 @@ class SubsetGraph(nn.Module):
         stacked = torch.stack([slots.get(i, absent) for i in range(len(self.model.modalities))], dim=1)
         output = self.model(stacked, self.present, active=self.active)
         return output.logits, output.routing.weights[0].float()
-
-
-def parse_subsets(text: str, modalities: Sequence[str]) -> list[tuple[str, ...]]:
-    """'all' (every non-empty subset) or comma-separated '+'-joined subsets ('rgb,rgb+depth'), each returned in
-    config order; ConfigError naming --subsets otherwise."""
-    if text == "all":
-        return all_subsets(modalities)
-    subsets: list[tuple[str, ...]] = []
-    for part in text.split(","):
-        names = [n for n in part.split("+") if n]
-        if not names:
-            raise ConfigError(f"--subsets: empty subset in {text!r} (expected e.g. 'all' or 'rgb,rgb+depth')")
-        unknown = [n for n in names if n not in modalities]
-        if unknown:
-            raise ConfigError(f"--subsets: {unknown[0]!r} is not a modality of the model ({', '.join(modalities)})")
-        subset = tuple(m for m in modalities if m in names)
-        if subset not in subsets:
-            subsets.append(subset)
-    return subsets
 
 
 def check_size(size: Sequence[int], model: LoRASam2Model) -> tuple[int, int]:
@@ -316,4 +297,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["SubsetGraph", "ExportError", "export_model", "export_graph", "verify_graph",
-           "experts_zeroed", "parse_subsets", "load_export_model", "PARITY_ATOL", "MIN_ARGMAX_AGREEMENT"]
+           "experts_zeroed", "load_export_model", "PARITY_ATOL", "MIN_ARGMAX_AGREEMENT"]
